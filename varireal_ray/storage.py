@@ -1,0 +1,197 @@
+"""Storage by URI: local paths and ``s3://`` behind one small module.
+
+Rules (DESIGN.md contract 4):
+- a file is written whole or not at all (local: temp file + rename; S3: one PUT);
+- a dataset folder holds ``shards/*.parquet``, one commit record per shard in ``commits/`` (written
+  after its shard), and ``manifest.json`` written last. Readers trust the manifest; resume trusts
+  the commit records; nothing else in the folder is ever read.
+- nothing is overwritten in place: shard names are unique per content.
+
+S3 endpoints come from ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), credentials from the
+usual AWS chain; neither is ever logged or written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+class StorageError(RuntimeError):
+    """A storage location that cannot be used; says which URI and what to do."""
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it."""
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **kwargs)
+        return fs, uri[len("s3://") :]
+    if is_remote(uri):
+        return fsspec.core.url_to_fs(uri)
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest.rstrip("/"), *parts)
+    return os.path.join(uri, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} does not exist") from None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a file whole: readers see the old state or the new file, never a part."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):  # an object PUT is atomic
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """URIs of the files directly under ``uri`` ending in ``suffix`` (sorted); [] if none."""
+    fs, path = filesystem(uri)
+    fs.invalidate_cache()
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    base = uri.rstrip("/")
+    out = [join(base, posixpath.basename(n.rstrip("/"))) for n in names]
+    return sorted(u for u in out if u.endswith(suffix) and ".tmp-" not in u)
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    write_bytes(uri, table_to_parquet_bytes(table))
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
+
+
+def check_writable(uri: str) -> None:
+    """Fail fast, before any model loads, if ``uri`` cannot be written (missing bucket, bad keys,
+    unreachable endpoint). Writes and removes one small probe object."""
+    fs, path = filesystem(uri)
+    probe = posixpath.join(path, f"_probe-{uuid.uuid4().hex}")
+    try:
+        if is_remote(uri):
+            bucket = path.split("/", 1)[0]
+            if not fs.exists(bucket):
+                raise StorageError(
+                    f"bucket {bucket!r} of {uri} does not exist (or these credentials cannot see it); "
+                    "create it or point run.output somewhere writable"
+                )
+        else:
+            fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not writable"; say why
+        hint = ""
+        if is_remote(uri):
+            endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the AWS default"
+            hint = f" (endpoint: {endpoint}; check AWS_ENDPOINT_URL and your credentials)"
+        raise StorageError(f"cannot write to {uri}: {type(exc).__name__}: {exc}{hint}") from None
+
+
+# -------------------------------------------------------------------------- committed datasets
+SHARDS, COMMITS, MANIFEST = "shards", "commits", "manifest.json"
+
+
+def commit_shard(dataset_uri: str, table: pa.Table, id_column: str = "id", name: str | None = None) -> dict:
+    """Write one shard whole, then its commit record. Returns the record."""
+    name = name or f"part-{uuid.uuid4().hex[:16]}"
+    shard_uri = join(dataset_uri, SHARDS, f"{name}.parquet")
+    write_parquet(shard_uri, table)
+    ids = table.column(id_column).to_pylist() if id_column in table.column_names else []
+    record = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "ids": ids}
+    write_json(join(dataset_uri, COMMITS, f"{name}.json"), record)
+    return record
+
+
+def commits(dataset_uri: str) -> list[dict]:
+    return [read_json(u) for u in list_files(join(dataset_uri, COMMITS), ".json")]
+
+
+def committed_ids(dataset_uri: str) -> set[str]:
+    return {i for record in commits(dataset_uri) for i in record["ids"]}
+
+
+def write_manifest(dataset_uri: str, **summary: Any) -> dict:
+    """Write ``manifest.json`` last, listing every committed shard; the only thing readers trust."""
+    records = commits(dataset_uri)
+    manifest = {
+        "shards": [{"path": r["shard"], "rows": r["rows"]} for r in records],
+        "rows": sum(r["rows"] for r in records),
+        **summary,
+    }
+    write_json(join(dataset_uri, MANIFEST), manifest)
+    return manifest
+
+
+def read_manifest(dataset_uri: str) -> dict:
+    uri = join(dataset_uri, MANIFEST)
+    if not exists(uri):
+        raise StorageError(f"{uri} does not exist: the job that writes {dataset_uri} has not finished; run it first")
+    return read_json(uri)
+
+
+def read_dataset(dataset_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Every row of a committed dataset, as listed by its manifest."""
+    manifest = read_manifest(dataset_uri)
+    tables = [read_parquet(join(dataset_uri, s["path"]), columns) for s in manifest["shards"]]
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="default")
