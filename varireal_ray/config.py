@@ -14,13 +14,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from varireal_ray.errors import UserError
+
 Attribute = Literal["background", "color", "texture"]
 Feasibility = Literal["feasible", "infeasible"]
 ATTRIBUTES: tuple[Attribute, ...] = ("background", "color", "texture")
 FEASIBILITIES: tuple[Feasibility, ...] = ("feasible", "infeasible")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem a user can fix: says which file and key, and what is wrong."""
 
 

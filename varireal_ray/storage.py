@@ -24,8 +24,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from varireal_ray.errors import UserError
 
-class StorageError(RuntimeError):
+
+class StorageError(UserError, RuntimeError):
     """A storage location that cannot be used; says which URI and what to do."""
 
 
@@ -118,19 +120,32 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
 
 
+def _check_bucket(fs, bucket: str, uri: str) -> None:
+    """HEAD the bucket: tells a missing bucket (404) and refused credentials (403) apart from an
+    endpoint that does not answer (raised as is, reported by the caller)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise StorageError(f"bucket {bucket!r} of {uri} does not exist; create it or point run.output somewhere writable") from None
+        raise StorageError(f"access to bucket {bucket!r} of {uri} was refused ({code}); check your AWS credentials") from None
+    except FileNotFoundError:
+        raise StorageError(f"bucket {bucket!r} of {uri} does not exist; create it or point run.output somewhere writable") from None
+    except PermissionError:
+        raise StorageError(f"access to bucket {bucket!r} of {uri} was refused; check your AWS credentials") from None
+
+
 def check_writable(uri: str) -> None:
     """Fail fast, before any model loads, if ``uri`` cannot be written (missing bucket, bad keys,
     unreachable endpoint). Writes and removes one small probe object."""
     fs, path = filesystem(uri)
     probe = posixpath.join(path, f"_probe-{uuid.uuid4().hex}")
     try:
-        if is_remote(uri):
-            bucket = path.split("/", 1)[0]
-            if not fs.exists(bucket):
-                raise StorageError(
-                    f"bucket {bucket!r} of {uri} does not exist (or these credentials cannot see it); "
-                    "create it or point run.output somewhere writable"
-                )
+        if uri.startswith("s3://"):
+            _check_bucket(fs, path.split("/", 1)[0], uri)
         else:
             fs.makedirs(path, exist_ok=True)
         with fs.open(probe, "wb") as f:
@@ -195,3 +210,14 @@ def read_dataset(dataset_uri: str, columns: list[str] | None = None) -> pa.Table
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="default")
+
+
+def dataset_shards(dataset_uri: str) -> list[str]:
+    """URIs of every committed shard of a dataset (by commit record; usable before the manifest)."""
+    return [join(dataset_uri, r["shard"]) for r in commits(dataset_uri)]
+
+
+def read_commits_table(dataset_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Every committed row of a dataset, manifest or not (for resume and bookkeeping tables)."""
+    tables = [read_parquet(u, columns) for u in dataset_shards(dataset_uri)]
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from varireal_ray.config import ModelRef, ModelsConfig
+from varireal_ray.errors import UserError
 
 
-class ModelNotFound(RuntimeError):
+class ModelNotFound(UserError, RuntimeError):
     """A model name that does not resolve; says which name, where it was looked for, and what to do."""
 
 

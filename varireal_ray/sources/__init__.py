@@ -1,0 +1,25 @@
+"""Datasets in: every kind of source becomes one source manifest (see ``manifest``)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from varireal_ray import storage
+from varireal_ray.config import Config
+from varireal_ray.sources import manifest
+
+
+def ensure_manifest(config: Config) -> pa.Table:
+    """The run's source manifest, built from ``config.dataset`` on first use."""
+    if storage.exists(manifest.manifest_uri(config)):
+        return manifest.read(config)
+    kind = config.dataset.kind
+    if kind == "demo":
+        from varireal_ray.sources.demo import build
+    elif kind == "folder":
+        from varireal_ray.sources.folder import build_folder as build
+    else:
+        from varireal_ray.sources.folder import build_manifest_file as build
+    table = build(config)
+    manifest.write(config, table)
+    return table

@@ -1,0 +1,82 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from varireal_ray.config import Config, ConfigError, dump_config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_demo_config_loads_and_layers(tmp_path):
+    base = REPO / "configs" / "demo.yaml"
+    extra = write(tmp_path, "generate:\n  images_per_real: 5\n  color: {blend_alpha: 0.7}\n")
+    config = load_config([base, extra], ["train.lr=0.001"])
+    assert config.generate.images_per_real == 5
+    assert config.generate.color.blend_alpha == 0.7
+    # a partial nested section keeps the defaults it did not set
+    assert "color" in config.generate.color.prompt
+    assert config.train.lr == 0.001
+    assert config.dataset.kind == "demo"
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = write(tmp_path, "generate:\n  imagse_per_real: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path])
+    assert str(path) in str(err.value) and "generate.imagse_per_real" in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_wrong_type_and_range_name_their_source(tmp_path):
+    path = write(tmp_path, "train:\n  iterations: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path], ["generate.judge.accept_threshold=1.5"])
+    text = str(err.value)
+    assert f"{path}: train.iterations" in text
+    assert "--set generate.judge.accept_threshold=1.5: generate.judge.accept_threshold" in text
+
+
+def test_condition_rules_and_unique_names():
+    with pytest.raises(ConfigError, match="feasible_fraction"):
+        load_config([], ["train.conditions=[{name: a, attribute: color}]"])
+    with pytest.raises(ConfigError, match="unique"):
+        load_config([], ["train.conditions=[{name: a}, {name: a}]"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config([], ["generate.images_per_real"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "nope.yaml"])
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config([write(tmp_path, "- a\n- b\n")])
+
+
+def test_dump_round_trips(tmp_path):
+    config = load_config([REPO / "configs" / "demo.yaml"])
+    again = load_config([write(tmp_path, dump_config(config))])
+    assert again == config
+    assert Config() == load_config([])
+
+
+def test_cli_rejects_misspelt_key_fast(tmp_path):
+    """The whole CLI, as a user runs it: a typo fails in seconds, before Ray or any model starts."""
+    path = write(tmp_path, "generate:\n  atributes: [color]\n")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "varireal_ray.cli", "generate", "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr and "generate.atributes" in proc.stderr
+    assert elapsed < 5, f"config error took {elapsed:.1f}s"

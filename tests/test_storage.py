@@ -1,0 +1,72 @@
+import pyarrow as pa
+import pytest
+
+from varireal_ray import storage
+
+
+def table(ids):
+    return pa.table({"id": ids, "value": [len(i) for i in ids]})
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "data")
+    return request.getfixturevalue("s3_bucket") + "/prefix"
+
+
+def test_shards_commits_and_manifest_round_trip(root):
+    ds = storage.join(root, "generate")
+    storage.commit_shard(ds, table(["a", "b"]))
+    storage.commit_shard(ds, table(["c"]))
+    assert storage.committed_ids(ds) == {"a", "b", "c"}
+    with pytest.raises(storage.StorageError, match="has not finished"):
+        storage.read_manifest(ds)  # readers trust only the manifest
+    manifest = storage.write_manifest(ds, note="x")
+    assert manifest["rows"] == 3 and len(manifest["shards"]) == 2 and manifest["note"] == "x"
+    got = storage.read_dataset(ds)
+    assert sorted(got.column("id").to_pylist()) == ["a", "b", "c"]
+
+
+def test_uncommitted_shard_is_invisible(root):
+    """A shard whose commit record was never written (a crash between the two) is not read."""
+    ds = storage.join(root, "generate")
+    storage.commit_shard(ds, table(["a"]))
+    storage.write_parquet(storage.join(ds, "shards", "part-orphan.parquet"), table(["zzz"]))
+    storage.write_manifest(ds)
+    assert storage.read_dataset(ds).column("id").to_pylist() == ["a"]
+    assert storage.committed_ids(ds) == {"a"}
+
+
+def test_write_bytes_is_whole_and_json(root):
+    uri = storage.join(root, "x", "file.json")
+    storage.write_json(uri, {"k": [1, 2]})
+    assert storage.read_json(uri) == {"k": [1, 2]}
+    storage.write_json(uri, {"k": 3})  # replaced whole
+    assert storage.read_json(uri) == {"k": 3}
+    assert storage.list_files(storage.join(root, "x")) == [uri]
+
+
+def test_check_writable_local(tmp_path):
+    storage.check_writable(str(tmp_path / "new" / "run"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(storage.StorageError, match="cannot write"):
+        storage.check_writable(str(blocker / "run"))
+
+
+def test_missing_bucket_fails_clearly(s3_server):
+    with pytest.raises(storage.StorageError, match="bucket 'no-such-bucket' .* does not exist"):
+        storage.check_writable("s3://no-such-bucket/run")
+
+
+def test_unreachable_endpoint_fails_clearly(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(storage.StorageError, match="127.0.0.1:9"):
+        storage.check_writable("s3://some-bucket/run")
+
+
+def test_read_missing_file_says_which(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        storage.read_bytes(str(tmp_path / "nope.bin"))

@@ -1,0 +1,160 @@
+"""``varireal``: the command line. ``main(argv)`` takes an argument list, so tests call the real
+entry point in-process and ``jobs/*.py`` (for ``ray job submit``) are one-line wrappers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from varireal_ray.config import Config, ConfigError, dump_config, load_config
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
+
+RUN_FOLDER_GUIDE = """\
+{out}/
+  config.yaml                 the resolved configuration of this run (every setting, no secrets)
+  sources/manifest.parquet    the source images: id, class, label, split, image URI
+  bank/bank-<hash>.json       the attribute bank: feasible/infeasible values, rejections and why
+  generate/manifest.json      the edited dataset; lists generate/shards/*.parquet (edited image,
+                              mask, class, attribute, feasibility, value, prompt, seed, judge scores)
+  generate/masks|attempts|errors   masks per source, every judged attempt, failed rows with reasons
+  train/results.json          one result per condition x seed (val-selected and final test accuracy)
+  train/trials/*/             per-trial metrics.jsonl and result.json; Ray checkpoints beside them
+  report/index.html           open this: results table, feasible vs infeasible tests, plots, gallery
+"""
+
+log = logging.getLogger("varireal")
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: list[Path] | None = None) -> None:
+    p.add_argument(
+        "--config", "-c", action="append", type=Path, default=None,
+        help="YAML config file; repeat to layer files (later wins). "
+        + (f"Default: {default[0].relative_to(REPO_CONFIGS.parent)}" if default else "Default: built-in defaults."),
+    )
+    p.add_argument(
+        "--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting, e.g. --set generate.images_per_real=5 --set run.output=s3://bucket/run1",
+    )
+    p.set_defaults(default_configs=default or [])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="varireal",
+        description="Controlled synthetic training data: edit real images' background, color or texture to "
+        "feasible or infeasible values, then measure whether feasibility matters.",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo_default = [DEMO_CONFIG] if DEMO_CONFIG.exists() else None
+    commands = {
+        "prompts": "write the attribute bank: an LLM lists feasible and infeasible values per class (-> <run>/bank)",
+        "generate": "edit every source image: masks, diffusion edits, judge; commit Parquet shards (-> <run>/generate)",
+        "train": "fine-tune LoRA-CLIP for every condition x seed of the grid, in parallel on Ray (-> <run>/train)",
+        "report": "results table, feasible-vs-infeasible tests, plots and an edit gallery (-> <run>/report)",
+        "demo": "run all four jobs on the embedded default: local Ray, local storage, offline models",
+        "config": "print the resolved configuration (every key, with defaults) and exit",
+    }
+    for name, help_text in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_config_args(p, demo_default if name == "demo" else None)
+        if name == "config":
+            p.add_argument("--defaults", action="store_true", help="ignore --config/--set and print the built-in defaults")
+        if name in ("generate", "train", "report", "demo"):
+            p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    files = args.config if args.config else args.default_configs
+    return load_config(files, args.overrides)
+
+
+def _start(config: Config, args: argparse.Namespace) -> None:
+    from varireal_ray import storage
+    from varireal_ray.ray_utils import init_ray
+
+    storage.check_writable(config.run.output)
+    storage.write_bytes(storage.join(config.run.output, "config.yaml"), dump_config(config).encode())
+    init_ray(config, progress=not getattr(args, "no_progress", False))
+
+
+def cmd_prompts(config: Config) -> str:
+    from varireal_ray import sources
+    from varireal_ray.prompts.job import run_prompts
+    from varireal_ray.sources.manifest import class_names
+
+    uri = run_prompts(config, class_names(sources.ensure_manifest(config)))
+    print(f"bank: {uri}")
+    return uri
+
+
+def cmd_generate(config: Config) -> dict:
+    from varireal_ray.pipeline.generate import output_uri, run_generate
+
+    manifest = run_generate(config)
+    print(f"generate: {manifest['rows']} rows in {len(manifest['shards'])} shards -> {output_uri(config)}/manifest.json")
+    return manifest
+
+
+def cmd_train(config: Config) -> list[dict]:
+    from varireal_ray.train.grid import run_grid
+
+    results = run_grid(config)
+    failed = [r for r in results if r.get("status") != "ok"]
+    print(f"train: {len(results) - len(failed)} trials ok, {len(failed)} failed")
+    for r in failed:
+        print(f"  failed: {r['condition']} seed {r['seed']}: {r.get('error')}")
+    return results
+
+
+def cmd_report(config: Config) -> str:
+    from varireal_ray.report.build import build_report
+
+    uri = build_report(config)
+    print(f"report: {uri}")
+    return uri
+
+
+def cmd_demo(config: Config) -> None:
+    timings = {}
+    for name, step in (("prompts", cmd_prompts), ("generate", cmd_generate), ("train", cmd_train), ("report", cmd_report)):
+        print(f"\n=== {name} ===", flush=True)
+        start = time.perf_counter()
+        step(config)
+        timings[name] = time.perf_counter() - start
+    print("\n=== done ===")
+    print("  " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}s")
+    print("\nWhere to look:\n" + RUN_FOLDER_GUIDE.format(out=config.run.output))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from varireal_ray.errors import UserError
+
+    try:
+        config = Config() if getattr(args, "defaults", False) else _load(args)
+        if args.command == "config":
+            print(dump_config(config), end="")
+            return 0
+        _start(config, args)
+        {"prompts": cmd_prompts, "generate": cmd_generate, "train": cmd_train, "report": cmd_report, "demo": cmd_demo}[args.command](config)
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

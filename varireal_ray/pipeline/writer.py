@@ -1,0 +1,86 @@
+"""Shard writing: each batch that reaches the end of the pipeline becomes committed shards.
+
+A generation run keeps four committed datasets under ``<run>/generate``:
+- ``.`` (the dataset itself): edited rows, each with its mask and metadata;
+- ``masks/``: one mask per source image, computed once and reused by every condition;
+- ``attempts/``: every judged attempt (id, attempt, seed, score, answers, outcome);
+- ``errors/``: rows that failed, with the stage and the reason.
+Writers run as Ray tasks; the driver only sees the per-shard counts they return.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+from varireal_ray import storage
+from varireal_ray.stages.common import Batch, batch_len
+
+# Columns that never go into a shard: the source bytes are referenced by image_uri.
+TRANSIENT = ("image",)
+ERROR_COLUMNS = ("id", "source_id", "attempt", "error_stage", "error")
+ATTEMPT_COLUMNS = ("id", "source_id", "attempt", "seed", "judge_score", "judge_answers", "outcome")
+
+
+def _table(batch: Batch, rows: np.ndarray, columns: list[str] | tuple[str, ...]) -> pa.Table:
+    return pa.table({c: [_plain(batch[c][i]) for i in rows] for c in columns if c in batch})
+
+
+def _plain(value):
+    """numpy scalars and arrays to Python values Arrow can type."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _commit(uri: str, batch: Batch, rows: np.ndarray, columns, id_column: str = "id") -> int:
+    if len(rows) == 0:
+        return 0
+    storage.commit_shard(uri, _table(batch, rows, columns), id_column=id_column)
+    return len(rows)
+
+
+def _summary(**counts: int) -> Batch:
+    return {k: np.array([v]) for k, v in counts.items()}
+
+
+def write_masks(batch: Batch, out_uri: str) -> Batch:
+    """Commit healthy mask rows (keyed by source_id); failed sources go to the errors table."""
+    failed = np.array([bool(e) for e in batch["error"]])
+    batch["id"] = batch["source_id"]
+    batch["attempt"] = np.zeros(batch_len(batch), dtype=np.int64)
+    columns = [c for c in batch if c not in TRANSIENT and c not in ("error", "error_stage", "id", "attempt")]
+    masks = _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), columns, id_column="source_id")
+    errors = _commit(storage.join(out_uri, "errors"), batch, np.flatnonzero(failed), ERROR_COLUMNS)
+    return _summary(rows=masks, errors=errors)
+
+
+def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: bool) -> Batch:
+    """Commit judged rows by outcome: accepted rows (and, after the last attempt, rejected rows if
+    kept flagged) to the dataset; every judged attempt to ``attempts``; failures to ``errors``."""
+    n = batch_len(batch)
+    failed = np.array([bool(e) for e in batch["error"]])
+    accepted = np.array([bool(a) for a in batch["accepted"]]) if "accepted" in batch else np.zeros(n, bool)
+    outcome = np.array(["accepted"] * n, dtype=object)
+    rejected = ~failed & ~accepted
+    outcome[rejected] = "retry" if not final_attempt else ("kept_flagged" if keep_flagged else "dropped")
+    batch["outcome"] = outcome
+    batch["exhausted"] = rejected & final_attempt
+    batch["judge_answers"] = np.array([a if isinstance(a, str) else json.dumps(_plain(a)) for a in batch.get("judge_answers", [""] * n)], dtype=object)
+
+    keep = ~failed & (accepted | (rejected & final_attempt & keep_flagged))
+    columns = [c for c in batch if c not in TRANSIENT and c != "outcome"]
+    rows = _commit(out_uri, batch, np.flatnonzero(keep), columns)
+    _commit(storage.join(out_uri, "attempts"), batch, np.flatnonzero(~failed), ATTEMPT_COLUMNS)
+    errors = _commit(storage.join(out_uri, "errors"), batch, np.flatnonzero(failed), ERROR_COLUMNS)
+    return _summary(
+        rows=rows,
+        errors=errors,
+        retry=int((outcome[rejected] == "retry").sum()),
+        dropped=int((outcome[rejected] == "dropped").sum()),
+        flagged=int((outcome[rejected] == "kept_flagged").sum()),
+    )

@@ -1,0 +1,36 @@
+"""Starting or joining Ray, the same way for every job."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from varireal_ray.config import Config
+
+log = logging.getLogger(__name__)
+
+# Passed to every worker so workers behave like the driver (offline hub, quiet tokenizers).
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+
+
+def init_ray(config: Config, progress: bool = True) -> None:
+    """Join ``ray.address`` (or ``RAY_ADDRESS``), else start a local cluster sized by ``ray.num_cpus``."""
+    import ray
+
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+        address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs["num_cpus"] = config.ray.num_cpus
+            kwargs["include_dashboard"] = False
+            if config.ray.object_store_memory_mb:
+                kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+        ray.init(**kwargs)
+        log.info("Ray resources: %s", ray.cluster_resources())
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = False

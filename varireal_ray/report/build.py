@@ -1,0 +1,145 @@
+"""The report job: reads ``train/results.json`` and the generated dataset; writes
+``report/results.csv``, ``results.md``, ``comparisons.csv`` and a self-contained ``index.html``
+(table, tests, plots, gallery)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import pandas as pd
+
+from varireal_ray import storage
+from varireal_ray.config import Config
+from varireal_ray.report import gallery
+from varireal_ray.report.stats import compare, mean_interval
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}.gallery img{display:block}
+.cap{font-size:11px;max-width:160px}.empty{width:160px;height:60px;background:#eee}.headline{font-size:1.3em}"""
+
+
+def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
+    ok = [r for r in results if r.get("status") == "ok"]
+    rows = []
+    for cond in config.train.conditions:
+        runs = [r for r in ok if r["condition"] == cond.name]
+        if not runs:
+            continue
+        sel = mean_interval([r["test"]["selected"]["top1"] for r in runs], config.report.confidence)
+        fin = mean_interval([r["test"]["final"]["top1"] for r in runs], config.report.confidence)
+        rows.append(
+            {
+                "dataset": config.dataset.name,
+                "condition": cond.name,
+                "attribute": cond.attribute or "-",
+                "feasible_fraction": cond.feasible_fraction,
+                "use_real": cond.use_real,
+                "seeds": sel.n,
+                "test_top1_selected": round(sel.mean * 100, 2),
+                "ci_low": None if sel.low is None else round(sel.low * 100, 2),
+                "ci_high": None if sel.high is None else round(sel.high * 100, 2),
+                "test_top1_final": round(fin.mean * 100, 2),
+                "test_top5_selected": round(100 * sum(r["test"]["selected"]["top5"] for r in runs) / len(runs), 2),
+                "val_top1_selected": round(100 * sum(r["val_top1_selected"] for r in runs) / len(runs), 2),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def comparisons(config: Config, results: list[dict]) -> pd.DataFrame:
+    """Feasible (fraction 1) vs infeasible (fraction 0) per attribute and real-data setting."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    out = []
+    for attribute in config.generate.attributes:
+        for use_real in (True, False):
+            pick = lambda frac: [r for r in ok if r["attribute"] == attribute and r["use_real"] == use_real and r["feasible_fraction"] == frac]  # noqa: E731
+            feasible, infeasible = pick(1.0), pick(0.0)
+            if not feasible or not infeasible:
+                continue
+            c = compare(attribute, use_real, feasible, infeasible, config.report.bootstrap_samples, config.report.confidence, config.run.seed)
+            out.append(
+                {
+                    "attribute": attribute,
+                    "use_real": use_real,
+                    "feasible_minus_infeasible_top1": round(c.diff * 100, 2),
+                    "ci_low": round(c.low * 100, 2),
+                    "ci_high": round(c.high * 100, 2),
+                    "mcnemar_p": round(c.mcnemar_p, 4),
+                    "test_images": c.n_images,
+                    "seeds": c.n_seeds,
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(none)"
+    cells = [[("–" if pd.isna(v) else str(v)) for v in row] for row in table.itertuples(index=False)]
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+
+
+def _bar_plot(table: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(table)), 3.5))
+    err = None
+    if table["ci_low"].notna().all():
+        err = [table["test_top1_selected"] - table["ci_low"], table["ci_high"] - table["test_top1_selected"]]
+    ax.bar(table["condition"], table["test_top1_selected"], yerr=err, capsize=4, color="#4c78a8")
+    ax.set_ylabel("test top-1 (%), val-selected")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def headline(comp: pd.DataFrame) -> str:
+    if comp.empty:
+        return "No feasible/infeasible pair in the grid: add both fractions 1.0 and 0.0 for an attribute."
+    lines = []
+    for _, c in comp.iterrows():
+        setting = "real + synthetic" if c["use_real"] else "synthetic only"
+        verdict = "no significant difference" if c["ci_low"] <= 0 <= c["ci_high"] else "a significant difference"
+        lines.append(
+            f"{c['attribute']} ({setting}): feasible − infeasible = {c['feasible_minus_infeasible_top1']:+.2f} pts "
+            f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}], McNemar p = {c['mcnemar_p']:.3g}: {verdict}."
+        )
+    return "<br>".join(html.escape(x) for x in lines)
+
+
+def build_report(config: Config) -> str:
+    out = storage.join(config.run.output, "report")
+    results = storage.read_json(storage.join(config.run.output, "train", "results.json"))
+    table = results_table(config, results)
+    comp = comparisons(config, results)
+    failed = [r for r in results if r.get("status") != "ok"]
+    storage.write_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
+    storage.write_bytes(storage.join(out, "comparisons.csv"), comp.to_csv(index=False).encode())
+    md = f"# Results\n\n{markdown(table)}\n\n# Feasible vs infeasible\n\n{markdown(comp)}\n"
+    storage.write_bytes(storage.join(out, "results.md"), md.encode())
+    dataset_uri = storage.join(config.run.output, "generate")
+    parts = [
+        f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",
+        f"<p class='headline'>{headline(comp)}</p>",
+        "<h2>Results (test top-1 of the val-selected checkpoint; mean ± 95% interval over seeds)</h2>",
+        table.to_html(index=False, na_rep="–"),
+        f"<p><img src='{_bar_plot(table)}'></p>" if not table.empty else "",
+        "<h2>Feasible vs infeasible (paired over test images; bootstrap interval, exact McNemar)</h2>",
+        comp.to_html(index=False) if not comp.empty else "<p>No pairs.</p>",
+        ("<h2>Failed trials</h2><ul>" + "".join(f"<li>{html.escape(str(r['condition']))} seed {r['seed']}: {html.escape(str(r.get('error')))}</li>" for r in failed) + "</ul>") if failed else "",
+        "<h2>Edit gallery</h2>",
+        gallery.render(config, dataset_uri) if storage.exists(storage.join(dataset_uri, "manifest.json")) else "<p>No generated dataset.</p>",
+    ]
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>varireal-ray report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    uri = storage.join(out, "index.html")
+    storage.write_bytes(uri, page.encode())
+    return uri
