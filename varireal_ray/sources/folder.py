@@ -44,7 +44,8 @@ def build_folder(config: Config) -> pa.Table:
                 raise SourceError(f"{storage.join(split_uri, class_dir)}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
             for uri in images:
                 stem = posixpath.splitext(posixpath.basename(uri))[0]
-                rows.append({"source_id": f"{slug(class_dir)}-{slug(stem)}", "class_name": class_dir, "split": split, "image_uri": uri})
+                # The split is part of the id: the same file name may sit in train/ and test/.
+                rows.append({"source_id": f"{slug(class_dir)}-{slug(f'{split}/{stem}')}", "class_name": class_dir, "split": split, "image_uri": uri})
     if not rows:
         raise SourceError(f"{root}: no class folders found")
     return build_table(rows)

@@ -94,7 +94,7 @@ def _check_templates(config: Config) -> None:
 def _load(loader, ref, config: Config, role: str, device, dtype):
     resolved = registry.resolve(ref, config.models, role)
     try:
-        pipe = loader.from_pretrained(resolved.path, revision=resolved.revision, torch_dtype=dtype)
+        pipe = loader.from_pretrained(resolved.path, revision=resolved.revision, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
         raise registry.hub_error(resolved, exc, role) from exc
     pipe.to(device)  # weights stay resident: no CPU offload
