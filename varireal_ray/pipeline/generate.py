@@ -41,6 +41,11 @@ def bank_uri(config: Config) -> str:
     return config.generate.bank or storage.join(config.run.output, "bank")
 
 
+def load_bank(uri: str) -> Bank:
+    """A bank by URI, or a curated one shipped with the package (``builtin:<name>``)."""
+    return Bank.builtin(uri.split(":", 1)[1]) if uri.startswith("builtin:") else Bank.load(uri)
+
+
 def model_labels(config: Config) -> str:
     roles = ("grounding", "segmenter", "inpaint", "text2image", "judge")
     refs = {r: getattr(config.models, r) for r in roles}
@@ -142,7 +147,7 @@ def run_generate(config: Config) -> dict:
     """Run (or resume) generation; returns the manifest. Ray must be initialised."""
     out = output_uri(config)
     storage.check_writable(out)  # before any model loads: a missing bucket fails in seconds
-    bank = Bank.load(bank_uri(config))
+    bank = load_bank(bank_uri(config))
     start = time.perf_counter()
     mask_counts = run_masks(config, out)
     counts: Counter = Counter()

@@ -26,12 +26,12 @@ source), ``edit_models`` (model ids used), ``t_edit`` (seconds).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from varireal_ray.config import Config, ConfigError, Diffusion
+from varireal_ray.config import ATTRIBUTES, Config, ConfigError, Diffusion
 from varireal_ray.models import registry
 from varireal_ray.stages import common, named_colors, priors
 
@@ -41,13 +41,13 @@ OUTPUT_COLUMNS = ("edited", "prompt", "prior", "edit_models")
 # row seed itself: one seed per row reproduces the whole edit.
 PRIOR_SEED_OFFSET = 1
 # Fields a prompt template may use; ``value_full`` is the reference's "name: description" string.
-PROMPT_FIELDS = ("prefix", "class_name", "value", "description", "value_full")
+PROMPT_FIELDS = ("prefix", "class_name", "value", "value_description", "value_full")
 
 
 @dataclass
 class Job:
-    """One row in flight. ``image`` and ``work_mask`` are at the square working resolution;
-    ``source`` and ``mask`` at the source's size, for the final composite."""
+    """One row in flight. ``image``, ``work_mask`` and everything made from them are at the square
+    working resolution; ``source`` and ``mask`` at the source's size, for the final composite."""
 
     row: int
     seed: int
@@ -57,19 +57,27 @@ class Job:
     work_mask: np.ndarray
     fields: dict[str, str]
     prompt: str
-    init: np.ndarray | None = None  # the image inpainting starts from: the source with the prior
+    generated: np.ndarray | None = None  # the plate (background) or swatch (texture)
+    init: np.ndarray | None = None  # what inpainting starts from: the source with the prior
     inpaint_mask: Image.Image | None = None
-    prior: str = ""
+    edited: Image.Image | None = None  # the inpainting output
+    prior: str = ""  # how the prior was made, for the `prior` column
 
 
 def prompt_fields(prefix: str, class_name: str, value: str, description: str) -> dict[str, str]:
+    """What a prompt template can say; the config's templates pick among these."""
     description = description.strip()
-    full = f"{value}: {description}" if description else value
-    return {"prefix": prefix, "class_name": class_name, "value": value, "description": description, "value_full": full}
+    return {
+        "prefix": prefix,
+        "class_name": class_name,
+        "value": value,
+        "value_description": description,
+        "value_full": f"{value}: {description}" if description else value,
+    }
 
 
-def _check_templates(config: Config) -> None:
-    """Fail at start-up, naming the key, on a template with an unknown {field}."""
+def _check_config(config: Config) -> None:
+    """Fail at start-up, naming the key, on settings that would fail every row later."""
     gen = config.generate
     templates = {
         "generate.background.prompt": gen.background.prompt,
@@ -86,15 +94,18 @@ def _check_templates(config: Config) -> None:
             raise ConfigError(f"{key} = {template!r}: bad placeholder {exc}; allowed: {PROMPT_FIELDS}") from None
     if "texture" in gen.attributes and (gen.texture.swatch is None or not gen.texture.swatch_prompt):
         raise ConfigError("generate.texture.swatch and generate.texture.swatch_prompt are needed for texture edits")
-    for key, d in {"background": gen.background.inpaint, "color": gen.color.inpaint, "texture": gen.texture.inpaint}.items():
-        if int(d.steps * d.strength) < 1:  # diffusers runs int(steps * strength) denoising steps
-            raise ConfigError(f"generate.{key}.inpaint: steps * strength = {d.steps * d.strength:g} < 1 step")
+    for attribute in gen.attributes:
+        d = getattr(gen, attribute).inpaint
+        if int(d.steps * d.strength) < 1:  # diffusers denoises int(steps * strength) steps
+            raise ConfigError(
+                f"generate.{attribute}.inpaint: steps * strength = {d.steps * d.strength:g}, under one step"
+            )
 
 
-def _load(loader, ref, config: Config, role: str, device, dtype):
+def _load(loader, ref, config: Config, role: str, device):
     resolved = registry.resolve(ref, config.models, role)
     try:
-        pipe = loader.from_pretrained(resolved.path, revision=resolved.revision, dtype=dtype)
+        pipe = loader.from_pretrained(resolved.path, revision=resolved.revision, dtype=_dtype(ref.dtype, device))
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
         raise registry.hub_error(resolved, exc, role) from exc
     pipe.to(device)  # weights stay resident: no CPU offload
@@ -110,19 +121,29 @@ def _dtype(requested: str, device):
     return torch.float16 if requested == "auto" else getattr(torch, requested)
 
 
-def _per_row(batch: common.Batch, items: Sequence, fn: Callable) -> list:
-    """``fn(item)`` for each item (a ``Job``, or a row index); a failure marks that row only."""
-    out = []
-    for item in items:
+def _generator(seed: int):
+    """A CPU generator: diffusers draws the noise on it and moves it to the device, so a seed
+    gives the same starting noise on CPU and on any GPU."""
+    import torch
+
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def _each(batch: common.Batch, jobs: list[Job], fn: Callable[[Job], None]) -> list[Job]:
+    """``fn(job)`` for each job; a failure marks that row only. Returns the jobs that succeeded."""
+    done = []
+    for job in jobs:
         try:
-            out.append(fn(item))
+            fn(job)
+            done.append(job)
         except Exception as exc:  # noqa: BLE001 - a bad row must never kill the batch
-            common.fail_row(batch, item.row if isinstance(item, Job) else int(item), STAGE, exc)
-    return out
+            common.fail_row(batch, job.row, STAGE, exc)
+    return done
 
 
-def _batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], list]) -> list[tuple[Job, object]]:
-    """``call(jobs)`` once for the group; if that fails, once per job, so one bad row fails alone."""
+def _batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], list]) -> list[tuple]:
+    """``call(jobs)`` once for the group; if that fails, once per job, so one bad row fails alone.
+    Returns ``(job, output)`` for the jobs that succeeded."""
     if not jobs:
         return []
     try:
@@ -131,7 +152,13 @@ def _batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], l
         if len(jobs) == 1:
             common.fail_row(batch, jobs[0].row, STAGE, exc)
             return []
-    return _per_row(batch, jobs, lambda job: (job, call([job])[0]))
+    done = []
+    for job in jobs:
+        try:
+            done.append((job, call([job])[0]))
+        except Exception as exc:  # noqa: BLE001 - recorded on the row
+            common.fail_row(batch, job.row, STAGE, exc)
+    return done
 
 
 class EditStage:
@@ -139,28 +166,24 @@ class EditStage:
 
     def __init__(self, config: Config):
         import torch
+        from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
-        _check_templates(config)
+        _check_config(config)
         self.config = config
         self.gen = config.generate
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
-
         models = config.models
         self.inpaint, self.inpaint_label = _load(
-            AutoPipelineForInpainting, models.inpaint, config, "inpaint", self.device,
-            _dtype(models.inpaint.dtype, self.device),
+            AutoPipelineForInpainting, models.inpaint, config, "inpaint", self.device
         )
         self.text2image, self.text2image_label = None, ""
         if {"background", "texture"} & set(self.gen.attributes):  # color needs no plate or swatch
             self.text2image, self.text2image_label = _load(
-                AutoPipelineForText2Image, models.text2image, config, "text2image", self.device,
-                _dtype(models.text2image.dtype, self.device),
+                AutoPipelineForText2Image, models.text2image, config, "text2image", self.device
             )
         scale = self.inpaint.vae_scale_factor
         if self.gen.resolution % scale:
             raise ConfigError(f"generate.resolution = {self.gen.resolution}: must be a multiple of {scale}")
-        self.recipes = {"background": self._background_prior, "color": self._color_prior, "texture": self._texture_prior}
 
     # ------------------------------------------------------------------------------- batches
     def __call__(self, batch: common.Batch) -> common.Batch:
@@ -177,30 +200,43 @@ class EditStage:
         return batch
 
     def _edit_group(self, batch: common.Batch, attribute: str, rows: list[int]) -> None:
-        if attribute not in self.recipes:
-            exc = ValueError(f"attribute {attribute!r} is not one of {sorted(self.recipes)}")
-            for i in rows:
+        jobs = []
+        for i in rows:
+            try:
+                jobs.append(self._job(batch, attribute, i))
+            except Exception as exc:  # noqa: BLE001 - a bad row must never kill the batch
                 common.fail_row(batch, i, STAGE, exc)
+        if not jobs:
             return
-        jobs = _per_row(batch, rows, lambda i: self._job(batch, attribute, i))
-        jobs = self.recipes[attribute](batch, jobs)
-        edited = self._inpaint(batch, attribute, jobs)
+        if attribute == "background":
+            jobs = self._generate(batch, jobs, self.gen.background.plate_prompt, self.gen.background.plate)
+            jobs = _each(batch, jobs, self._plate_prior)
+        elif attribute == "color":
+            jobs = _each(batch, jobs, self._color_prior)
+        else:
+            jobs = self._generate(batch, jobs, self.gen.texture.swatch_prompt, self.gen.texture.swatch)
+            jobs = _each(batch, jobs, self._swatch_prior)
+        jobs = self._inpaint(batch, attribute, jobs)
         # Seam for the reference's second pass on color and texture (SDXL ControlNet-canny on the
-        # object's edges + IP-Adapter on the stage-1 object over gray): one more batched call that
-        # maps each (job, image) in `edited` to a refined image, before the final composite.
-        _per_row(batch, edited, lambda pair: self._finish(batch, attribute, *pair))
+        # object's edges + IP-Adapter on the stage-1 object over gray): one more batched call over
+        # `jobs` that replaces `job.edited`, before the final composite.
+        _each(batch, jobs, lambda job: self._finish(batch, attribute, job))
 
     def _job(self, batch: common.Batch, attribute: str, i: int) -> Job:
+        if attribute not in ATTRIBUTES:
+            raise ValueError(f"attribute {attribute!r} is not one of {ATTRIBUTES}")
         source = common.decode_image(batch["image"][i])
         mask = common.decode_mask(batch["mask"][i])
         if mask.shape != (source.height, source.width):
             raise common.BadImage(f"mask is {mask.shape[1]}x{mask.shape[0]} px, image {source.width}x{source.height}")
-        region = ~mask if attribute == "background" else mask
-        if not region.any():
-            raise ValueError(f"nothing to edit: the mask leaves no {'background' if attribute == 'background' else 'object'} pixels")
+        edited_region = "background" if attribute == "background" else "object"
+        if not (~mask if attribute == "background" else mask).any():
+            raise ValueError(f"nothing to edit: the mask leaves no {edited_region} pixels")
         res = self.gen.resolution
         fields = prompt_fields(
-            self.config.dataset.prefix, str(batch["class_name"][i]), str(batch["value"][i]),
+            self.config.dataset.prefix,
+            str(batch["class_name"][i]),
+            str(batch["value"][i]),
             str(batch["value_description"][i] or ""),
         )
         return Job(
@@ -215,45 +251,37 @@ class EditStage:
         )
 
     # -------------------------------------------------------------------------------- priors
-    def _background_prior(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+    def _plate_prior(self, job: Job) -> None:
         cfg, res = self.gen.background, self.gen.resolution
         dilation = priors.scaled_px(cfg.dilation_px, res)
         blur = priors.scaled_px(cfg.blur_px, res, odd=True)
-        plates = self._generate(batch, jobs, cfg.plate_prompt, cfg.plate)
-        for job, plate in plates:
-            job.init = priors.paste_plate(job.image, plate, job.work_mask, dilation)
-            job.inpaint_mask = priors.soft_background_mask(job.work_mask, blur)
-            job.prior = f"plate seed={job.seed + PRIOR_SEED_OFFSET} dilation={dilation}px blur={blur}px"
-        return [job for job, _ in plates]
+        job.init = priors.paste_plate(job.image, job.generated, job.work_mask, dilation)
+        job.inpaint_mask = priors.soft_background_mask(job.work_mask, blur)
+        job.prior = f"plate seed={job.seed + PRIOR_SEED_OFFSET} dilation={dilation}px blur={blur}px"
 
-    def _color_prior(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+    def _color_prior(self, job: Job) -> None:
         alpha = self.gen.color.blend_alpha
-        for job in jobs:
-            rgb, source = named_colors.lookup(job.fields["value"])
-            job.init = priors.blend(job.image, job.work_mask, np.array(rgb), alpha)
-            job.inpaint_mask = priors.hard_mask(job.work_mask)
-            job.prior = "color #{:02x}{:02x}{:02x} from {} alpha={:g}".format(*rgb, source, alpha)
-        return jobs
+        rgb, source = named_colors.lookup(job.fields["value"])
+        job.init = priors.blend(job.image, job.work_mask, np.array(rgb), alpha)
+        job.inpaint_mask = priors.hard_mask(job.work_mask)
+        job.prior = "color #{:02x}{:02x}{:02x} from {} alpha={:g}".format(*rgb, source, alpha)
 
-    def _texture_prior(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-        cfg = self.gen.texture
-        swatches = self._generate(batch, jobs, cfg.swatch_prompt, cfg.swatch)
-        for job, swatch in swatches:
-            rng = np.random.default_rng(job.seed + PRIOR_SEED_OFFSET)
-            patch, (x, y) = priors.swatch_patch(swatch, rng)
-            job.init = priors.blend(job.image, job.work_mask, patch, cfg.blend_alpha)
-            job.inpaint_mask = priors.hard_mask(job.work_mask)
-            job.prior = f"swatch seed={job.seed + PRIOR_SEED_OFFSET} crop=({x},{y}) alpha={cfg.blend_alpha:g}"
-        return [job for job, _ in swatches]
+    def _swatch_prior(self, job: Job) -> None:
+        alpha = self.gen.texture.blend_alpha
+        rng = np.random.default_rng(job.seed + PRIOR_SEED_OFFSET)
+        patch, (x, y) = priors.swatch_patch(job.generated, rng)
+        job.init = priors.blend(job.image, job.work_mask, patch, alpha)
+        job.inpaint_mask = priors.hard_mask(job.work_mask)
+        job.prior = f"swatch seed={job.seed + PRIOR_SEED_OFFSET} crop=({x},{y}) alpha={alpha:g}"
 
     # ------------------------------------------------------------------------------ diffusion
-    def _generate(self, batch: common.Batch, jobs: list[Job], template: str, d: Diffusion) -> list[tuple[Job, np.ndarray]]:
-        """Plates or swatches: one text-to-image call for the group, at the working resolution."""
+    def _generate(self, batch: common.Batch, jobs: list[Job], template: str, d: Diffusion) -> list[Job]:
+        """Plates or swatches into ``job.generated``: one text-to-image call for the group."""
         res = self.gen.resolution
 
         def call(group: list[Job]) -> list[np.ndarray]:
             if self.text2image is None:
-                raise RuntimeError("models.text2image is not loaded: generate.attributes has no background or texture")
+                raise RuntimeError("models.text2image is not loaded: generate.attributes lists no background/texture")
             out = self.text2image(
                 prompt=[template.format(**job.fields) for job in group],
                 height=res,
@@ -264,9 +292,13 @@ class EditStage:
             )
             return [np.asarray(img.convert("RGB")) for img in out.images]
 
-        return _batched(batch, jobs, call)
+        done = _batched(batch, jobs, call)
+        for job, image in done:
+            job.generated = image
+        return [job for job, _ in done]
 
-    def _inpaint(self, batch: common.Batch, attribute: str, jobs: list[Job]) -> list[tuple[Job, Image.Image]]:
+    def _inpaint(self, batch: common.Batch, attribute: str, jobs: list[Job]) -> list[Job]:
+        """Inpaint each ``job.init`` inside ``job.inpaint_mask`` into ``job.edited``: one call."""
         d: Diffusion = getattr(self.gen, attribute).inpaint
         res = self.gen.resolution
 
@@ -284,12 +316,16 @@ class EditStage:
             )
             return list(out.images)
 
-        return _batched(batch, jobs, call)
+        done = _batched(batch, jobs, call)
+        for job, image in done:
+            job.edited = image
+        return [job for job, _ in done]
 
     # -------------------------------------------------------------------------------- output
-    def _finish(self, batch: common.Batch, attribute: str, job: Job, edited: Image.Image) -> None:
+    def _finish(self, batch: common.Batch, attribute: str, job: Job) -> None:
+        """Back to the source's size, then the minimal-edit composite, encoded."""
         height, width = job.mask.shape
-        restored = np.asarray(common.unpad(edited.convert("RGB"), (width, height)))
+        restored = np.asarray(common.unpad(job.edited.convert("RGB"), (width, height)))
         region = "background" if attribute == "background" else "object"
         final = common.composite(job.source, restored, job.mask, region)
         batch["edited"][job.row] = common.encode_image(final, self.gen.image_format)
@@ -297,11 +333,3 @@ class EditStage:
         batch["prior"][job.row] = job.prior
         used = [self.inpaint_label] + ([self.text2image_label] if attribute != "color" else [])
         batch["edit_models"][job.row] = ",".join(used)
-
-
-def _generator(seed: int):
-    """A CPU generator: diffusers draws the noise on it and moves it, so a seed gives the same
-    noise on CPU and on any GPU."""
-    import torch
-
-    return torch.Generator("cpu").manual_seed(int(seed))

@@ -2,23 +2,26 @@
 
 For each image: pad to a square at ``generate.resolution``; take the dataset's box if the row has
 one, else ask the grounding model for "a {prefix}{class_name}." and keep the *best-scoring* box
-(the reference kept the first); prompt SAM 2 with that box; keep the largest connected component
-with its holes filled; crop the padding and resize back to the source size.
+(the reference kept the first); prompt SAM 2 with that box; crop the padding and resize back to the
+source size; keep the largest connected component with its holes filled.
 
 When nothing is detected, or the mask covers less than ``mask.min_area_fraction`` of the image, a
-weight-free fallback takes over: ``cv2.grabCut`` from a centred box (the dataset box when there is
-one), or that box itself. ``mask_source`` records which path made each mask.
+weight-free fallback takes over (``mask.fallback``): ``cv2.grabCut`` from a centred box, or that
+box itself. A dataset box stands in for the centred box: it is ground truth.
+
+``mask_source`` says which path made each mask: ``grounding+sam2``, ``dataset_box+sam2``,
+``dataset_box+grabcut``, ``dataset_box+box``, ``fallback:grabcut`` or ``fallback:center_box``.
 
 Input columns: ``source_id``, ``class_name``, ``image`` (encoded bytes), optional ``box``
 (None or [x0, y0, x1, y1] in source pixels). Output columns: ``mask`` (PNG at the source size),
-``mask_box`` ([x0, y0, x1, y1], source pixels), ``mask_source``, ``mask_score`` (detection score,
-0 without one), ``t_mask`` (seconds).
+``mask_box`` ([x0, y0, x1, y1] of the mask, source pixels), ``mask_source``, ``mask_score``
+(detection score, 0 without one), ``t_mask`` (seconds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -99,6 +102,10 @@ def grabcut(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
     small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
     small = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
     x0, y0, x1, y1 = _pixel_box([v * scale for v in box], small_w, small_h)
+    if (x0, y0, x1, y1) == (0, 0, small_w, small_h):
+        # GrabCut learns the background from the pixels outside the box (OpenCV asserts there are
+        # some); a box that is the whole image leaves none, so nothing can be cut out.
+        return np.zeros((height, width), dtype=bool)
     labels = np.zeros((small_h, small_w), dtype=np.uint8)
     background_model, foreground_model = np.zeros((1, 65)), np.zeros((1, 65))
     cv2.setRNGSeed(0)  # GrabCut seeds its colour models with k-means: same image, same mask
@@ -124,7 +131,7 @@ def parse_box(value, width: int, height: int) -> list[float] | None:
     if box.size == 0:
         return None
     if box.size != 4 or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"box {np.asarray(value).tolist()} is not [x0, y0, x1, y1] in pixels with x0 < x1 and y0 < y1")
+        raise ValueError(f"box {box.tolist()} is not [x0, y0, x1, y1] in pixels with x0 < x1 and y0 < y1")
     clipped = [min(max(v, 0.0), limit) for v, limit in zip(box.tolist(), (width, height, width, height))]
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         raise ValueError(f"box {box.tolist()} lies outside the {width}x{height} image")
@@ -158,17 +165,19 @@ class MaskStage:
     """Grounding + SAM 2 object masks with a GrabCut fallback; see the module docstring."""
 
     def __init__(self, config: Config):
-        from transformers import AutoModel, AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModel, AutoModelForZeroShotObjectDetection
 
         self.config = config
         self.mask = config.generate.mask
         self.resolution = config.generate.resolution
         self.prefix = config.dataset.prefix
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.detector, self.detector_processor = self._load("grounding", AutoModelForZeroShotObjectDetection, AutoProcessor)
-        self.segmenter, self.segmenter_processor = self._load("segmenter", AutoModel, AutoProcessor)
+        self.detector, self.detector_processor = self._load("grounding", AutoModelForZeroShotObjectDetection)
+        self.segmenter, self.segmenter_processor = self._load("segmenter", AutoModel)
 
-    def _load(self, role: str, model_cls, processor_cls):
+    def _load(self, role: str, model_cls):
+        from transformers import AutoProcessor
+
         ref = getattr(self.config.models, role)
         resolved = registry.resolve(ref, self.config.models, role)
         # Both models are small next to diffusion, and box regression is precision-sensitive:
@@ -177,7 +186,7 @@ class MaskStage:
         kwargs = {"revision": resolved.revision, "trust_remote_code": self.config.models.trust_remote_code}
         try:
             model = model_cls.from_pretrained(resolved.path, dtype=dtype, **kwargs).to(self.device).eval()
-            processor = processor_cls.from_pretrained(resolved.path, **kwargs)
+            processor = AutoProcessor.from_pretrained(resolved.path, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
             raise registry.hub_error(resolved, exc, role) from exc
         return model, processor
@@ -229,7 +238,7 @@ class MaskStage:
             )
         except Exception as exc:  # noqa: BLE001 - a failed forward fails these rows, not the job
             for i in rows:
-                fail_row(batch, i, STAGE, RuntimeError(f"grounding model failed on the batch: {exc}"))
+                fail_row(batch, i, STAGE, RuntimeError(f"grounding model failed on the batch: {_describe(exc)}"))
             return
         for i, result in zip(rows, results):
             width, height = (v * sources[i].scale for v in sources[i].image.size)
@@ -255,10 +264,12 @@ class MaskStage:
                     input_boxes=inputs["input_boxes"].to(self.device),
                     multimask_output=False,
                 )
-            masks = self.segmenter_processor.post_process_masks(outputs.pred_masks.float().cpu(), inputs["original_sizes"])
+            masks = self.segmenter_processor.post_process_masks(
+                outputs.pred_masks.float().cpu(), inputs["original_sizes"]
+            )
         except Exception as exc:  # noqa: BLE001 - a failed forward fails these rows, not the job
             for i in rows:
-                fail_row(batch, i, STAGE, RuntimeError(f"segmenter failed on the batch: {exc}"))
+                fail_row(batch, i, STAGE, RuntimeError(f"segmenter failed on the batch: {_describe(exc)}"))
             return
         for i, mask in zip(rows, masks):
             sources[i].sam_mask = mask[0, 0].numpy().astype(bool)  # (objects=1, masks=1, H, W)
@@ -267,7 +278,8 @@ class MaskStage:
         width, height = source.image.size
         mask, origin = None, None
         if source.sam_mask is not None:
-            mask = unpad_mask(self._refine(source.sam_mask), (width, height))
+            # Crop the padding first, so that a blob SAM 2 put there cannot win the component vote.
+            mask = self._refine(unpad_mask(source.sam_mask, (width, height)))
             origin = "dataset_box+sam2" if source.dataset_box is not None else "grounding+sam2"
         if mask is None or not self._big_enough(mask):
             mask, origin = self._fallback(source)
@@ -291,7 +303,8 @@ class MaskStage:
             mask = self._refine(grabcut(np.asarray(source.image), box))
             if self._big_enough(mask):
                 return mask, prefix + "grabcut"
-        # GrabCut found nothing (a flat image) or was not asked for: the box is the mask.
+        # GrabCut found nothing (a flat image, a box that is the whole image) or was not asked for:
+        # the box is the mask.
         return box_mask(box, width, height), prefix + box_name
 
     def _refine(self, mask: np.ndarray) -> np.ndarray:
@@ -314,3 +327,7 @@ def _to_device(inputs, device: str, dtype: torch.dtype) -> dict:
         for k, v in inputs.items()
         if isinstance(v, torch.Tensor)
     }
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"

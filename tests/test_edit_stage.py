@@ -1,0 +1,195 @@
+"""The edit stage on real photos with the tiny diffusion pipelines: minimal by construction,
+reproducible by seed, and one bad row never fails the batch."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from varireal_ray.config import ConfigError, load_config
+from varireal_ray.stages import common, named_colors, priors
+from varireal_ray.stages.edit import STAGE, EditStage, Job, _batched
+
+REPO = Path(__file__).resolve().parents[1]
+
+ATTRIBUTE_VALUES = {
+    "background": ("a snowy forest", "deep snow under pine trees at dusk"),
+    "color": ("burgundy", ""),
+    "texture": ("elephant skin", "thick, wrinkled grey hide"),
+}
+
+
+def _photo(name: str, longer: int = 160) -> np.ndarray:
+    """A bundled real photo, scaled like the demo dataset (odd, non-square sizes included)."""
+    img = Image.fromarray(getattr(data, name)())
+    scale = longer / max(img.size)
+    return np.asarray(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS))
+
+
+PHOTOS = {name: _photo(name) for name in ("chelsea", "coffee", "astronaut")}
+
+
+def _ellipse(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 4)) ** 2 <= 1
+
+
+def _row(photo: str, attribute: str, seed: int, class_name: str = "cat") -> dict:
+    image = PHOTOS[photo]
+    value, description = ATTRIBUTE_VALUES[attribute]
+    return {
+        "id": f"{photo}-{attribute}-{seed}",
+        "image": common.encode_image(image, "png"),
+        "mask": common.encode_mask(_ellipse(*image.shape[:2])),
+        "class_name": class_name,
+        "attribute": attribute,
+        "feasibility": "feasible",
+        "value": value,
+        "value_description": description,
+        "seed": seed,
+        "error": "",
+        "error_stage": "",
+    }
+
+
+def _batch(rows: list[dict]) -> common.Batch:
+    batch = {key: np.empty(len(rows), dtype=object) for key in rows[0]}
+    for key in batch:
+        batch[key][:] = [row[key] for row in rows]
+    batch["seed"] = np.array([row["seed"] for row in rows], dtype=np.int64)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def stage(model_cache) -> EditStage:
+    # The demo's step counts (1-2 denoising steps per diffusion call) at a 64 px working resolution.
+    config = load_config(
+        [REPO / "configs" / "demo.yaml"],
+        [f"models.cache_dir={model_cache}", "generate.resolution=64"],
+    )
+    return EditStage(config)
+
+
+def _assert_minimal(batch: common.Batch, i: int) -> None:
+    """Contract 6, exactly: the untouched region equals the source; the edited one changed."""
+    source = common.decode_image(batch["image"][i])
+    mask = common.decode_mask(batch["mask"][i])
+    edited = common.decode_image(batch["edited"][i])
+    assert edited.size == source.size
+    src, out = np.asarray(source), np.asarray(edited)
+    kept = mask if batch["attribute"][i] == "background" else ~mask
+    assert np.array_equal(out[kept], src[kept]), batch["id"][i]
+    changed = (out[~kept] != src[~kept]).any(axis=-1).mean()
+    assert changed > 0.5, f"{batch['id'][i]}: only {changed:.0%} of the edited region changed"
+
+
+def test_mixed_batch_edits_every_attribute_minimally(stage):
+    rows = [
+        _row(photo, attribute, seed=k, class_name=photo)
+        for attribute in ("background", "color", "texture")
+        for k, photo in enumerate(PHOTOS)
+    ]
+    batch = stage(_batch(rows[::2] + rows[1::2]))  # interleaved: grouping must not reorder rows
+    assert list(batch["error"]) == [""] * len(rows)
+    for i in range(len(rows)):
+        _assert_minimal(batch, i)
+        assert batch["t_edit"][i] > 0
+        assert batch["class_name"][i] in batch["prompt"][i]  # per-row prompts
+        assert ATTRIBUTE_VALUES[batch["attribute"][i]][0] in batch["prompt"][i]
+    color = [i for i in range(len(rows)) if batch["attribute"][i] == "color"]
+    assert all("#610023 from xkcd:burgundy" in batch["prior"][i] for i in color)
+    assert all(batch["edit_models"][i] == "tiny:inpaint" for i in color)
+
+
+def test_same_seed_same_bytes_other_seed_differs(stage):
+    rows = [_row("chelsea", attribute, seed=7) for attribute in ATTRIBUTE_VALUES]
+    first = stage(_batch(rows))
+    again = stage(_batch(copy.deepcopy(rows)))
+    other = stage(_batch([{**row, "seed": 8} for row in rows]))
+    for i, attribute in enumerate(ATTRIBUTE_VALUES):
+        assert first["edited"][i] == again["edited"][i], attribute
+        assert first["edited"][i] != other["edited"][i], attribute
+
+
+def test_bad_rows_fail_alone_and_earlier_errors_pass_through(stage):
+    rows = [_row(photo, "texture", seed=1) for photo in PHOTOS]
+    rows[1]["image"] = b"\x89PNG\r\n\x1a\n not really a png"
+    rows[2] = {**_row("coffee", "color", seed=1), "error": "BadImage: empty file", "error_stage": "mask"}
+    wrong_mask = _row("astronaut", "background", seed=1)
+    wrong_mask["mask"] = common.encode_mask(np.ones((10, 10), bool))
+    unknown = {**_row("coffee", "texture", seed=3), "attribute": "shape"}
+    batch = stage(_batch([*rows, wrong_mask, _row("coffee", "texture", seed=2), unknown]))
+
+    assert batch["error_stage"][1] == STAGE and "cannot decode" in batch["error"][1]
+    assert batch["error_stage"][3] == STAGE and "mask is 10x10 px" in batch["error"][3]
+    assert batch["error_stage"][5] == STAGE and "'shape' is not one of" in batch["error"][5]
+    # A row an earlier stage failed is passed on as it was.
+    assert (batch["error"][2], batch["error_stage"][2]) == ("BadImage: empty file", "mask")
+    assert batch["edited"][2] is None and batch["t_edit"][2] == 0.0
+    for i in (0, 4):
+        assert batch["error"][i] == ""
+        _assert_minimal(batch, i)
+
+
+def test_group_call_failure_falls_back_to_rows():
+    """A group call that fails is retried row by row; only the row that fails alone is marked."""
+    batch = common.ensure_error_columns({"id": np.array(["a", "b", "c"], dtype=object)})
+    blank = dict.fromkeys(("source", "mask", "image", "work_mask"))
+    jobs = [Job(row=i, seed=i, fields={}, prompt="", **blank) for i in range(3)]
+
+    def call(group):
+        if any(job.row == 1 for job in group):
+            raise RuntimeError("CUDA out of memory")
+        return [f"out{job.row}" for job in group]
+
+    done = _batched(batch, jobs, call)
+    assert [(job.row, out) for job, out in done] == [(0, "out0"), (2, "out2")]
+    assert list(batch["error_stage"]) == ["", STAGE, ""] and "out of memory" in batch["error"][1]
+
+
+def test_bad_prompt_template_fails_before_loading(model_cache):
+    config = load_config(
+        [REPO / "configs" / "demo.yaml"],
+        [f"models.cache_dir={model_cache}", "generate.color.prompt=a {clas_name} in {value}"],
+    )
+    with pytest.raises(ConfigError, match="generate.color.prompt"):
+        EditStage(config)
+
+
+# ------------------------------------------------------------------------------ recipe pieces
+def test_named_colors_resolve_and_fall_back_deterministically():
+    assert named_colors.lookup("Light-Blue") == ((173, 216, 230), "css4:light blue")
+    assert named_colors.lookup("(burgundy)1.3")[1] == "xkcd:burgundy"
+    assert named_colors.lookup("deep metallic crimson")[1] == "css4:crimson"
+    rgb, source = named_colors.lookup("unobtainium glow")
+    assert source == "hash" and named_colors.lookup("Unobtainium  glow") == (rgb, "hash")
+
+
+def test_plate_kept_outside_dilated_mask_only():
+    image = np.full((64, 64, 3), 10, np.uint8)
+    plate = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[20:30, 20:30] = True
+    prior = priors.paste_plate(image, plate, mask, dilation=5)
+    halo = priors.dilate(mask, 5)
+    assert halo.sum() > mask.sum()
+    assert (prior[halo] == 10).all() and (prior[~halo] == 200).all()
+    assert priors.scaled_px(41, 128, odd=True) == 5 and priors.scaled_px(25, 128) == 3
+
+
+def test_swatch_patch_is_seeded_and_sharpened():
+    swatch = np.asarray(Image.fromarray(data.astronaut()).resize((64, 64)))
+    a, corner_a = priors.swatch_patch(swatch, np.random.default_rng(3))
+    b, corner_b = priors.swatch_patch(swatch, np.random.default_rng(3))
+    assert corner_a == corner_b and np.array_equal(a, b) and a.shape == swatch.shape
+    x, y = corner_a
+    upscaled = np.asarray(Image.fromarray(swatch[y : y + 16, x : x + 16]).resize((64, 64), Image.BICUBIC))
+    def detail(img):  # mean absolute difference between neighbours: high-frequency energy
+        return np.abs(np.diff(img.astype(int), axis=1)).mean()
+
+    assert detail(a) > 1.2 * detail(upscaled)

@@ -1,0 +1,118 @@
+"""The tiny grounding, segmenter and judge models: real classes, real loaders, real processors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from varireal_ray.config import ModelRef
+from varireal_ray.models import registry, tiny_detection, tiny_judge
+
+
+def _load(tiny_config, role: str, model_cls):
+    from transformers import AutoProcessor
+
+    resolved = registry.resolve(ModelRef(id=f"tiny:{role}"), tiny_config.models, role)
+    return model_cls.from_pretrained(resolved.path).eval(), AutoProcessor.from_pretrained(resolved.path)
+
+
+def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_grounding_detects_with_the_real_bert_vocabulary(tiny_config):
+    from transformers import (
+        AutoModelForZeroShotObjectDetection,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+    )
+
+    model, processor = _load(tiny_config, "grounding", AutoModelForZeroShotObjectDetection)
+    assert isinstance(model, GroundingDinoForObjectDetection)
+    assert isinstance(processor, GroundingDinoProcessor)
+    # bert-base-uncased ids: [CLS] a cat . [SEP]; a vocab mix-up would map words to [UNK] (100).
+    assert len(processor.tokenizer) == model.config.text_config.vocab_size == 30522
+    assert processor.tokenizer("A Cat.")["input_ids"] == [101, 1037, 4937, 1012, 102]
+
+    images, texts = [_photo(96, 64), _photo(64, 96)], ["a cat.", "a pet dog."]
+    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        outputs = model(**inputs)
+    queries = model.config.num_queries
+    assert outputs.logits.shape == (2, queries, model.config.max_text_len)
+    assert outputs.pred_boxes.shape == (2, queries, 4)
+    results = processor.post_process_grounded_object_detection(
+        outputs, inputs["input_ids"], threshold=0.0, text_threshold=0.0, target_sizes=[(64, 96), (96, 64)]
+    )
+    assert [len(r["scores"]) for r in results] == [queries, queries]
+    boxes = results[0]["boxes"]
+    assert boxes.shape == (queries, 4) and (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+
+    # One square image alone: the smallest feature map must still hold more than one value per
+    # GroupNorm group (a 64 px processor size made this raise at batch size 1).
+    single = processor(images=[_photo(128, 128)], text=["a cat."], return_tensors="pt")
+    with torch.inference_mode():
+        assert model(**single).pred_boxes.shape == (1, queries, 4)
+
+
+def test_segmenter_turns_a_box_into_a_mask_at_the_original_size(tiny_config):
+    from transformers import AutoModel, Sam2Model, Sam2Processor
+
+    model, processor = _load(tiny_config, "segmenter", AutoModel)
+    assert isinstance(model, Sam2Model) and isinstance(processor, Sam2Processor)
+    images = [_photo(160, 96), _photo(128, 128, seed=1)]
+    inputs = processor(images=images, input_boxes=[[[10, 10, 120, 80]], [[0, 0, 64, 64]]], return_tensors="pt")
+    with torch.inference_mode():
+        outputs = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"], multimask_output=False)
+    assert outputs.pred_masks.shape[:3] == (2, 1, 1)  # images, boxes, masks per box
+    masks = processor.post_process_masks(outputs.pred_masks, inputs["original_sizes"])
+    assert masks[0].shape == (1, 1, 96, 160) and masks[0].dtype == torch.bool
+    assert masks[1].shape == (1, 1, 128, 128)
+
+
+def test_judge_formats_a_chat_with_an_image_and_scores_yes_no(tiny_config):
+    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration, LlavaProcessor
+
+    model, processor = _load(tiny_config, "judge", AutoModelForImageTextToText)
+    assert isinstance(model, LlavaForConditionalGeneration) and isinstance(processor, LlavaProcessor)
+    tokenizer = processor.tokenizer
+    for word in ("yes", " yes", "no", " no"):
+        assert len(tokenizer.encode(word, add_special_tokens=False)) == 1, word
+
+    questions = ["Is it red?", "Is the background of this image a snowy mountain road?"]
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True
+        )
+        for q in questions
+    ]
+    assert texts[0] == "<s>USER: <image>\nIs it red?\nASSISTANT:"
+    inputs = processor(images=[_photo(80, 60), _photo(60, 80)], text=texts, padding=True, return_tensors="pt")
+    patches = (tiny_judge.IMAGE_SIZE // tiny_judge.PATCH_SIZE) ** 2
+    assert ((inputs["input_ids"] == model.config.image_token_id).sum(dim=1) == patches).all()
+    assert (inputs["attention_mask"][:, -1] == 1).all()  # left padding: every prompt ends at -1
+    with torch.inference_mode():
+        logits = model(**inputs).logits
+    assert logits.shape == (2, inputs["input_ids"].shape[1], len(tokenizer))
+
+
+BUILDERS = [tiny_detection.build_grounding, tiny_detection.build_segmenter, tiny_judge.build_judge]
+
+
+@pytest.mark.parametrize("build", BUILDERS, ids=lambda f: f.__name__)
+def test_builds_are_seeded_and_small(tmp_path, build):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for target in (first, second):
+        target.mkdir()
+        build(target)
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {f.name for f in first.iterdir()} == {f.name for f in second.iterdir()}
+    for name in ("tokenizer.json", "processor_config.json"):
+        if (first / name).exists():
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    assert sum(f.stat().st_size for f in first.iterdir()) < 40e6

@@ -1,0 +1,93 @@
+"""Tiny, learnable training inputs for the train job's tests, written through ``varireal_ray.storage``
+exactly as the sources and generate jobs commit them.
+
+Three classes, each a colour *and* a pattern (red horizontal stripes, green vertical stripes,
+blue checkerboard), with per-image jitter in shade, stripe period and phase, so no two images are
+equal and val/test are not copies of train. The synthetic set holds edits of the train images
+(same class cue, another background shade) for two attributes, plus rows that must never be
+trained on: failed rows (non-empty ``error``) and judge-rejected rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from varireal_ray import storage
+from varireal_ray.stages.common import encode_image
+
+CLASSES = ["red stripes", "green bars", "blue checks"]
+SPLITS = {"train": 4, "val": 4, "test": 4}  # images per class
+COLOURS = np.array([[200, 40, 40], [40, 180, 60], [40, 60, 200]], dtype=float)
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 48, background: float | None = None) -> np.ndarray:
+    """One jittered image of class ``label``: a coloured pattern on a grey background."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    period = rng.integers(6, 11)
+    phase = rng.integers(0, period)
+    if label == 0:
+        on = ((yy + phase) // (period // 2)) % 2 == 0
+    elif label == 1:
+        on = ((xx + phase) // (period // 2)) % 2 == 0
+    else:
+        on = (((yy + phase) // (period // 2)) + ((xx + phase) // (period // 2))) % 2 == 0
+    grey = rng.uniform(90, 170) if background is None else background
+    img = np.full((size, size, 3), grey)
+    img[on] = COLOURS[label] * rng.uniform(0.8, 1.1)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_sources(output: str, seed: int = 0) -> pa.Table:
+    """The sources job's manifest (``sources/manifest.parquet``) plus one PNG per source."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, name in enumerate(CLASSES):
+        for split, count in SPLITS.items():
+            for i in range(count):
+                source_id = f"{split}-{label}-{i}"
+                uri = storage.join(output, "sources", "images", f"{source_id}.png")
+                storage.write_bytes(uri, encode_image(class_image(label, rng)))
+                rows.append({"source_id": source_id, "class_name": name, "label": label, "split": split,
+                             "image_uri": uri, "box": None})
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("source_id", pa.string()), ("class_name", pa.string()), ("label", pa.int64()), ("split", pa.string()),
+        ("image_uri", pa.string()), ("box", pa.list_(pa.float64())),
+    ]))
+    storage.write_parquet(storage.join(output, "sources", "manifest.parquet"), table)
+    return table
+
+
+def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int = 1) -> list[dict]:
+    """Per train source × attribute × feasibility × slot: one row. Slot 0 of source 0 of every
+    (class, attribute, feasibility) failed; slot 1 of source 1 was rejected by the judge."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, name in enumerate(CLASSES):
+        for i in range(SPLITS["train"]):
+            for attribute in attributes:
+                for feasibility in ("feasible", "infeasible"):
+                    for slot in range(slots):
+                        failed = i == 0 and slot == 0
+                        rejected = i == 1 and slot == 1
+                        background = 60.0 if feasibility == "feasible" else 220.0
+                        rows.append({
+                            "id": f"train-{label}-{i}/{attribute}/{feasibility}/{slot}",
+                            "source_id": f"train-{label}-{i}", "class_name": name, "label": label,
+                            "attribute": attribute, "feasibility": feasibility, "value": f"{feasibility} {attribute}",
+                            "edited": b"" if failed else encode_image(class_image(label, rng, background=background)),
+                            "accepted": not (failed or rejected),
+                            "error": "EditError: diffusion failed" if failed else "",
+                        })
+    return rows
+
+
+def write_synthetic(output: str, rows: list[dict] | None = None, shard_rows: int = 40) -> str:
+    """The generate job's committed dataset: shards, commit records, manifest last."""
+    rows = synthetic_rows() if rows is None else rows
+    uri = storage.join(output, "generate")
+    for start in range(0, len(rows), shard_rows):
+        storage.commit_shard(uri, pa.Table.from_pylist(rows[start : start + shard_rows]))
+    storage.write_manifest(uri)
+    return uri

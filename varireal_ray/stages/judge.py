@@ -1,0 +1,233 @@
+"""Stage C: a multimodal LLM checks each edit (reference spec 1.11, with its bugs fixed).
+
+Four yes/no questions per edited image: two ask whether the new attribute value is *present*
+(expected answer: yes), two whether it is *plausible* for the class (yes for feasible edits, no
+for infeasible ones). The reference showed the model the question dict *with its expected answer*
+and leaked Compel weights like ``(tan)1.3`` into the text; here the model sees a clean question,
+and the value is stripped of weight syntax defensively.
+
+Each answer is scored without generating: p(yes) is the softmax over the "yes" and "no" token
+logits at the last prompt position. All questions of all rows go through one left-padded forward
+pass per batch. ``judge_score`` is the mean probability of the expected answers; a row is
+``accepted`` when it reaches ``generate.judge.accept_threshold``.
+
+Input columns: ``edited`` (encoded image), ``class_name``, ``attribute``, ``feasibility``,
+``value``. Output columns: ``judge_answers`` (JSON list of {question, expected, p_yes}),
+``judge_score``, ``accepted``, ``t_judge`` (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from varireal_ray.config import Config
+from varireal_ray.models import registry
+from varireal_ray.stages.common import (
+    Batch,
+    decode_image,
+    ensure_error_columns,
+    fail_row,
+    for_each_row,
+    new_column,
+    ok_rows,
+    timed,
+)
+
+STAGE = "judge"
+
+
+class Prompt(NamedTuple):
+    image: Image.Image
+    question: str
+    expected: str  # "yes" or "no"
+
+
+# (kind, template) per attribute. "presence": is the edit there (expected yes); "plausibility":
+# could it be real (expected yes if feasible, no if infeasible). {a_cls} is "a"/"an" + prefix +
+# class name ("a pet Yorkshire Terrier"), {cls} the same without the article.
+QUESTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "background": (
+        ("presence", "Is the background of this image {value}?"),
+        ("presence", "Does this image show {a_cls} with {value} background?"),
+        ("plausibility", "Could a real {cls} plausibly be seen in {value}?"),
+        ("plausibility", "Is this image realistic for {a_cls}?"),
+    ),
+    "color": (
+        ("presence", "Is the {cls} in this image {value} in color?"),
+        ("presence", "Does this image show {a_cls} with {value} color?"),
+        ("plausibility", "Could a real {cls} plausibly have {value} color?"),
+        ("plausibility", "Is this image realistic for {a_cls}?"),
+    ),
+    "texture": (
+        ("presence", "Does the {cls} in this image have {value} texture?"),
+        ("presence", "Does this image show {a_cls} with {value} texture?"),
+        ("plausibility", "Could a real {cls} plausibly have {value} texture?"),
+        ("plausibility", "Is this image realistic for {a_cls}?"),
+    ),
+}
+# Appended to every question in the prompt: it names both answers, so it leaks neither.
+ANSWER_FORMAT = "Answer with yes or no."
+# Spellings whose single-token ids count as the answer; which ones exist depends on the tokenizer
+# (SentencePiece has "▁yes" for both "yes" and " yes"; byte-level BPE has "yes" and "Ġyes").
+ANSWER_SPELLINGS = {"yes": ("yes", " yes", "Yes", " Yes"), "no": ("no", " no", "No", " No")}
+
+# Prompt-weighting syntax from diffusion prompt writers: Compel "(tan)1.3", A1111 "(tan:1.3)",
+# Compel "tan++" / "tan--".
+_WEIGHTED = re.compile(r"\(([^()]*?)(?::\s*[-+]?\d*\.?\d+)?\)(?:\s*[-+]?\d*\.?\d+)?")
+_UPWEIGHT = re.compile(r"(?<=\w)[+-]+(?=\s|$)")
+
+
+def clean_value(value: str) -> str:
+    """An attribute value as plain words: weight syntax removed, a "name: description" cut to
+    the name (the reference pasted whole texture descriptions into its questions)."""
+    text = _UPWEIGHT.sub("", _WEIGHTED.sub(r"\1", str(value)))
+    text = text.split(":", 1)[0]
+    return " ".join(text.split()).strip(" .,;")
+
+
+def with_article(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in ('a', 'e', 'i', 'o', 'u') else 'a'} {noun}"
+
+
+def questions_for(attribute: str, feasibility: str, cls: str, value: str) -> list[tuple[str, str]]:
+    """``(question, expected answer)`` pairs for one edit."""
+    if attribute not in QUESTIONS:
+        raise ValueError(f"attribute {attribute!r} has no judge questions; known: {', '.join(QUESTIONS)}")
+    if feasibility not in ("feasible", "infeasible"):
+        raise ValueError(f"feasibility {feasibility!r} is neither 'feasible' nor 'infeasible'")
+    plausible = "yes" if feasibility == "feasible" else "no"
+    value = clean_value(value)
+    if not value:
+        raise ValueError("the attribute value is empty after removing prompt-weighting syntax")
+    return [
+        (template.format(cls=cls, a_cls=with_article(cls), value=value), "yes" if kind == "presence" else plausible)
+        for kind, template in QUESTIONS[attribute]
+    ]
+
+
+def answer_token_ids(tokenizer, answer: str) -> list[int]:
+    """Ids of the spellings of ``answer`` that are one token; raises if there are none."""
+    ids = set()
+    for spelling in ANSWER_SPELLINGS[answer]:
+        encoded = tokenizer.encode(spelling, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    if not ids:
+        raise ValueError(
+            f"the judge's tokenizer has no single token for {answer!r} (tried {ANSWER_SPELLINGS[answer]}); "
+            "scoring needs one: choose another judge model (models.judge.id)"
+        )
+    return sorted(ids)
+
+
+def p_yes(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
+    """p(yes) from last-position logits (prompts x vocab): a softmax over the two answers, each the
+    log-sum-exp of its spellings."""
+    logits = logits.float()
+    yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
+    no = torch.logsumexp(logits[:, no_ids], dim=-1)
+    return torch.sigmoid(yes - no)  # = softmax([yes, no])[0]
+
+
+class JudgeStage:
+    """The multimodal LLM filter; see the module docstring."""
+
+    def __init__(self, config: Config):
+        self.judge = config.generate.judge
+        self.prefix = config.dataset.prefix
+        self.model = self.processor = None
+        if not self.judge.enabled:
+            return  # every row is accepted unjudged: no model to load
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        ref = config.models.judge
+        resolved = registry.resolve(ref, config.models, "judge")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # A 7B judge belongs in bfloat16 on a GPU; CPU matmuls want float32.
+        auto = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = auto if ref.dtype == "auto" else getattr(torch, ref.dtype)
+        kwargs = {"revision": resolved.revision, "trust_remote_code": config.models.trust_remote_code}
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(resolved.path, dtype=dtype, **kwargs)
+            self.processor = AutoProcessor.from_pretrained(resolved.path, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
+            raise registry.hub_error(resolved, exc, "judge") from exc
+        self.model = model.to(self.device).eval()
+        # The last position must be the prompt's last token in every row of a batch.
+        self.processor.tokenizer.padding_side = "left"
+        self.yes_ids = answer_token_ids(self.processor.tokenizer, "yes")
+        self.no_ids = answer_token_ids(self.processor.tokenizer, "no")
+
+    def __call__(self, batch: Batch) -> Batch:
+        ensure_error_columns(batch)
+        new_column(batch, "judge_answers", "[]")
+        new_column(batch, "judge_score", math.nan)
+        new_column(batch, "accepted", False)
+        rows = ok_rows(batch)
+        with timed(batch, "t_judge", rows):
+            if self.model is None:
+                batch["accepted"][rows] = True
+                return batch
+            prompts = self._prompts(batch)
+            try:
+                p = self._p_yes([prompt for row in prompts.values() for prompt in row])
+            except Exception as exc:  # noqa: BLE001 - a failed forward fails these rows, not the job
+                for i in prompts:
+                    error = RuntimeError(f"judge model failed on the batch: {type(exc).__name__}: {exc}")
+                    fail_row(batch, i, STAGE, error)
+                return batch
+            offset = 0
+            for i, row in prompts.items():
+                self._record(batch, i, row, p[offset : offset + len(row)])
+                offset += len(row)
+        return batch
+
+    def _prompts(self, batch: Batch) -> dict[int, list[Prompt]]:
+        """The questions of every healthy row (a row that fails to decode, or names an unknown
+        attribute, gets its error here)."""
+        prompts: dict[int, list[Prompt]] = {}
+
+        def build(i: int) -> None:
+            image = decode_image(batch["edited"][i])
+            cls = f"{self.prefix}{batch['class_name'][i]}"
+            pairs = questions_for(str(batch["attribute"][i]), str(batch["feasibility"][i]), cls, batch["value"][i])
+            prompts[i] = [Prompt(image, question, expected) for question, expected in pairs]
+
+        for_each_row(batch, STAGE, build)
+        return prompts
+
+    def _p_yes(self, prompts: list[Prompt]) -> list[float]:
+        """p(yes) per prompt, from one left-padded forward pass."""
+        if not prompts:
+            return []
+        texts = [self._chat(p.question) for p in prompts]
+        inputs = self.processor(images=[p.image for p in prompts], text=texts, padding=True, return_tensors="pt")
+        inputs = {
+            k: v.to(self.device, self.model.dtype) if torch.is_floating_point(v) else v.to(self.device)
+            for k, v in inputs.items()
+        }
+        with torch.inference_mode():
+            # logits_to_keep=1: the last position only, not prompts x length x vocabulary.
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+        return p_yes(logits, self.yes_ids, self.no_ids).cpu().tolist()
+
+    def _chat(self, question: str) -> str:
+        """The model's own chat format: one user turn with the image and the question."""
+        content = [{"type": "image"}, {"type": "text", "text": f"{question} {ANSWER_FORMAT}"}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def _record(self, batch: Batch, i: int, prompts: list[Prompt], p: list[float]) -> None:
+        correct = [v if prompt.expected == "yes" else 1.0 - v for prompt, v in zip(prompts, p)]
+        score = float(np.mean(correct))
+        batch["judge_answers"][i] = json.dumps(
+            [{"question": q.question, "expected": q.expected, "p_yes": round(v, 6)} for q, v in zip(prompts, p)]
+        )
+        batch["judge_score"][i] = score
+        batch["accepted"][i] = score >= self.judge.accept_threshold

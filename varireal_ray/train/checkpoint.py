@@ -1,0 +1,80 @@
+"""A trial's checkpoint: everything a killed trial needs to finish exactly as if it never stopped.
+
+A checkpoint folder holds
+- ``lora.safetensors``       the current LoRA weights (never the frozen backbone),
+- ``best/lora.safetensors``  the best-on-val LoRA so far (the model the trial reports on test),
+- ``trainer.pt``             optimizer, scheduler and grad-scaler state and torch RNG states
+                             (tensors and plain containers only: it loads with ``weights_only=True``),
+- ``state.json``             step, best-so-far bookkeeping, the eval history and the Python and
+                             NumPy RNG states.
+The data stream needs nothing saved: batch b is a function of (seed, b) (``data.StreamBatchSampler``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from varireal_ray.train.lora import load_lora, load_lora_state_dict, save_lora
+
+
+@dataclass
+class TrialState:
+    step: int = 0  # iterations done
+    best_step: int | None = None
+    best_val_top1: float = -1.0
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    train_loss_sum: float = 0.0  # since the last evaluation
+    train_loss_count: int = 0
+    best_lora: dict[str, torch.Tensor] | None = None
+
+    def bookkeeping(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "best_lora"}
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, state: TrialState) -> None:
+    folder = Path(folder)
+    save_lora(model, folder)
+    if state.best_lora is not None:
+        (folder / "best").mkdir(exist_ok=True)
+        save_lora(state.best_lora, folder / "best")
+    trainer = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(trainer, folder / "trainer.pt")
+    np_state = np.random.get_state()
+    rng = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    (folder / "state.json").write_text(json.dumps({**state.bookkeeping(), "rng": rng}))
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> TrialState:
+    """Restore model, optimizer, scheduler, scaler and RNGs from ``folder``; return the bookkeeping."""
+    folder = Path(folder)
+    load_lora_state_dict(model, load_lora(folder))
+    trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    scaler.load_state_dict(trainer["scaler"])
+    torch.set_rng_state(trainer["torch_rng"])
+    if trainer["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer["cuda_rng"])
+    saved = json.loads((folder / "state.json").read_text())
+    rng = saved.pop("rng")
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = rng["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    best = folder / "best"
+    return TrialState(**saved, best_lora=load_lora(best) if best.is_dir() else None)

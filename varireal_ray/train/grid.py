@@ -1,0 +1,214 @@
+"""The train job's grid: every (condition × seed) is a trial; trials run in parallel on Ray.
+
+Ray Tune drives the grid (at most ``train.max_concurrent_trials`` at once) and each Tune trial fits
+one Ray Train V2 ``TorchTrainer`` (Train V2's Tune pattern: a function trainable that builds and
+fits a trainer). The Tune trial only waits on its trainer, so it asks for a sliver of a CPU: the
+granted CPUs go to the training workers, and waiting drivers can never hold every CPU of a small
+machine while their workers queue (the 2-core deadlock of the environment notes).
+
+Outputs under ``<run.output>/train/``:
+- ``<condition>__seed<seed>/``          Ray Train's run folder: checkpoints (LoRA-only) and state;
+                                         a re-run with the same run.output resumes from it;
+- ``trials/<condition>__seed<seed>/``   ``result.json`` and ``metrics.jsonl`` (written by the trial);
+- ``results.json``                       every trial's result, failed ones as {condition, seed,
+                                         status: "failed", error}.
+A re-run skips trials whose ``result.json`` says ``ok``: change training settings in a new
+run.output, not in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from varireal_ray import storage
+from varireal_ray.config import Condition, Config
+from varireal_ray.train import data as trial_data
+from varireal_ray.train.loop import train_loop_per_worker, trial_name, trial_uri
+
+log = logging.getLogger(__name__)
+
+DRIVER_CPUS = 0.01  # a Tune trial only waits on its TorchTrainer
+
+
+def ray_storage(uri: str):
+    """``(storage_path, storage_filesystem)`` for Ray's RunConfig. Remote URIs go through the same
+    fsspec filesystem as ``varireal_ray.storage`` (endpoint and credentials from one place),
+    wrapped for pyarrow; local paths need no filesystem."""
+    if not storage.is_remote(uri):
+        return storage.filesystem(uri)[1], None
+    import pyarrow.fs
+
+    fs, path = storage.filesystem(uri)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def failed(condition: str, seed: int, error: str) -> dict:
+    return {"condition": condition, "seed": seed, "status": "failed", "error": error}
+
+
+def describe(exc: BaseException, limit: int = 3000) -> str:
+    """An exception as one bounded string: Ray's errors carry the worker's traceback, whose last
+    lines name the root cause, so a long one keeps its first line and its tail."""
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) <= limit:
+        return text
+    return f"{text.splitlines()[0][:200]} [...] {text[-limit:]}"
+
+
+def preflight(config: Config) -> dict[str, str]:
+    """Check the inputs before any trial starts. A missing or malformed source manifest fails the
+    whole job (``DataError``); a condition with nothing to train on fails alone: returns
+    {condition name: error} for those."""
+    sources = trial_data.read_sources(config)
+    trial_data.class_names(sources)
+    errors: dict[str, str] = {}
+    synthetic = [c for c in config.train.conditions if c.attribute is not None]
+    if not synthetic:
+        return errors
+    try:
+        meta = trial_data.read_synthetic_meta(config)
+    except Exception as exc:  # noqa: BLE001 - no synthetic data fails the synthetic conditions only
+        return {c.name: describe(exc) for c in synthetic}
+    for condition in synthetic:
+        try:
+            trial_data.select_synthetic(meta, condition, config.train.seeds[0], config.train.accepted_only)
+        except trial_data.DataError as exc:
+            errors[condition.name] = f"DataError: {exc}"
+    return errors
+
+
+def finished_result(config: Config, condition: str, seed: int) -> dict | None:
+    uri = storage.join(trial_uri(config, condition, seed), "result.json")
+    if not storage.exists(uri):
+        return None
+    result = storage.read_json(uri)
+    return result if result.get("status") == "ok" else None
+
+
+def fit_trial(params: dict, config_json: dict, crash_after_step: int | None) -> None:
+    """Tune function trainable: fit one trial's TorchTrainer and report how it ended."""
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = Config.model_validate(config_json)
+    cell = params["cell"]
+    resources = config.train.trial
+    gpus = {"GPU": resources.num_gpus} if resources.num_gpus else {}
+    storage_path, filesystem = ray_storage(storage.join(config.run.output, "train"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config_json, **cell, "crash_after_step": crash_after_step},
+        scaling_config=ScalingConfig(
+            num_workers=1,
+            use_gpu=resources.num_gpus > 0,
+            resources_per_worker={"CPU": resources.num_cpus, **gpus},
+        ),
+        run_config=RunConfig(
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            name=trial_name(**cell),
+            # A failed trial is reported, not retried: re-running the grid resumes it from its
+            # last checkpoint.
+            failure_config=FailureConfig(max_failures=0),
+            # Every checkpoint carries the best-so-far LoRA too, so the latest is all a resume
+            # or a reader needs; one older one is kept in case the latest is unreadable.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    started = time.perf_counter()
+    try:
+        trainer.fit()
+        outcome = {"status": "ok", "error": ""}
+    except Exception as exc:  # noqa: BLE001 - one trial's failure must not stop the grid
+        outcome = {"status": "failed", "error": describe(exc)}
+    ray.tune.report({**outcome, "wall_s": round(time.perf_counter() - started, 2)})
+
+
+def _progress_callback():
+    import ray.tune
+
+    class Progress(ray.tune.Callback):
+        """Logs each trial's start and end on the driver."""
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            log.info("train: %s started", trial_name(**trial.config["cell"]))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            name = trial_name(**trial.config["cell"])
+            if result.get("status") == "ok":
+                log.info("train: %s finished in %.0f s", name, result["wall_s"])
+            else:
+                log.warning("train: %s failed after %.0f s: %s", name, result["wall_s"], result["error"][-300:])
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            log.warning("train: %s crashed: %s", trial_name(**trial.config["cell"]), trial.error_file)
+
+    return Progress()
+
+
+def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_step: int | None) -> dict:
+    """Run ``cells`` as a Tune grid; return {(condition, seed): failure record} for failed ones."""
+    import ray.tune
+
+    storage_path, filesystem = ray_storage(storage.join(config.run.output, "train", "_tune"))
+    # with_parameters puts the config in the object store once, not in every trial's params.
+    trainable = ray.tune.with_parameters(
+        fit_trial, config_json=config.model_dump(mode="json"), crash_after_step=crash_after_step
+    )
+    trainable = ray.tune.with_resources(trainable, {"cpu": DRIVER_CPUS})
+    tuner = ray.tune.Tuner(
+        trainable,
+        param_space={"cell": ray.tune.grid_search([{"condition": c.name, "seed": s} for c, s in cells])},
+        tune_config=ray.tune.TuneConfig(
+            max_concurrent_trials=config.train.max_concurrent_trials,
+            trial_name_creator=lambda t: trial_name(**t.config["cell"]),
+            trial_dirname_creator=lambda t: trial_name(**t.config["cell"]),
+        ),
+        run_config=ray.tune.RunConfig(
+            name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            callbacks=[_progress_callback()],
+            verbose=0,
+        ),
+    )
+    failures = {}
+    for result in tuner.fit():
+        cell = result.config["cell"]
+        metrics = result.metrics or {}
+        if result.error is not None:
+            failures[(cell["condition"], cell["seed"])] = failed(**cell, error=describe(result.error))
+        elif metrics.get("status") != "ok":
+            failures[(cell["condition"], cell["seed"])] = failed(**cell, error=metrics.get("error", "no report"))
+    return failures
+
+
+def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dict]:
+    """Run every (condition × seed) trial (Ray already initialised); write and return all results.
+
+    ``crash_after_step`` is fault injection for tests: each trial that did not start from a
+    checkpoint raises right after that step's checkpoint, as a killed worker would."""
+    train = config.train
+    cells = [(c, s) for c in train.conditions for s in train.seeds]
+    skipped = preflight(config)
+    runnable = [(c, s) for c, s in cells if c.name not in skipped]
+    todo = [(c, s) for c, s in runnable if finished_result(config, c.name, s) is None]
+    log.info("train: %d trials: %d to run, %d already done, %d without data",
+             len(cells), len(todo), len(runnable) - len(todo), len(cells) - len(runnable))
+    failures = run_trials(config, todo, crash_after_step) if todo else {}
+
+    results = []
+    for condition, seed in cells:
+        if condition.name in skipped:
+            results.append(failed(condition.name, seed, skipped[condition.name]))
+        elif (condition.name, seed) in failures:
+            results.append(failures[(condition.name, seed)])
+        else:
+            result = finished_result(config, condition.name, seed)
+            results.append(result or failed(condition.name, seed, "the trial ended without writing result.json"))
+    storage.write_json(storage.join(config.run.output, "train", "results.json"), results)
+    n_failed = sum(r["status"] != "ok" for r in results)
+    log.info("train: %d trials ok, %d failed", len(results) - n_failed, n_failed)
+    return results

@@ -1,0 +1,254 @@
+"""The training loop of one trial (one condition × seed), and its Ray Train entry point.
+
+``run_trial`` is plain PyTorch: it takes a ``report(metrics, checkpoint_folder)`` callback and an
+optional folder to resume from, so tests run it in-process. ``train_loop_per_worker`` wires it to
+Ray Train V2 (``ray.train.report`` / ``ray.train.get_checkpoint``). A trial is one worker: the
+fine-tunes are small, and the grid gets its parallelism from running many trials at once.
+
+Per step: loss = λ·CE(real) + (1-λ)·CE(synthetic), λ = ``train.real_weight``, an empty half adding
+0 (reference ``main.py:232-307``); plain CE when the condition trains on one kind only.
+Every ``eval_every`` steps and at the end: evaluate val and keep the best-on-val LoRA. Every
+``checkpoint_every`` steps and at the end: checkpoint. At the end: test once with the selected
+(best-on-val) LoRA and once with the final one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from varireal_ray import storage
+from varireal_ray.config import Condition, Config
+from varireal_ray.train import data as trial_data
+from varireal_ray.train.checkpoint import TrialState, load_checkpoint, save_checkpoint
+from varireal_ray.train.evaluate import evaluate
+from varireal_ray.train.lora import load_lora_state_dict, lora_state_dict
+from varireal_ray.train.model import build_classifier, load_clip
+from varireal_ray.train.optim import build_optimizer
+from varireal_ray.train.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+# report(metrics, checkpoint_folder or None); the folder may be deleted once it returns.
+Reporter = Callable[[dict, "Path | None"], None]
+
+
+class InjectedCrash(RuntimeError):
+    """Raised by ``crash_after_step``: simulates a trial killed right after a checkpoint."""
+
+
+def trial_name(condition: str, seed: int) -> str:
+    return f"{condition}__seed{seed}"
+
+
+def trial_uri(config: Config, condition: str, seed: int) -> str:
+    return storage.join(config.run.output, "train", "trials", trial_name(condition, seed))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mixed_loss(logits: torch.Tensor, labels: torch.Tensor, is_real: torch.Tensor, real_weight: float | None):
+    """λ·CE(real) + (1-λ)·CE(synthetic), each the mean over its half of the batch and an empty half
+    contributing 0; ``real_weight=None``: plain CE over the batch."""
+    if real_weight is None:
+        return F.cross_entropy(logits, labels)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    real = is_real.to(per_sample.dtype)
+    # Masked means rather than indexing the halves: no host sync to ask whether a half is empty.
+    real_mean = (per_sample * real).sum() / real.sum().clamp(min=1)
+    synthetic_mean = (per_sample * (1 - real)).sum() / (1 - real).sum().clamp(min=1)
+    return real_weight * real_mean + (1 - real_weight) * synthetic_mean
+
+
+def run_trial(
+    config: Config,
+    condition: Condition,
+    seed: int,
+    *,
+    device: torch.device,
+    report: Reporter,
+    restore: Path | None = None,
+    crash_after_step: int | None = None,
+) -> dict:
+    """Train one trial to the end (resuming from ``restore`` if given); write and return its result.
+
+    ``crash_after_step`` is fault injection for tests: a run that did not start from a checkpoint
+    raises ``InjectedCrash`` right after that step, as a killed worker would."""
+    # Intra-op threads follow the trial's CPU grant: more threads than granted cores make
+    # OpenMP's barriers spin against the other trials (40x slower steps on 2 busy cores).
+    with torch_threads(max(1, int(config.train.trial.num_cpus))):
+        started = time.perf_counter()
+        trial = Trial(config, condition, seed, device, restore)
+        train = config.train
+        for images, labels, is_real in trial.loader():
+            trial.step(images, labels, is_real)
+            step, last = trial.state.step, trial.state.step == train.iterations
+            evaluated = step % train.eval_every == 0 or last
+            metrics = trial.validate() if evaluated else {"step": step}
+            if step % train.checkpoint_every == 0 or last:
+                with tempfile.TemporaryDirectory(prefix="varireal-ckpt-") as folder:
+                    trial.save(Path(folder))
+                    report(metrics, Path(folder))
+            elif evaluated:
+                report(metrics, None)
+            if crash_after_step == step and restore is None:
+                raise InjectedCrash(f"injected crash after step {step} (crash_after_step)")
+        result = trial.finish()
+        result["wall_s"] = round(time.perf_counter() - started, 2)
+        storage.write_json(storage.join(trial.out_uri, "result.json"), result)
+        return result
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class Trial:
+    """One trial's live objects (data, model, optimiser, state) and what can be done with them:
+    a training step, a validation, a checkpoint, the final test. ``run_trial`` decides when."""
+
+    def __init__(self, config: Config, condition: Condition, seed: int, device: torch.device, restore: Path | None):
+        train = config.train
+        self.config, self.condition, self.seed, self.device = config, condition, seed, device
+        self.out_uri = trial_uri(config, condition.name, seed)
+        self.loaded = load_clip(config.models.clip, config.models, train.image_size)
+        eval_tf = eval_transform(train.image_size, self.loaded.mean, self.loaded.std)
+        train_tf = train_transform(train.image_size, self.loaded.mean, self.loaded.std) if train.augment else eval_tf
+        self.data = trial_data.build_trial_data(config, condition, seed, train_tf, eval_tf)
+        seed_everything(seed)  # LoRA's initial weights and dropout draw from torch's RNG
+        self.model = build_classifier(self.loaded, config, self.data.class_names).to(device)
+        self.optimizer, self.scheduler = build_optimizer(self.model, train)
+        self.amp = train.mixed_precision and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = TrialState()
+        self.resumed_from = None
+        if restore is not None:
+            self.state = load_checkpoint(restore, self.model, self.optimizer, self.scheduler, self.scaler)
+            self.resumed_from = self.state.step
+            log.info("%s: resuming at step %d", trial_name(condition.name, seed), self.state.step)
+        self.workers = trial_data.loader_workers(train.trial.num_cpus)
+        # Weighted real/synthetic halves only when both kinds train; otherwise plain CE.
+        self.real_weight = train.real_weight if condition.use_real and self.data.n_synthetic else None
+        self.model.train()
+
+    def loader(self):
+        """The batches still to train on: from the current step to the last."""
+        train = self.config.train
+        return trial_data.train_loader(
+            self.data, train.batch_size, self.seed, self.state.step, train.iterations, self.workers
+        )
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, is_real: torch.Tensor) -> None:
+        device = self.device
+        images, labels, is_real = images.to(device, non_blocking=True), labels.to(device), is_real.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=self.amp):
+            loss = mixed_loss(self.model(images).float(), labels, is_real, self.real_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.step += 1
+        self.state.train_loss_sum += float(loss.detach())  # a sync per step; negligible beside a CLIP step
+        self.state.train_loss_count += 1
+
+    def validate(self) -> dict:
+        """Evaluate val, keep the LoRA if it is the best so far, log; return the metrics to report."""
+        state = self.state
+        loader = trial_data.eval_loader(self.data.val, self.config.train.eval_batch_size, self.workers)
+        result = evaluate(self.model, loader, self.data.class_names, self.device)
+        entry = {"step": state.step, "split": "val", "top1": result.top1, "top5": result.top5, "loss": result.loss,
+                 "train_loss": state.train_loss_sum / max(1, state.train_loss_count),
+                 "lr": self.scheduler.get_last_lr()[0]}
+        state.train_loss_sum, state.train_loss_count = 0.0, 0
+        state.history.append(entry)
+        if result.top1 > state.best_val_top1:  # ties keep the earlier step
+            state.best_val_top1, state.best_step, state.best_lora = result.top1, state.step, lora_state_dict(self.model)
+        write_history(self.out_uri, state.history)
+        return {"step": state.step, "val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
+                "train_loss": entry["train_loss"], "lr": entry["lr"], "best_val_top1": state.best_val_top1}
+
+    def save(self, folder: Path) -> None:
+        save_checkpoint(folder, self.model, self.optimizer, self.scheduler, self.scaler, self.state)
+
+    def finish(self) -> dict:
+        """Test once with the final LoRA and once with the selected (best-on-val) LoRA."""
+        data, state, condition = self.data, self.state, self.condition
+        test_loader = trial_data.eval_loader(data.test, self.config.train.eval_batch_size, self.workers)
+        final = evaluate(self.model, test_loader, data.class_names, self.device)
+        load_lora_state_dict(self.model, state.best_lora)
+        selected = evaluate(self.model, test_loader, data.class_names, self.device)
+        write_history(self.out_uri, state.history + [
+            {"step": step, "split": "test", "model": name, "top1": r.top1, "top5": r.top5, "loss": r.loss}
+            for name, step, r in (("selected", state.best_step, selected), ("final", state.step, final))
+        ])
+        return {
+            "condition": condition.name,
+            "seed": self.seed,
+            "attribute": condition.attribute,
+            "feasible_fraction": condition.feasible_fraction,
+            "use_real": condition.use_real,
+            "n_real": data.n_real,
+            "n_synthetic": data.n_synthetic,
+            "iterations": self.config.train.iterations,
+            "selected_step": state.best_step,
+            "val_top1_selected": state.best_val_top1,
+            "test": {"selected": selected.summary(), "final": final.summary()},
+            "test_ids": data.test_ids,
+            "test_correct_selected": selected.correct,
+            "model": self.loaded.label,
+            "resumed_from_step": self.resumed_from,
+            "status": "ok",
+        }
+
+
+def write_history(out_uri: str, history: list[dict]) -> None:
+    """Rewrite ``metrics.jsonl`` whole: after a resume it holds exactly the evaluations of the
+    checkpointed history plus those since, never a duplicate from the lost stretch."""
+    body = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
+    storage.write_bytes(storage.join(out_uri, "metrics.jsonl"), body.encode())
+
+
+# ------------------------------------------------------------------------------------ Ray Train
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train V2 entry: ``loop_config`` = {config (JSON dict), condition, seed, crash_after_step}.
+    Resumes from ``ray.train.get_checkpoint()`` when this run (storage_path, name) has one."""
+    import ray.train
+    import ray.train.torch
+
+    config = Config.model_validate(loop_config["config"])
+    condition = next(c for c in config.train.conditions if c.name == loop_config["condition"])
+
+    def report(metrics: dict, folder: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
+        run_trial(
+            config, condition, loop_config["seed"],
+            device=ray.train.torch.get_device(),
+            report=report,
+            restore=Path(restore) if restore else None,
+            crash_after_step=loop_config.get("crash_after_step"),
+        )
