@@ -147,6 +147,7 @@ def test_largest_component_fills_holes_and_drops_islands():
 def test_parse_box():
     assert parse_box(None, 100, 80) is None
     assert parse_box(np.array([]), 100, 80) is None
+    assert parse_box(float("nan"), 100, 80) is None  # how Arrow hands a null box to a numpy batch
     assert parse_box(np.array([-5.0, 10, 120, 70]), 100, 80) == [0.0, 10.0, 100.0, 70.0]  # clipped
     with pytest.raises(ValueError, match="x0 < x1"):
         parse_box([10, 10, 5, 20], 100, 80)

@@ -139,7 +139,7 @@ def error_summary(out: str, limit: int = 5) -> str:
     errors = storage.read_commits_table(storage.join(out, "errors"), ["error_stage", "error"])
     if errors.num_rows == 0:
         return "no errors"
-    reasons = Counter(f"[{s}] {e.split(':')[0]}" for s, e in zip(errors["error_stage"].to_pylist(), errors["error"].to_pylist()))
+    reasons = Counter(f"[{s}] {e[:160]}" for s, e in zip(errors["error_stage"].to_pylist(), errors["error"].to_pylist()))
     return "; ".join(f"{n}x {r}" for r, n in reasons.most_common(limit))
 
 

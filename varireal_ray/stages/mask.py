@@ -128,7 +128,8 @@ def parse_box(value, width: int, height: int) -> list[float] | None:
     if value is None:
         return None
     box = np.asarray(value, dtype=float).ravel()
-    if box.size == 0:
+    # A missing box arrives as None, an empty list, or NaN (Arrow/pandas turn a null into NaN).
+    if box.size == 0 or np.isnan(box).all():
         return None
     if box.size != 4 or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
         raise ValueError(f"box {box.tolist()} is not [x0, y0, x1, y1] in pixels with x0 < x1 and y0 < y1")
