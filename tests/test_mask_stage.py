@@ -53,7 +53,7 @@ def test_masks_real_photos_at_their_original_size(tiny_config):
         assert out["error"][i] == "", out["error"][i]
         mask = decode_mask(out["mask"][i])
         assert mask.shape == (height, width)
-        assert mask.mean() >= tiny_config.generate.mask.min_area_fraction
+        assert tiny_config.generate.mask.min_area_fraction <= mask.mean() <= tiny_config.generate.mask.max_area_fraction
         assert out["mask_source"][i] in SOURCES
         x0, y0, x1, y1 = out["mask_box"][i]
         assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
@@ -87,6 +87,16 @@ def test_fallback_from_a_dataset_box_is_that_box(tiny_config):
     height, width = shapes[1]
     assert out["mask_source"][1] == "fallback:center_box"
     np.testing.assert_array_equal(decode_mask(out["mask"][1]), box_mask(centred_box(width, height), width, height))
+
+
+def test_a_whole_frame_mask_is_not_trusted(tiny_config):
+    # At most 1% coverage allowed: every segmenter mask is "the whole frame", so the fallback runs.
+    tiny_config.generate.mask.min_area_fraction = 0.0
+    tiny_config.generate.mask.max_area_fraction = 0.01
+    tiny_config.generate.mask.fallback = "center_box"
+    images, classes, _ = _photos()
+    out = MaskStage(tiny_config)(_batch(images, classes))
+    assert list(out["mask_source"]) == ["fallback:center_box"] * len(images)
 
 
 def test_bad_rows_fail_alone(tiny_config):

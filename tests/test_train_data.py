@@ -12,6 +12,7 @@ import torch
 
 from varireal_ray import storage
 from varireal_ray.config import Condition, load_config
+from varireal_ray.sources.manifest import SourceError
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.transforms import eval_transform, train_transform
 
@@ -128,7 +129,7 @@ def test_missing_split_and_bad_labels_are_reported(tmp_path, model_cache):
     with pytest.raises(trial_data.DataError, match="no 'val' rows"):
         build(config_for(output, model_cache), Condition(name="r"))
     bad = pa.table({"label": [0, 2], "class_name": ["a", "b"]})
-    with pytest.raises(trial_data.DataError, match="0..C-1"):
+    with pytest.raises(SourceError, match="0..C-1"):
         trial_data.class_names(bad)
 
 

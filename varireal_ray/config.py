@@ -100,7 +100,7 @@ class PromptsConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_rounds: int = Field(3, ge=1, le=50)  # retry budget per list
     max_chars: int = Field(200, ge=10)  # name + description
-    near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)  # cosine similarity
+    near_duplicate_threshold: float = Field(0.85, gt=0.0, le=1.0)  # cosine similarity
     score_feasibility: bool = True
     fallback_bank: str | None = "builtin:demo"  # curated entries that top up a short list
     resources: StageResources = StageResources(batch_size=16)
@@ -111,6 +111,9 @@ class MaskConfig(Section):
     box_threshold: float = Field(0.4, ge=0.0, le=1.0)
     text_threshold: float = Field(0.3, ge=0.0, le=1.0)
     min_area_fraction: float = Field(0.01, ge=0.0, lt=1.0)  # below this the fallback is used
+    # Above this a mask is not an object but the whole frame (nothing left to put a background
+    # behind): the fallback is used too.
+    max_area_fraction: float = Field(0.9, gt=0.0, le=1.0)
     fallback: Literal["grabcut", "center_box"] = "grabcut"
     fill_largest_component: bool = True
 
@@ -119,6 +122,7 @@ class Diffusion(Section):
     steps: int = Field(30, ge=1, le=500)
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0)
     strength: float = Field(0.99, gt=0.0, le=1.0)
+    negative_prompt: str | None = None  # None: the pipeline's default unconditional branch
 
 
 class BackgroundEditor(Section):
@@ -126,8 +130,9 @@ class BackgroundEditor(Section):
     inpaint: Diffusion = Diffusion(steps=30, guidance_scale=7.5, strength=0.99)
     dilation_px: int = Field(25, ge=0)  # halo of real context kept around the object
     blur_px: int = Field(41, ge=1)  # Gaussian kernel on the inverted mask (odd)
-    prompt: str = "a high quality photo of {prefix}{class_name} in {value}"
-    plate_prompt: str = "a photo of pure background, {value}"
+    # The reference's wording (spec 1.6), without its Compel weighting syntax.
+    prompt: str = "a high quality photo that {prefix}{class_name} is harmonious on the {value_full}"
+    plate_prompt: str = "a photo of pure background without {class_name} on {value_full}"
 
     @field_validator("blur_px")
     @classmethod
@@ -135,6 +140,10 @@ class BackgroundEditor(Section):
         if v % 2 == 0:
             raise ValueError("must be odd (a Gaussian kernel size)")
         return v
+
+
+# The reference wrote these negative prompts but, through a Compel bug, never passed them (spec 1.6).
+QUALITY_NEGATIVE = "bad anatomy, deformed, ugly, disfigured, blurry, low res, low quality"
 
 
 class ObjectEditor(Section):
@@ -165,11 +174,23 @@ class GenerateConfig(Section):
     image_format: Literal["png", "jpeg", "webp"] = "png"
     mask: MaskConfig = MaskConfig()
     background: BackgroundEditor = BackgroundEditor()
-    color: ObjectEditor = ObjectEditor(prompt="a high quality photo of {prefix}{class_name} with {value} color")
+    color: ObjectEditor = ObjectEditor(
+        prompt="a high quality photo of {prefix}{class_name} with {value} color, color change",
+        inpaint=Diffusion(steps=20, guidance_scale=12.0, strength=0.3, negative_prompt=QUALITY_NEGATIVE),
+    )
     texture: ObjectEditor = ObjectEditor(
-        prompt="a high quality photo of {prefix}{class_name} with detailed {value} surface texture",
-        swatch=Diffusion(steps=15, guidance_scale=7.5, strength=1.0),
-        swatch_prompt="a texture of {value}, abstract, no objects, consistent continuous surface",
+        prompt="a high quality photo of {prefix}{class_name} with detailed {value_full}, surface texture change",
+        inpaint=Diffusion(steps=20, guidance_scale=12.0, strength=0.3, negative_prompt=QUALITY_NEGATIVE),
+        swatch=Diffusion(
+            steps=15,
+            guidance_scale=7.5,
+            strength=1.0,
+            negative_prompt="clothes, objects, figures, shapes, text, artifacts, parts",
+        ),
+        swatch_prompt=(
+            "a solid color texture of {value}, abstract, no objects, no figures, no shapes, "
+            "minimalistic pattern, consistent texture, continuous surface"
+        ),
     )
     judge: JudgeConfig = JudgeConfig()
     mask_stage: StageResources = StageResources(batch_size=8)

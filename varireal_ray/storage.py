@@ -13,6 +13,7 @@ usual AWS chain; neither is ever logged or written.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -39,13 +40,25 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it."""
     if uri.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, **kwargs)
-        return fs, uri[len("s3://") :]
+        # One client per process and endpoint/credentials (making one costs ~0.2 s); keyed on the
+        # credentials so that changing them in the environment takes effect.
+        key = (os.getpid(), endpoint, *(os.environ.get(v) for v in _S3_ENV))
+        return _s3(key), uri[len("s3://") :]
     if is_remote(uri):
         return fsspec.core.url_to_fs(uri)
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+
+
+_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(key: tuple) -> fsspec.AbstractFileSystem:
+    endpoint = key[1]
+    kwargs: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    # No listing cache: resume and readers must see shards other processes committed.
+    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **kwargs)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from varireal_ray.models.registry import ModelNotFound, build_once
 
 # Bump when a builder changes, so caches rebuild instead of loading a stale layout.
-TINY_VERSION = 1
+TINY_VERSION = 2
 
 BUILDERS = {
     "inpaint": "varireal_ray.models.tiny_diffusion:build_inpaint",

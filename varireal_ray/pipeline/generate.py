@@ -24,7 +24,7 @@ from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline.wiring import actor_stage, cpu_task, load_images
 from varireal_ray.pipeline.writer import write_edits, write_masks
 from varireal_ray.prompts.bank import Bank
-from varireal_ray.sources.manifest import train_sources
+from varireal_ray.sources.manifest import class_names, train_sources
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ def output_uri(config: Config) -> str:
 
 def bank_uri(config: Config) -> str:
     return config.generate.bank or storage.join(config.run.output, "bank")
-
-
-def load_bank(uri: str) -> Bank:
-    """A bank by URI, or a curated one shipped with the package (``builtin:<name>``)."""
-    return Bank.builtin(uri.split(":", 1)[1]) if uri.startswith("builtin:") else Bank.load(uri)
 
 
 def model_labels(config: Config) -> str:
@@ -147,7 +142,10 @@ def run_generate(config: Config) -> dict:
     """Run (or resume) generation; returns the manifest. Ray must be initialised."""
     out = output_uri(config)
     storage.check_writable(out)  # before any model loads: a missing bucket fails in seconds
-    bank = load_bank(bank_uri(config))
+    bank = Bank.load(bank_uri(config))
+    gen = config.generate
+    # A class the bank cannot serve would fail every one of its items: say so before any work.
+    bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
     start = time.perf_counter()
     mask_counts = run_masks(config, out)
     counts: Counter = Counter()

@@ -76,8 +76,12 @@ def read(config: Config) -> pa.Table:
 
 
 def class_names(table: pa.Table) -> list[str]:
-    """Class names in label order."""
+    """Class names in label order; labels must be 0..C-1 with one name each."""
     pairs = sorted(set(zip(table.column("label").to_pylist(), table.column("class_name").to_pylist())))
+    if [label for label, _ in pairs] != list(range(len(pairs))):
+        raise SourceError(
+            f"source labels must be 0..C-1 with one class name each; found (label, name) pairs {pairs[:10]}"
+        )
     return [name for _, name in pairs]
 
 

@@ -129,6 +129,10 @@ def _generator(seed: int):
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
+def _negatives(d: Diffusion, group: list) -> list[str] | None:
+    return None if d.negative_prompt is None else [d.negative_prompt] * len(group)
+
+
 def _each(batch: common.Batch, jobs: list[Job], fn: Callable[[Job], None]) -> list[Job]:
     """``fn(job)`` for each job; a failure marks that row only. Returns the jobs that succeeded."""
     done = []
@@ -288,6 +292,7 @@ class EditStage:
                 width=res,
                 num_inference_steps=d.steps,
                 guidance_scale=d.guidance_scale,
+                negative_prompt=_negatives(d, group),
                 generator=[_generator(job.seed + PRIOR_SEED_OFFSET) for job in group],
             )
             return [np.asarray(img.convert("RGB")) for img in out.images]
@@ -312,6 +317,7 @@ class EditStage:
                 strength=d.strength,
                 num_inference_steps=d.steps,
                 guidance_scale=d.guidance_scale,
+                negative_prompt=_negatives(d, group),
                 generator=[_generator(job.seed) for job in group],
             )
             return list(out.images)

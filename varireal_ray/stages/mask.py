@@ -5,7 +5,8 @@ one, else ask the grounding model for "a {prefix}{class_name}." and keep the *be
 (the reference kept the first); prompt SAM 2 with that box; crop the padding and resize back to the
 source size; keep the largest connected component with its holes filled.
 
-When nothing is detected, or the mask covers less than ``mask.min_area_fraction`` of the image, a
+When nothing is detected, or the mask covers less than ``mask.min_area_fraction`` or more than
+``mask.max_area_fraction`` of the image, a
 weight-free fallback takes over (``mask.fallback``): ``cv2.grabCut`` from a centred box, or that
 box itself. A dataset box stands in for the centred box: it is ground truth.
 
@@ -282,7 +283,7 @@ class MaskStage:
             # Crop the padding first, so that a blob SAM 2 put there cannot win the component vote.
             mask = self._refine(unpad_mask(source.sam_mask, (width, height)))
             origin = "dataset_box+sam2" if source.dataset_box is not None else "grounding+sam2"
-        if mask is None or not self._big_enough(mask):
+        if mask is None or not self._plausible(mask):
             mask, origin = self._fallback(source)
         batch["mask"][i] = encode_mask(mask)
         batch["mask_box"][i] = mask_bbox(mask)
@@ -302,7 +303,7 @@ class MaskStage:
             box, prefix, box_name = centred_box(width, height), "fallback:", "center_box"
         if self.mask.fallback == "grabcut":
             mask = self._refine(grabcut(np.asarray(source.image), box))
-            if self._big_enough(mask):
+            if self._plausible(mask):
                 return mask, prefix + "grabcut"
         # GrabCut found nothing (a flat image, a box that is the whole image) or was not asked for:
         # the box is the mask.
@@ -311,8 +312,9 @@ class MaskStage:
     def _refine(self, mask: np.ndarray) -> np.ndarray:
         return largest_component(mask) if self.mask.fill_largest_component else mask
 
-    def _big_enough(self, mask: np.ndarray) -> bool:
-        return bool(mask.any()) and mask.mean() >= self.mask.min_area_fraction
+    def _plausible(self, mask: np.ndarray) -> bool:
+        """Neither a speck nor the whole frame (``mask.min_area_fraction`` .. ``max_area_fraction``)."""
+        return bool(mask.any()) and self.mask.min_area_fraction <= mask.mean() <= self.mask.max_area_fraction
 
 
 def _clip(box: Sequence[float], width: float, height: float) -> list[float]:

@@ -26,13 +26,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from varireal_ray import storage
 from varireal_ray.config import Condition, Config
+from varireal_ray.errors import UserError
+from varireal_ray.sources.manifest import class_names
 from varireal_ray.stages.common import decode_image
 
 SOURCE_COLUMNS = ["source_id", "class_name", "label", "split", "image_uri"]
 SYNTHETIC_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that cannot make this trial: says which input and what to do."""
 
 
@@ -54,17 +56,6 @@ def read_sources(config: Config) -> pa.Table:
     if missing:
         raise DataError(f"{uri} lacks columns {missing}; it needs {SOURCE_COLUMNS}")
     return table.select(SOURCE_COLUMNS)
-
-
-def class_names(sources: pa.Table) -> list[str]:
-    """Class names in label order; labels must be 0..C-1 with one name each."""
-    pairs = sorted(set(zip(sources["label"].to_pylist(), sources["class_name"].to_pylist())))
-    labels = [label for label, _ in pairs]
-    if labels != list(range(len(pairs))):
-        raise DataError(
-            f"source labels must be 0..C-1 with one class name each; found (label, name) pairs {pairs[:10]}"
-        )
-    return [name for _, name in pairs]
 
 
 def read_synthetic_meta(config: Config) -> pa.Table:
