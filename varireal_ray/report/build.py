@@ -33,7 +33,7 @@ def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
             {
                 "dataset": config.dataset.name,
                 "condition": cond.name,
-                "attribute": cond.attribute or "-",
+                "attribute": cond.attribute or "–",
                 "feasible_fraction": cond.feasible_fraction,
                 "use_real": cond.use_real,
                 "seeds": sel.n,

@@ -19,6 +19,7 @@ run.output, not in place.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from varireal_ray import storage
@@ -43,8 +44,10 @@ def ray_storage(uri: str):
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def failed(condition: str, seed: int, error: str) -> dict:
-    return {"condition": condition, "seed": seed, "status": "failed", "error": error}
+def failed(condition: str, seed: int, error: str, traceback: str = "") -> dict:
+    """A failed trial's record: ``error`` is the root cause in one line, ``traceback`` the detail."""
+    record = {"condition": condition, "seed": seed, "status": "failed", "error": error}
+    return {**record, "traceback": traceback} if traceback else record
 
 
 def describe(exc: BaseException, limit: int = 3000) -> str:
@@ -54,6 +57,25 @@ def describe(exc: BaseException, limit: int = 3000) -> str:
     if len(text) <= limit:
         return text
     return f"{text.splitlines()[0][:200]} [...] {text[-limit:]}"
+
+
+# "pkg.mod.SomeError: message" (or a bare "SomeError"), as Python prints an exception's last line.
+_EXCEPTION_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?((?:[A-Za-z_]\w*\.)*[A-Z]\w*)(?::\s(.*))?$")
+_BARE_NAME = ("Error", "Exception", "Interrupt", "Exit", "Crash")
+
+
+def root_cause(text: str) -> str:
+    """The last ``SomeError: message`` line of a (Ray-wrapped) traceback: what a user must fix."""
+    for line in reversed(text.splitlines()):
+        match = _EXCEPTION_LINE.match(line.strip())
+        if not match or match.group(1).endswith("WorkerGroupError"):
+            continue
+        name = match.group(1).rsplit(".", 1)[-1]
+        if match.group(2) is not None:
+            return f"{name}: {match.group(2)}"
+        if name.endswith(_BARE_NAME):
+            return name
+    return text.splitlines()[0][:300] if text else ""
 
 
 def preflight(config: Config) -> dict[str, str]:
@@ -122,7 +144,8 @@ def fit_trial(params: dict, config_json: dict, crash_after_step: int | None) -> 
         trainer.fit()
         outcome = {"status": "ok", "error": ""}
     except Exception as exc:  # noqa: BLE001 - one trial's failure must not stop the grid
-        outcome = {"status": "failed", "error": describe(exc)}
+        detail = describe(exc)
+        outcome = {"status": "failed", "error": root_cause(detail), "traceback": detail}
     ray.tune.report({**outcome, "wall_s": round(time.perf_counter() - started, 2)})
 
 
@@ -140,7 +163,7 @@ def _progress_callback():
             if result.get("status") == "ok":
                 log.info("train: %s finished in %.0f s", name, result["wall_s"])
             else:
-                log.warning("train: %s failed after %.0f s: %s", name, result["wall_s"], result["error"][-300:])
+                log.warning("train: %s failed after %.0f s: %s", name, result["wall_s"], result["error"])
 
         def on_trial_error(self, iteration, trials, trial, **info):
             log.warning("train: %s crashed: %s", trial_name(**trial.config["cell"]), trial.error_file)
@@ -179,9 +202,12 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
         cell = result.config["cell"]
         metrics = result.metrics or {}
         if result.error is not None:
-            failures[(cell["condition"], cell["seed"])] = failed(**cell, error=describe(result.error))
+            detail = describe(result.error)
+            failures[(cell["condition"], cell["seed"])] = failed(**cell, error=root_cause(detail), traceback=detail)
         elif metrics.get("status") != "ok":
-            failures[(cell["condition"], cell["seed"])] = failed(**cell, error=metrics.get("error", "no report"))
+            failures[(cell["condition"], cell["seed"])] = failed(
+                **cell, error=metrics.get("error", "no report"), traceback=metrics.get("traceback", "")
+            )
     return failures
 
 
