@@ -82,24 +82,59 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
 
 
-def _bar_plot(table: pd.DataFrame) -> str:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(table)), 3.5))
-    err = None
-    if table["ci_low"].notna().all():
-        err = [table["test_top1_selected"] - table["ci_low"], table["ci_high"] - table["test_top1_selected"]]
-    ax.bar(table["condition"], table["test_top1_selected"], yerr=err, capsize=4, color="#4c78a8")
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    _pyplot().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _errors(rows: pd.DataFrame):
+    """Error bars from the interval columns, or None while any row has a single seed."""
+    if not rows["ci_low"].notna().all():
+        return None
+    return [rows["test_top1_selected"] - rows["ci_low"], rows["ci_high"] - rows["test_top1_selected"]]
+
+
+def _bar_plot(table: pd.DataFrame) -> str:
+    fig, ax = _pyplot().subplots(figsize=(max(4, 1.1 * len(table)), 3.5))
+    ax.bar(table["condition"], table["test_top1_selected"], yerr=_errors(table), capsize=4, color="#4c78a8")
     ax.set_ylabel("test top-1 (%), val-selected")
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
+
+
+def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
+    """Per (attribute, use_real): the rows of a mixing sweep, by feasible fraction; only series
+    with at least three fractions (two are the feasible-vs-infeasible pair, shown as bars)."""
+    synthetic = table[table["feasible_fraction"].notna()] if not table.empty else table
+    series = {}
+    for (attribute, use_real), rows in synthetic.groupby(["attribute", "use_real"]):
+        if rows["feasible_fraction"].nunique() >= 3:
+            series[(attribute, bool(use_real))] = rows.sort_values("feasible_fraction")
+    return series
+
+
+def _mixing_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
+    fig, ax = _pyplot().subplots(figsize=(5, 3.5))
+    for (attribute, use_real), rows in series.items():
+        label = f"{attribute} ({'real + synthetic' if use_real else 'synthetic only'})"
+        ax.errorbar(100 * rows["feasible_fraction"], rows["test_top1_selected"], yerr=_errors(rows),
+                    marker="o", capsize=4, label=label)  # fmt: skip
+    ax.set_xlabel("feasible share of the synthetic data (%)")
+    ax.set_ylabel("test top-1 (%), val-selected")
+    ax.legend(fontsize=8)
+    return _png(fig)
 
 
 def headline(comp: pd.DataFrame) -> str:
@@ -121,6 +156,7 @@ def build_report(config: Config) -> str:
     results = storage.read_json(storage.join(config.run.output, "train", "results.json"))
     table = results_table(config, results)
     comp = comparisons(config, results)
+    series = mixing_series(table)
     failed = [r for r in results if r.get("status") != "ok"]
     storage.write_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
     storage.write_bytes(storage.join(out, "comparisons.csv"), comp.to_csv(index=False).encode())
@@ -133,6 +169,8 @@ def build_report(config: Config) -> str:
         "<h2>Results (test top-1 of the val-selected checkpoint; mean ± 95% interval over seeds)</h2>",
         table.to_html(index=False, na_rep="–"),
         f"<p><img src='{_bar_plot(table)}'></p>" if not table.empty else "",
+        ("<h2>Accuracy against the feasible:infeasible mix</h2>"
+         f"<p><img src='{_mixing_plot(series)}'></p>") if series else "",
         "<h2>Feasible vs infeasible (paired over test images; bootstrap interval, exact McNemar)</h2>",
         comp.to_html(index=False) if not comp.empty else "<p>No pairs.</p>",
         ("<h2>Failed trials</h2><ul>" + "".join(f"<li>{html.escape(str(r['condition']))} seed {r['seed']}: {html.escape(str(r.get('error')))}</li>" for r in failed) + "</ul>") if failed else "",
