@@ -74,6 +74,21 @@ def mixed_loss(logits: torch.Tensor, labels: torch.Tensor, is_real: torch.Tensor
     return real_weight * real_mean + (1 - real_weight) * synthetic_mean
 
 
+def train_step(model, optimizer, scheduler, scaler, batch, device: torch.device, amp: bool, real_weight: float | None):
+    """One optimisation step (float16 autocast + loss scaling when ``amp``); returns the loss
+    tensor, left on the device so that the caller decides when to sync."""
+    images, labels, is_real = batch
+    images, labels, is_real = images.to(device, non_blocking=True), labels.to(device), is_real.to(device)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        loss = mixed_loss(model(images).float(), labels, is_real, real_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss
+
+
 def run_trial(
     config: Config,
     condition: Condition,
@@ -159,15 +174,10 @@ class Trial:
         )
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, is_real: torch.Tensor) -> None:
-        device = self.device
-        images, labels, is_real = images.to(device, non_blocking=True), labels.to(device), is_real.to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.amp):
-            loss = mixed_loss(self.model(images).float(), labels, is_real, self.real_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        loss = train_step(
+            self.model, self.optimizer, self.scheduler, self.scaler, (images, labels, is_real),
+            self.device, self.amp, self.real_weight,
+        )  # fmt: skip
         self.state.step += 1
         self.state.train_loss_sum += float(loss.detach())  # a sync per step; negligible beside a CLIP step
         self.state.train_loss_count += 1
