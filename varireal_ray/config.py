@@ -101,8 +101,11 @@ class RunConfig(Section):
 # ------------------------------------------------------------------------------------ dataset
 class DatasetConfig(Section):
     name: str = "demo"
-    kind: Literal["demo", "folder", "manifest"] = "demo"
-    root: Location | None = None  # folder of class folders, or a Parquet/CSV manifest for kind=manifest
+    kind: Literal["demo", "folder", "manifest", "oxford_pets", "fgvc_aircraft", "stanford_cars"] = "demo"
+    # folder of class folders, a Parquet/CSV manifest for kind=manifest, or the folder holding a
+    # standard dataset in its torchvision layout (README "Datasets")
+    root: Location | None = None
+    split_file: Location | None = None  # a CoOp split_zhou_*.json: its train/val/test replace the derived ones
     prefix: str = ""  # dataset prefix in prompts: "pet ", "aircraft ", "car "
     image_size: int = Field(160, ge=16, le=4096)  # demo only: longer side of the built images
     images_per_class: int = Field(8, ge=3)  # demo only

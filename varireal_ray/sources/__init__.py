@@ -18,6 +18,12 @@ def ensure_manifest(config: Config) -> pa.Table:
         from varireal_ray.sources.demo import build
     elif kind == "folder":
         from varireal_ray.sources.folder import build_folder as build
+    elif kind == "oxford_pets":
+        from varireal_ray.sources.oxford_pets import build
+    elif kind == "fgvc_aircraft":
+        from varireal_ray.sources.fgvc_aircraft import build
+    elif kind == "stanford_cars":
+        from varireal_ray.sources.stanford_cars import build
     else:
         from varireal_ray.sources.folder import build_manifest_file as build
     table = build(config)

@@ -1,8 +1,11 @@
 """The source manifest: one row per real image, the input every job reads.
 
-Columns: ``source_id`` (str, unique, path-safe), ``class_name``, ``label`` (0..C-1 in sorted
-class order), ``split`` (train/val/test), ``image_uri``, ``box`` ([x0, y0, x1, y1] in pixels, or
-null). It lives at ``<run>/sources/manifest.parquet``.
+Columns: ``source_id`` (str, unique, path-safe), ``class_name``, ``label`` (0..C-1 in the
+dataset's standard class order where it has one, else sorted class order), ``split``
+(train/val/test), ``image_uri``, ``box`` ([x0, y0, x1, y1] in pixels, or null) and ``mask_uri``
+(the dataset's own mask of the object, or null). For Oxford-IIIT Pets ``mask_uri`` is the trimap
+PNG: value 1 = pet, 2 = background, 3 = border (unclassified). It lives at
+``<run>/sources/manifest.parquet``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ SCHEMA = pa.schema(
         ("split", pa.string()),
         ("image_uri", pa.string()),
         ("box", pa.list_(pa.float64())),
+        ("mask_uri", pa.string()),
     ]
 )
 
@@ -44,11 +48,27 @@ def manifest_uri(config: Config) -> str:
     return storage.join(config.run.output, "sources", "manifest.parquet")
 
 
-def build_table(rows: list[dict]) -> pa.Table:
-    """Validate rows and assign labels by sorted class name."""
+def build_table(rows: list[dict], classes: list[str] | None = None) -> pa.Table:
+    """Validate rows and assign labels: by position in ``classes`` (a dataset's standard order;
+    every row's class must be in it and every class must have a row), else by sorted class name."""
     if not rows:
         raise SourceError("the dataset has no images")
-    classes = sorted({r["class_name"] for r in rows})
+    if classes is None:
+        classes = sorted({r["class_name"] for r in rows})
+    else:
+        if len(set(classes)) != len(classes):
+            dupes = sorted({c for c in classes if classes.count(c) > 1})
+            raise SourceError(f"the class list names {dupes} more than once")
+        present = {r["class_name"] for r in rows}
+        unknown = sorted(present - set(classes))
+        if unknown:
+            raise SourceError(f"images of unknown classes {unknown[:10]} (the dataset's {len(classes)} classes begin {classes[:5]})")
+        empty = [c for c in classes if c not in present]
+        if empty:
+            raise SourceError(
+                f"{len(empty)} classes have no images: {empty[:10]}; "
+                "remove them from the class list or add their images"
+            )
     label = {c: i for i, c in enumerate(classes)}
     seen: set[str] = set()
     for r in rows:
@@ -59,6 +79,7 @@ def build_table(rows: list[dict]) -> pa.Table:
         seen.add(r["source_id"])
         r["label"] = label[r["class_name"]]
         r.setdefault("box", None)
+        r.setdefault("mask_uri", None)
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
