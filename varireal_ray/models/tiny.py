@@ -13,11 +13,15 @@ from pathlib import Path
 from varireal_ray.models.registry import ModelNotFound, build_once
 
 # Bump when a builder changes, so caches rebuild instead of loading a stale layout.
-TINY_VERSION = 2
+TINY_VERSION = 3
 
 BUILDERS = {
     "inpaint": "varireal_ray.models.tiny_diffusion:build_inpaint",
     "text2image": "varireal_ray.models.tiny_diffusion:build_text2image",
+    "refine_base": "varireal_ray.models.tiny_controlnet:build_refine_base",
+    "refine_vae": "varireal_ray.models.tiny_controlnet:build_refine_vae",
+    "controlnet": "varireal_ray.models.tiny_controlnet:build_controlnet",
+    "ip_adapter": "varireal_ray.models.tiny_controlnet:build_ip_adapter",  # with models/image_encoder
     "grounding": "varireal_ray.models.tiny_detection:build_grounding",
     "segmenter": "varireal_ray.models.tiny_detection:build_segmenter",
     "judge": "varireal_ray.models.tiny_judge:build_judge",

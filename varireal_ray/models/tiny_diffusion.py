@@ -37,10 +37,11 @@ def _unet(in_channels: int):
     )
 
 
-def _vae():
+def _vae(scaling_factor: float = 0.18215):
     from diffusers import AutoencoderKL
 
     # Four blocks: three downsamplings, the scale factor 8 of every Stable Diffusion VAE.
+    # ``scaling_factor``: SD 1.x/2.x's latent scale; SDXL's VAEs use 0.13025.
     return AutoencoderKL(
         sample_size=SAMPLE_SIZE,
         in_channels=3,
@@ -51,18 +52,21 @@ def _vae():
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
         norm_num_groups=16,
+        scaling_factor=scaling_factor,
     )
 
 
-def _text_encoder():
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _text_encoder(hidden_size: int = CROSS_ATTENTION_DIM, projection_dim: int | None = None):
+    """A CLIP text encoder; with ``projection_dim``, a ``CLIPTextModelWithProjection`` (SDXL's
+    second encoder, whose pooled projection conditions the UNet)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from varireal_ray.models.tokenizers import CONTEXT_LENGTH, clip_bpe_vocab
 
     vocab, _ = clip_bpe_vocab()
     config = CLIPTextConfig(
         vocab_size=len(vocab),  # the real vocabulary: any prompt tokenizes to valid ids
-        hidden_size=CROSS_ATTENTION_DIM,
+        hidden_size=hidden_size,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -71,7 +75,10 @@ def _text_encoder():
         eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"],
     )
-    return CLIPTextModel(config)
+    if projection_dim is None:
+        return CLIPTextModel(config)
+    config.projection_dim = projection_dim
+    return CLIPTextModelWithProjection(config)
 
 
 def _components(unet_in_channels: int, scheduler) -> dict:

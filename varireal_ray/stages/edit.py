@@ -8,19 +8,28 @@ resolution ``config.generate.resolution``):
 - color: the object is alpha-blended towards the named color's RGB, then inpainted.
 - texture: a text-to-image swatch (a sharpened, upscaled random crop of it) is alpha-blended into
   the object, which is then inpainted.
+- color and texture, unless ``refine`` is null: a second pass (spec 1.8-1.9 stage 2) generates
+  the image again with a ControlNet-canny pipeline, guided by the edges of the original object
+  (``priors.canny_guide``) and, through the IP-Adapter, by the stage-1 object on gray
+  (``priors.ip_reference``); its pixels become the object's.
+
+Settings come from ``config.generate.<attribute>``, with ``<attribute>.infeasible`` overriding
+some of them on infeasible rows (``ObjectEditor.for_feasibility``).
 
 Every edit ends in ``common.composite`` at the source's own resolution, so the untouched region
 is the source's pixels exactly (DESIGN.md contract 6; exact in the stored image only with a
 lossless ``generate.image_format``).
 
-Rows are grouped by attribute and each diffusion pipeline is called once per group, with
-per-row images, masks, prompts and seeded generators. If a group call fails, the group is retried
-row by row, so one bad row fails alone.
+Rows are grouped by attribute and settings, and each diffusion pipeline is called once per group,
+with per-row images, masks, prompts, references and seeded generators. If a group call fails, the
+group is retried row by row, so one bad row fails alone.
 
 Columns in: ``id, image, mask, class_name, attribute, feasibility, value, value_description,
 seed, error, error_stage``. Columns out: ``edited`` (encoded, source size), ``prompt`` (the
 inpainting prompt), ``prior`` (how the prior was made: plate/swatch seed, crop, color and its
-source), ``edit_models`` (model ids used), ``t_edit`` (seconds).
+source, alpha), ``inpaint`` (stage-1 steps, guidance, strength), ``refine`` (stage-2 settings:
+Canny thresholds, IP-Adapter scale, steps, guidance, seed; empty when there is no second pass),
+``edit_models`` (model ids used), ``t_edit`` (seconds).
 """
 
 from __future__ import annotations
@@ -31,15 +40,17 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from varireal_ray.config import ATTRIBUTES, Config, ConfigError, Diffusion
+from varireal_ray.config import ATTRIBUTES, BackgroundEditor, Config, ConfigError, Diffusion, ModelRef, ObjectEditor
 from varireal_ray.models import registry
 from varireal_ray.stages import common, named_colors, priors
 
 STAGE = "edit"
-OUTPUT_COLUMNS = ("edited", "prompt", "prior", "edit_models")
+OUTPUT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models")
 # Plates, swatches and swatch crops draw from the row seed plus this, the inpainting noise from the
-# row seed itself: one seed per row reproduces the whole edit.
+# row seed itself, the refinement noise from the seed plus REFINE_SEED_OFFSET: one seed per row
+# reproduces the whole edit.
 PRIOR_SEED_OFFSET = 1
+REFINE_SEED_OFFSET = 2
 # Fields a prompt template may use; ``value_full`` is the reference's "name: description" string.
 PROMPT_FIELDS = ("prefix", "class_name", "value", "value_description", "value_full")
 
@@ -57,11 +68,15 @@ class Job:
     work_mask: np.ndarray
     fields: dict[str, str]
     prompt: str
+    editor: BackgroundEditor | ObjectEditor | None = None  # the row's settings, feasibility applied
     generated: np.ndarray | None = None  # the plate (background) or swatch (texture)
     init: np.ndarray | None = None  # what inpainting starts from: the source with the prior
     inpaint_mask: Image.Image | None = None
-    edited: Image.Image | None = None  # the inpainting output
+    edited: Image.Image | None = None  # the inpainting output, then the refinement's
+    guide: np.ndarray | None = None  # refine: the Canny edge map of the original object
+    reference: np.ndarray | None = None  # refine: the stage-1 object on gray, for the IP-Adapter
     prior: str = ""  # how the prior was made, for the `prior` column
+    refine: str = ""  # the refinement's settings, for the `refine` column
 
 
 def prompt_fields(prefix: str, class_name: str, value: str, description: str) -> dict[str, str]:
@@ -95,22 +110,95 @@ def _check_config(config: Config) -> None:
     if "texture" in gen.attributes and (gen.texture.swatch is None or not gen.texture.swatch_prompt):
         raise ConfigError("generate.texture.swatch and generate.texture.swatch_prompt are needed for texture edits")
     for attribute in gen.attributes:
-        d = getattr(gen, attribute).inpaint
-        if int(d.steps * d.strength) < 1:  # diffusers denoises int(steps * strength) steps
-            raise ConfigError(
-                f"generate.{attribute}.inpaint: steps * strength = {d.steps * d.strength:g}, under one step"
-            )
+        for feasibility in gen.feasibility:
+            d = _editor(config, attribute, feasibility).inpaint
+            if int(d.steps * d.strength) < 1:  # diffusers denoises int(steps * strength) steps
+                own = d == getattr(gen, attribute).inpaint
+                key = f"generate.{attribute}.{'' if own else 'infeasible.'}inpaint"
+                raise ConfigError(f"{key}: steps * strength = {d.steps * d.strength:g}, under one step")
 
 
-def _load(loader, ref, config: Config, role: str, device):
+def _editor(config: Config, attribute: str, feasibility: str) -> BackgroundEditor | ObjectEditor:
+    """The settings for rows of this attribute and feasibility."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute {attribute!r} is not one of {ATTRIBUTES}")
+    editor = getattr(config.generate, attribute)
+    return editor if attribute == "background" else editor.for_feasibility(feasibility)
+
+
+def _refines(config: Config) -> bool:
+    return any(getattr(config.generate, a).refine is not None for a in config.generate.attributes if a != "background")
+
+
+def _from_pretrained(loader, ref: ModelRef, config: Config, role: str, device, **components):
+    """``loader.from_pretrained`` on the resolved ``models.<role>``, moved to ``device`` (weights stay
+    resident: no CPU offload). Returns the model and its label for the ``edit_models`` column."""
     resolved = registry.resolve(ref, config.models, role)
+    subfolder = getattr(ref, "subfolder", None)
+    kwargs = {"subfolder": subfolder} if subfolder else {}
     try:
-        pipe = loader.from_pretrained(resolved.path, revision=resolved.revision, dtype=_dtype(ref.dtype, device))
+        model = loader.from_pretrained(
+            resolved.path, revision=resolved.revision, dtype=_dtype(ref.dtype, device), **kwargs, **components
+        )
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
         raise registry.hub_error(resolved, exc, role) from exc
-    pipe.to(device)  # weights stay resident: no CPU offload
+    model.to(device)
+    return model, resolved.label + (f"/{subfolder}" if subfolder else "")
+
+
+def _load(loader, ref: ModelRef, config: Config, role: str, device, **components):
+    """A pipeline: ``_from_pretrained`` with its progress bar off."""
+    pipe, label = _from_pretrained(loader, ref, config, role, device, **components)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, resolved.label
+    return pipe, label
+
+
+def _load_refiner(config: Config, device):
+    """The stage-2 pipeline: the base loaded with its ControlNet (and VAE, and image encoder) as
+    components, then the IP-Adapter weights. Returns the pipeline and its models' labels."""
+    from diffusers import AutoencoderKL, AutoPipelineForText2Image, ControlNetModel
+    from transformers import CLIPVisionModelWithProjection
+
+    models = config.models
+    controlnet, controlnet_label = _from_pretrained(ControlNetModel, models.controlnet, config, "controlnet", device)
+    encoder, encoder_label = _from_pretrained(
+        CLIPVisionModelWithProjection, models.image_encoder, config, "image_encoder", device
+    )
+    components = {"controlnet": controlnet, "image_encoder": encoder}
+    vae_labels = []
+    if models.refine_vae is not None:
+        components["vae"], vae_label = _from_pretrained(AutoencoderKL, models.refine_vae, config, "refine_vae", device)
+        vae_labels.append(vae_label)
+    pipe, base_label = _load(AutoPipelineForText2Image, models.refine_base, config, "refine_base", device, **components)
+    if not hasattr(pipe, "load_ip_adapter") or "controlnet" not in pipe.components:
+        raise ConfigError(
+            f"models.refine_base = {models.refine_base.id!r} loads as {type(pipe).__name__}, which takes no "
+            "ControlNet and IP-Adapter; use a Stable Diffusion (XL) text-to-image checkpoint"
+        )
+    ip = models.ip_adapter
+    resolved = registry.resolve(ip, models, "ip_adapter")
+    try:
+        # The encoder is already a component: image_encoder_folder=None loads no second one.
+        pipe.load_ip_adapter(
+            resolved.path,
+            subfolder=ip.subfolder or "",
+            weight_name=ip.weight_name,
+            image_encoder_folder=None,
+            revision=resolved.revision,
+        )
+    except Exception as exc:  # noqa: BLE001 - a wrong file or a mismatched adapter
+        raise registry.hub_error(resolved, exc, "ip_adapter") from exc
+    pipe.to(device)
+    # diffusers repeats `ip_adapter_image_embeds` batch-size times and so mixes the references of
+    # a batch (huggingface/diffusers#9813); ours are already one per row, in the pipeline's
+    # (negative, positive) layout, so they go to the UNet as they are.
+    pipe.prepare_ip_adapter_image_embeds = _embeds_as_given
+    ip_label = "/".join(p for p in (resolved.label, ip.subfolder, ip.weight_name) if p)
+    return pipe, [base_label, *vae_labels, controlnet_label, ip_label, encoder_label]
+
+
+def _embeds_as_given(ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_cfg):
+    return [embeds.to(device) for embeds in ip_adapter_image_embeds]
 
 
 def _dtype(requested: str, device):
@@ -185,6 +273,9 @@ class EditStage:
             self.text2image, self.text2image_label = _load(
                 AutoPipelineForText2Image, models.text2image, config, "text2image", self.device
             )
+        self.refiner, self.refiner_labels = None, []
+        if _refines(config):
+            self.refiner, self.refiner_labels = _load_refiner(config, self.device)
         scale = self.inpaint.vae_scale_factor
         if self.gen.resolution % scale:
             raise ConfigError(f"generate.resolution = {self.gen.resolution}: must be a multiple of {scale}")
@@ -210,25 +301,37 @@ class EditStage:
                 jobs.append(self._job(batch, attribute, i))
             except Exception as exc:  # noqa: BLE001 - a bad row must never kill the batch
                 common.fail_row(batch, i, STAGE, exc)
-        if not jobs:
-            return
+        # Rows with the same settings share each pipeline call (feasible and infeasible rows do
+        # unless `<attribute>.infeasible` changes something).
+        groups: list[list[Job]] = []
+        for job in jobs:
+            same = next((g for g in groups if g[0].editor == job.editor), None)
+            if same is None:
+                groups.append([job])
+            else:
+                same.append(job)
+        for group in groups:
+            self._edit_jobs(batch, attribute, group)
+
+    def _edit_jobs(self, batch: common.Batch, attribute: str, jobs: list[Job]) -> None:
+        """The whole recipe for jobs of one attribute that share their settings."""
+        editor = jobs[0].editor
         if attribute == "background":
-            jobs = self._generate(batch, jobs, self.gen.background.plate_prompt, self.gen.background.plate)
+            jobs = self._generate(batch, jobs, editor.plate_prompt, editor.plate)
             jobs = _each(batch, jobs, self._plate_prior)
         elif attribute == "color":
             jobs = _each(batch, jobs, self._color_prior)
         else:
-            jobs = self._generate(batch, jobs, self.gen.texture.swatch_prompt, self.gen.texture.swatch)
+            jobs = self._generate(batch, jobs, editor.swatch_prompt, editor.swatch)
             jobs = _each(batch, jobs, self._swatch_prior)
-        jobs = self._inpaint(batch, attribute, jobs)
-        # Seam for the reference's second pass on color and texture (SDXL ControlNet-canny on the
-        # object's edges + IP-Adapter on the stage-1 object over gray): one more batched call over
-        # `jobs` that replaces `job.edited`, before the final composite.
+        jobs = self._inpaint(batch, jobs)
+        if attribute != "background" and editor.refine is not None:
+            jobs = _each(batch, jobs, self._refine_inputs)
+            jobs = self._refine(batch, jobs)
         _each(batch, jobs, lambda job: self._finish(batch, attribute, job))
 
     def _job(self, batch: common.Batch, attribute: str, i: int) -> Job:
-        if attribute not in ATTRIBUTES:
-            raise ValueError(f"attribute {attribute!r} is not one of {ATTRIBUTES}")
+        editor = _editor(self.config, attribute, str(batch["feasibility"][i]))
         source = common.decode_image(batch["image"][i])
         mask = common.decode_mask(batch["mask"][i])
         if mask.shape != (source.height, source.width):
@@ -251,12 +354,13 @@ class EditStage:
             image=np.asarray(common.pad_to_square(source, res)),
             work_mask=common.pad_mask(mask, res),
             fields=fields,
-            prompt=getattr(self.gen, attribute).prompt.format(**fields),
+            prompt=editor.prompt.format(**fields),
+            editor=editor,
         )
 
     # -------------------------------------------------------------------------------- priors
     def _plate_prior(self, job: Job) -> None:
-        cfg, res = self.gen.background, self.gen.resolution
+        cfg, res = job.editor, self.gen.resolution
         dilation = priors.scaled_px(cfg.dilation_px, res)
         blur = priors.scaled_px(cfg.blur_px, res, odd=True)
         job.init = priors.paste_plate(job.image, job.generated, job.work_mask, dilation)
@@ -264,14 +368,14 @@ class EditStage:
         job.prior = f"plate seed={job.seed + PRIOR_SEED_OFFSET} dilation={dilation}px blur={blur}px"
 
     def _color_prior(self, job: Job) -> None:
-        alpha = self.gen.color.blend_alpha
+        alpha = job.editor.blend_alpha
         rgb, source = named_colors.lookup(job.fields["value"])
         job.init = priors.blend(job.image, job.work_mask, np.array(rgb), alpha)
         job.inpaint_mask = priors.hard_mask(job.work_mask)
         job.prior = "color #{:02x}{:02x}{:02x} from {} alpha={:g}".format(*rgb, source, alpha)
 
     def _swatch_prior(self, job: Job) -> None:
-        alpha = self.gen.texture.blend_alpha
+        alpha = job.editor.blend_alpha
         rng = np.random.default_rng(job.seed + PRIOR_SEED_OFFSET)
         patch, (x, y) = priors.swatch_patch(job.generated, rng)
         job.init = priors.blend(job.image, job.work_mask, patch, alpha)
@@ -302,9 +406,11 @@ class EditStage:
             job.generated = image
         return [job for job, _ in done]
 
-    def _inpaint(self, batch: common.Batch, attribute: str, jobs: list[Job]) -> list[Job]:
+    def _inpaint(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
         """Inpaint each ``job.init`` inside ``job.inpaint_mask`` into ``job.edited``: one call."""
-        d: Diffusion = getattr(self.gen, attribute).inpaint
+        if not jobs:
+            return []
+        d: Diffusion = jobs[0].editor.inpaint
         res = self.gen.resolution
 
         def call(group: list[Job]) -> list[Image.Image]:
@@ -327,6 +433,60 @@ class EditStage:
             job.edited = image
         return [job for job, _ in done]
 
+    def _refine_inputs(self, job: Job) -> None:
+        """The ControlNet guide (edges of the original object) and the IP-Adapter reference
+        (the stage-1 object on gray), at the working resolution."""
+        r, res = job.editor.refine, self.gen.resolution
+        blur = priors.scaled_px(r.canny_blur_px, res, odd=True)
+        job.guide, low = priors.canny_guide(job.image, job.work_mask, blur, r.canny_low_ratio)
+        job.reference = priors.ip_reference(np.asarray(job.edited.convert("RGB")), job.work_mask)
+        job.refine = (
+            f"canny low={low} high={priors.CANNY_HIGH} blur={blur}px; ip_adapter_scale={r.ip_adapter_scale:g}; "
+            f"steps={r.steps} guidance={r.guidance_scale:g} controlnet_scale={r.controlnet_conditioning_scale:g}; "
+            f"seed={job.seed + REFINE_SEED_OFFSET}"
+        )
+
+    def _refine(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+        """Stage 2: regenerate each image from noise under its guide and reference, into
+        ``job.edited`` (the final composite keeps only its object pixels): one call.
+
+        The reference refined one stage-1 output picked at random from its batch of candidates;
+        here each row refines its own stage-1 output, so every row is one complete edit."""
+        import torch
+        from diffusers.models.embeddings import ImageProjection
+
+        if not jobs:
+            return []
+        r, res, pipe = jobs[0].editor.refine, self.gen.resolution, self.refiner
+        cfg = r.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides
+        # Plus adapters (a Resampler) read the encoder's hidden states; plain ones its pooled embedding.
+        plus = not isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)
+
+        def call(group: list[Job]) -> list[Image.Image]:
+            # One embedding per row, in the (negative, positive) layout the pipeline expects.
+            references = [Image.fromarray(job.reference) for job in group]
+            positive, negative = pipe.encode_image(references, pipe.device, 1, output_hidden_states=plus)
+            embeds = torch.cat([negative, positive]) if cfg else positive
+            pipe.set_ip_adapter_scale(r.ip_adapter_scale)
+            out = pipe(
+                prompt=[job.prompt for job in group],
+                image=[Image.fromarray(job.guide) for job in group],
+                ip_adapter_image_embeds=[embeds[:, None]],  # (rows, images per row = 1, ...)
+                height=res,
+                width=res,
+                num_inference_steps=r.steps,
+                guidance_scale=r.guidance_scale,
+                controlnet_conditioning_scale=r.controlnet_conditioning_scale,
+                negative_prompt=None if r.negative_prompt is None else [r.negative_prompt] * len(group),
+                generator=[_generator(job.seed + REFINE_SEED_OFFSET) for job in group],
+            )
+            return list(out.images)
+
+        done = _batched(batch, jobs, call)
+        for job, image in done:
+            job.edited = image
+        return [job for job, _ in done]
+
     # -------------------------------------------------------------------------------- output
     def _finish(self, batch: common.Batch, attribute: str, job: Job) -> None:
         """Back to the source's size, then the minimal-edit composite, encoded."""
@@ -335,7 +495,12 @@ class EditStage:
         region = "background" if attribute == "background" else "object"
         final = common.composite(job.source, restored, job.mask, region)
         batch["edited"][job.row] = common.encode_image(final, self.gen.image_format)
+        d = job.editor.inpaint
         batch["prompt"][job.row] = job.prompt
         batch["prior"][job.row] = job.prior
+        batch["inpaint"][job.row] = f"steps={d.steps} guidance={d.guidance_scale:g} strength={d.strength:g}"
+        batch["refine"][job.row] = job.refine
         used = [self.inpaint_label] + ([self.text2image_label] if attribute != "color" else [])
+        if job.refine:
+            used += self.refiner_labels
         batch["edit_models"][job.row] = ",".join(used)

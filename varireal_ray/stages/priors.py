@@ -14,6 +14,8 @@ from PIL import Image
 REFERENCE_RESOLUTION = 1024
 # The reference's sharpening after upscaling the swatch crop: a Laplacian-style kernel, sum 1.
 SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], dtype=np.float32)
+CANNY_HIGH = 255  # the reference's fixed upper Canny threshold
+IP_REFERENCE_GRAY = 100  # the canvas of the IP-Adapter reference
 
 
 def scaled_px(px: int, resolution: int, odd: bool = False) -> int:
@@ -68,3 +70,21 @@ def swatch_patch(swatch: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     patch = Image.fromarray(swatch[y : y + crop, x : x + crop]).resize((size, size), Image.BICUBIC)
     sharp = cv2.filter2D(np.asarray(patch), -1, SHARPEN)  # saturates to uint8 range
     return sharp, (x, y)
+
+
+def canny_guide(image: np.ndarray, mask: np.ndarray, blur: int, low_ratio: float) -> tuple[np.ndarray, int]:
+    """The refinement's ControlNet guide (spec 1.8 step 2): the object's own pixels on a white
+    canvas, box-blurred ``blur``², then Canny with low = ``low_ratio`` x the median of the blurred
+    canvas and high = 255, as a 3-channel 0/255 map. Returns the map and the low threshold."""
+    canvas = np.where(mask[..., None], image, np.uint8(255)).astype(np.uint8)
+    if blur > 1:
+        canvas = cv2.blur(canvas, (blur, blur))
+    low = int(max(0.0, low_ratio * float(np.median(canvas))))
+    edges = cv2.Canny(canvas, low, CANNY_HIGH)  # multi-channel input: the strongest channel's gradient
+    return np.repeat(edges[..., None], 3, axis=2), low
+
+
+def ip_reference(stage1: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The refinement's IP-Adapter image (spec 1.8 step 4): the stage-1 object on a gray canvas,
+    so the adapter sees the object's new look and nothing of the background."""
+    return np.where(mask[..., None], stage1, np.uint8(IP_REFERENCE_GRAY)).astype(np.uint8)
