@@ -250,18 +250,46 @@ def _follow_latest(folder_uri: str) -> str:
 
 
 def _from_curated(data: dict, where: str) -> Bank:
-    """Curated banks are written by hand in a compact form: lists of [name, description] pairs."""
+    """Curated banks are written by hand in a compact form: lists of [name, description] pairs.
+
+    A list names its owner with ``class_name`` (one class, or null for a dataset-wide list) or
+    with ``class_names`` (several classes sharing the same values, e.g. the military aircraft):
+    such a list is expanded here into one list per class, in the order given, so the bank's
+    entries (and hash) are the same as if each class's list were written out.
+    """
     entries = []
-    for lst in data["lists"]:
-        for name, description in lst["values"]:
-            entries.append(
-                BankEntry(
-                    class_name=lst["class_name"],
-                    attribute=lst["attribute"],
-                    feasibility=lst["feasibility"],
-                    name=name,
-                    description=description,
-                    source="curated",
+    for k, lst in enumerate(data["lists"]):
+        for class_name in _curated_owners(lst, f"{where}: list {k + 1}"):
+            for name, description in lst["values"]:
+                entries.append(
+                    BankEntry(
+                        class_name=class_name,
+                        attribute=lst["attribute"],
+                        feasibility=lst["feasibility"],
+                        name=name,
+                        description=description,
+                        source="curated",
+                    )
                 )
-            )
     return Bank(dataset=data["dataset"], entries=entries, meta={"builtin": where, "classes": data.get("classes", [])})
+
+
+def _curated_owners(lst: dict, where: str) -> list[str | None]:
+    """The classes a curated list is for: ``[class_name]`` or the ``class_names`` list."""
+    label = f"{where} ({lst.get('attribute')}/{lst.get('feasibility')})"
+    if "class_name" in lst and "class_names" in lst:
+        raise BankError(
+            f"{label} has both 'class_name' and 'class_names': keep 'class_name' for one class "
+            "(null for a dataset-wide list) or 'class_names' for several, not both"
+        )
+    if "class_names" in lst:
+        names = lst["class_names"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise BankError(f"{label}: 'class_names' must be a non-empty list of class names, got {names!r}")
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise BankError(f"{label}: 'class_names' repeats {', '.join(map(repr, repeated))}")
+        return list(names)
+    if "class_name" not in lst:
+        raise BankError(f"{label} names no owner: give 'class_name' (a class, or null for dataset-wide) or 'class_names'")
+    return [lst["class_name"]]
