@@ -273,6 +273,15 @@ class JudgeConfig(Section):
     on_exhausted: Literal["drop", "keep_flagged"] = "keep_flagged"
 
 
+def _non_empty_unique(v: list) -> list:
+    """A list setting that must name something, each value once."""
+    if not v:
+        raise ValueError("must name at least one value")
+    if len(set(v)) != len(v):
+        raise ValueError(f"has repeated values: {v}")
+    return v
+
+
 class GenerateConfig(Section):
     attributes: list[Attribute] = list(ATTRIBUTES)
     feasibility: list[Feasibility] = list(FEASIBILITIES)
@@ -307,14 +316,7 @@ class GenerateConfig(Section):
     edit_stage: StageResources = StageResources(batch_size=8)
     judge_stage: StageResources = StageResources(batch_size=8)
 
-    @field_validator("attributes", "feasibility")
-    @classmethod
-    def _non_empty_unique(cls, v: list) -> list:
-        if not v:
-            raise ValueError("must name at least one value")
-        if len(set(v)) != len(v):
-            raise ValueError(f"has repeated values: {v}")
-        return v
+    _non_empty_unique = field_validator("attributes", "feasibility")(_non_empty_unique)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -337,6 +339,56 @@ class Condition(Section):
         return self
 
 
+DataMode = Literal["synthetic_only", "real_plus_synthetic"]
+
+
+def condition_name(attribute: str, feasible_fraction: float, use_real: bool) -> str:
+    """The name a grid gives a cell: ``<attribute>_<feasible | infeasible | mix<percent>>``, plus
+    ``_synth_only`` when no real images train with it (e.g. ``color_mix25_synth_only``)."""
+    share = {1.0: "feasible", 0.0: "infeasible"}.get(feasible_fraction, f"mix{feasible_fraction * 100:g}")
+    return f"{attribute}_{share}" + ("" if use_real else "_synth_only")
+
+
+class GridBlock(Section):
+    """Many conditions in a few lines: the real-only baseline (``baseline``) plus every
+    attribute × data setting × feasible fraction, named by ``condition_name``. The defaults are
+    the reference's 13-run grid (spec section 4)."""
+
+    baseline: bool = True  # include ``real_only``
+    attributes: list[Attribute] = list(ATTRIBUTES)
+    data: list[DataMode] = ["synthetic_only", "real_plus_synthetic"]
+    # Share of feasible rows in the synthetic data: 1.0 feasible only, 0.0 infeasible only.
+    feasible_fractions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = [1.0, 0.0]
+
+    _non_empty_unique = field_validator("attributes", "data", "feasible_fractions")(_non_empty_unique)
+
+    def expand(self) -> list[Condition]:
+        cells = [Condition(name="real_only")] if self.baseline else []
+        for attribute in self.attributes:
+            for mode in self.data:
+                use_real = mode == "real_plus_synthetic"
+                for fraction in self.feasible_fractions:
+                    name = condition_name(attribute, fraction, use_real)
+                    cells.append(Condition(name=name, attribute=attribute, feasible_fraction=fraction, use_real=use_real))
+        return cells
+
+
+class MlflowConfig(Section):
+    """Optional MLflow tracking of every trial (parameters, each validation, the test results), in
+    addition to the files under ``<run>/train``. Needs the ``mlflow`` extra; credentials for a
+    tracking server come from the MLFLOW_* environment of the nodes, never from this file."""
+
+    enabled: bool = False
+    tracking_uri: Location | None = None  # a local folder, file:///abs/mlruns, http(s)://server
+    experiment: str = Field("varireal-ray", min_length=1)
+
+    @model_validator(mode="after")
+    def _uri_when_enabled(self) -> MlflowConfig:
+        if self.enabled and not self.tracking_uri:
+            raise ValueError("tracking_uri is required when enabled (e.g. file:///abs/mlruns or http://mlflow:5000)")
+        return self
+
+
 class LoraConfig(Section):
     rank: int = Field(16, ge=1, le=512)
     alpha: float = Field(32.0, gt=0.0)
@@ -345,11 +397,18 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
+    """``conditions`` lists cells by hand; each ``grid`` block (``configs/grids/``) adds the cells it
+    expands to. After loading, ``conditions`` holds them all, in order (the explicit ones first,
+    then each block's). A name given twice must mean the same cell (it then runs once); two
+    different cells under one name are refused. A grid file sets ``conditions: []`` so that it
+    alone decides; a block set to null is dropped."""
+
     conditions: list[Condition] = [
         Condition(name="real_only"),
         Condition(name="background_feasible", attribute="background", feasible_fraction=1.0),
         Condition(name="background_infeasible", attribute="background", feasible_fraction=0.0),
     ]
+    grid: dict[str, GridBlock | None] = {}
     seeds: list[int] = [0]
     lora: LoraConfig = LoraConfig()
     real_weight: float = Field(0.5, ge=0.0, le=1.0)  # lambda: loss weight of the real half
@@ -368,6 +427,7 @@ class TrainConfig(Section):
     mixed_precision: bool = True  # on GPU only
     max_concurrent_trials: int = Field(2, ge=1)
     trial: StageResources = StageResources(num_cpus=0.5, batch_size=16)
+    mlflow: MlflowConfig = MlflowConfig()
 
     @field_validator("conditions")
     @classmethod
@@ -376,9 +436,26 @@ class TrainConfig(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"condition names must be unique; repeated: {dupes}")
-        if not v:
-            raise ValueError("needs at least one condition")
         return v
+
+    @model_validator(mode="after")
+    def _expand_grid(self) -> TrainConfig:
+        cells = {c.name: (c, "train.conditions") for c in self.conditions}
+        for block_name, block in self.grid.items():
+            for cell in block.expand() if block is not None else []:
+                key = f"train.grid.{block_name}"
+                known, where = cells.setdefault(cell.name, (cell, key))
+                if known != cell:
+                    raise ValueError(
+                        f"condition {cell.name!r} means different cells in {where} ({known}) and in {key} ({cell}); "
+                        "rename the explicit one or drop one of them"
+                    )
+        if not cells:
+            raise ValueError("needs at least one condition: list train.conditions or add a train.grid block "
+                             "(--config configs/grids/reference.yaml)")
+        # Written past validate_assignment: assigning would run this validator again.
+        self.__dict__["conditions"] = [cell for cell, _ in cells.values()]
+        return self
 
 
 class ReportConfig(Section):
