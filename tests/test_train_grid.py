@@ -4,7 +4,6 @@ kill-and-resume). One uninterrupted in-process trial is the reference the other 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from varireal_ray.train.loop import InjectedCrash, run_trial, trial_uri
 from varireal_ray.train.model import build_classifier, load_clip
 from varireal_ray.train.transforms import eval_transform
 
-from train_fixtures import write_sources, write_synthetic
+from train_fixtures import KeepCheckpoints, write_sources, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -43,18 +42,6 @@ def config(tmp_path_factory, model_cache):
     write_sources(output)
     write_synthetic(output)  # background and color only: the texture condition has no data
     return load_config([REPO / "configs" / "demo.yaml"], [f"run.output={output}", f"models.cache_dir={model_cache}", *SETTINGS])
-
-
-class KeepCheckpoints:
-    """A ``report`` callback that keeps a copy of every checkpoint, as Ray Train would."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.metrics = folder, []
-
-    def __call__(self, metrics: dict, checkpoint: Path | None) -> None:
-        self.metrics.append(metrics)
-        if checkpoint is not None:
-            shutil.copytree(checkpoint, self.folder / f"step{metrics['step']}")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ trained on: failed rows (non-empty ``error``) and judge-rejected rows.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 
@@ -91,3 +94,15 @@ def write_synthetic(output: str, rows: list[dict] | None = None, shard_rows: int
         storage.commit_shard(uri, pa.Table.from_pylist(rows[start : start + shard_rows]))
     storage.write_manifest(uri)
     return uri
+
+
+class KeepCheckpoints:
+    """A ``report`` callback that keeps a copy of every checkpoint, as Ray Train would."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.metrics = folder, []
+
+    def __call__(self, metrics: dict, checkpoint: Path | None) -> None:
+        self.metrics.append(metrics)
+        if checkpoint is not None:
+            shutil.copytree(checkpoint, self.folder / f"step{metrics['step']}")

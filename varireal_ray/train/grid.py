@@ -26,6 +26,7 @@ from varireal_ray import storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.loop import train_loop_per_worker, trial_name, trial_uri
+from varireal_ray.train.tracking import require_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,8 @@ def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dic
     ``crash_after_step`` is fault injection for tests: each trial that did not start from a
     checkpoint raises right after that step's checkpoint, as a killed worker would."""
     train = config.train
+    if train.mlflow.enabled:
+        require_mlflow()  # on the driver, before any trial: one clear error instead of one per trial
     cells = [(c, s) for c in train.conditions for s in train.seeds]
     skipped = preflight(config)
     runnable = [(c, s) for c, s in cells if c.name not in skipped]

@@ -9,7 +9,8 @@ Per step: loss = λ·CE(real) + (1-λ)·CE(synthetic), λ = ``train.real_weight`
 0 (reference ``main.py:232-307``); plain CE when the condition trains on one kind only.
 Every ``eval_every`` steps and at the end: evaluate val and keep the best-on-val LoRA. Every
 ``checkpoint_every`` steps and at the end: checkpoint. At the end: test once with the selected
-(best-on-val) LoRA and once with the final one.
+(best-on-val) LoRA and once with the final one. With ``train.mlflow.enabled`` the evaluations and
+the result also go to MLflow (``tracking.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from varireal_ray.train.evaluate import evaluate
 from varireal_ray.train.lora import load_lora_state_dict, lora_state_dict
 from varireal_ray.train.model import build_classifier, load_clip
 from varireal_ray.train.optim import build_optimizer
+from varireal_ray.train.tracking import trial_tracking
 from varireal_ray.train.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,11 @@ def run_trial(
     raises ``InjectedCrash`` right after that step, as a killed worker would."""
     # Intra-op threads follow the trial's CPU grant: more threads than granted cores make
     # OpenMP's barriers spin against the other trials (40x slower steps on 2 busy cores).
-    with torch_threads(max(1, int(config.train.trial.num_cpus))):
+    name = trial_name(condition.name, seed)
+    with (
+        torch_threads(max(1, int(config.train.trial.num_cpus))),
+        trial_tracking(config, condition, seed, name) as tracking,
+    ):
         started = time.perf_counter()
         trial = Trial(config, condition, seed, device, restore)
         train = config.train
@@ -114,6 +120,8 @@ def run_trial(
             step, last = trial.state.step, trial.state.step == train.iterations
             evaluated = step % train.eval_every == 0 or last
             metrics = trial.validate() if evaluated else {"step": step}
+            if evaluated:
+                tracking.log(metrics)
             if step % train.checkpoint_every == 0 or last:
                 with tempfile.TemporaryDirectory(prefix="varireal-ckpt-") as folder:
                     trial.save(Path(folder))
@@ -125,6 +133,7 @@ def run_trial(
         result = trial.finish()
         result["wall_s"] = round(time.perf_counter() - started, 2)
         storage.write_json(storage.join(trial.out_uri, "result.json"), result)
+        tracking.finish(result)
         return result
 
 
