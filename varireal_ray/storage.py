@@ -5,15 +5,20 @@ Rules (DESIGN.md contract 4):
 - a dataset folder holds ``shards/*.parquet``, one commit record per shard in ``commits/`` (written
   after its shard), and ``manifest.json`` written last. Readers trust the manifest; resume trusts
   the commit records; nothing else in the folder is ever read.
-- nothing is overwritten in place: shard names are unique per content.
+- nothing is overwritten in place: a shard is named by the keys of its rows (ids and attempts),
+  so a writer that Ray retries after a partial commit rewrites the same shard and commit record
+  with the same rows instead of adding a duplicate.
 
 S3 endpoints come from ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), credentials from the
-usual AWS chain; neither is ever logged or written.
+usual AWS chain; neither is ever logged or written. Transient S3 failures (refused or dropped
+connections, 5xx, throttling) are retried with backoff, so an outage of up to about a minute is
+ridden out (``S3_RETRIES``; the standard ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` override it).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -50,13 +55,19 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
 
 
-_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION")
+_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+
+# botocore "standard" retries: exponential backoff (at most 20 s a wait) on connection errors,
+# 5xx and throttling; 10 attempts span about a minute.
+S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
 
 
 @functools.lru_cache(maxsize=8)
 def _s3(key: tuple) -> fsspec.AbstractFileSystem:
     endpoint = key[1]
     kwargs: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+        kwargs["config_kwargs"] = {"retries": dict(S3_RETRIES)}
     # No listing cache: resume and readers must see shards other processes committed.
     return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **kwargs)
 
@@ -178,9 +189,24 @@ def check_writable(uri: str) -> None:
 SHARDS, COMMITS, MANIFEST = "shards", "commits", "manifest.json"
 
 
+def shard_name(table: pa.Table, id_column: str = "id") -> str:
+    """A name that is a function of the rows' keys (``id_column``, and ``attempt`` when present).
+
+    Ray retries a task whose worker died, and a writer may die after committing some of its
+    shards: the retry then writes the same rows under the same name, replacing the first copy
+    whole, so no id is ever committed twice. A table without the id column gets a random name."""
+    if id_column not in table.column_names:
+        return f"part-{uuid.uuid4().hex[:16]}"
+    digest = hashlib.sha256()
+    for column in (id_column, "attempt"):
+        if column in table.column_names:
+            digest.update(column.encode() + b"\x1e" + "\x1f".join(map(str, table.column(column).to_pylist())).encode() + b"\x1e")
+    return f"part-{digest.hexdigest()[:16]}"
+
+
 def commit_shard(dataset_uri: str, table: pa.Table, id_column: str = "id", name: str | None = None) -> dict:
     """Write one shard whole, then its commit record. Returns the record."""
-    name = name or f"part-{uuid.uuid4().hex[:16]}"
+    name = name or shard_name(table, id_column)
     shard_uri = join(dataset_uri, SHARDS, f"{name}.parquet")
     write_parquet(shard_uri, table)
     ids = table.column(id_column).to_pylist() if id_column in table.column_names else []

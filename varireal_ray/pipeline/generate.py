@@ -20,6 +20,7 @@ import ray
 from varireal_ray import sources, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
+from varireal_ray.models import availability
 from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline.wiring import actor_stage, cpu_task, load_images
 from varireal_ray.pipeline.writer import write_edits, write_masks
@@ -142,6 +143,7 @@ def run_generate(config: Config) -> dict:
     """Run (or resume) generation; returns the manifest. Ray must be initialised."""
     out = output_uri(config)
     storage.check_writable(out)  # before any model loads: a missing bucket fails in seconds
+    availability.check_roles(config.models, generation_roles(config))  # and so does a misspelt model
     bank = Bank.load(bank_uri(config))
     gen = config.generate
     # A class the bank cannot serve would fail every one of its items: say so before any work.
@@ -175,9 +177,18 @@ def run_generate(config: Config) -> dict:
     if errors / attempted > config.generate.error_budget:
         raise GenerationFailed(
             f"{errors} of {attempted} items failed (budget {config.generate.error_budget:.0%}); "
-            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(out)}"
+            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(out)}. "
+            f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
         )
     return manifest
+
+
+def generation_roles(config: Config) -> list[str]:
+    """Every ``models.<role>`` the mask, edit and judge stages will load."""
+    from varireal_ray.stages.edit import model_roles
+
+    judge = ["judge"] if config.generate.judge.enabled else []
+    return ["grounding", "segmenter", *model_roles(config), *judge]
 
 
 def _items_per_source(config: Config) -> int:

@@ -20,7 +20,8 @@ from varireal_ray.stages.common import Batch, batch_len
 
 # Columns that never go into a shard: the source bytes are referenced by image_uri.
 TRANSIENT = ("image",)
-ERROR_COLUMNS = ("id", "source_id", "attempt", "error_stage", "error")
+# ``image_uri`` says where the bad input is.
+ERROR_COLUMNS = ("id", "source_id", "image_uri", "attempt", "error_stage", "error")
 ATTEMPT_COLUMNS = ("id", "source_id", "attempt", "seed", "judge_score", "judge_answers", "outcome")
 
 

@@ -41,7 +41,10 @@ def build_folder(config: Config) -> pa.Table:
         for class_dir in _subdirs(split_uri):
             images = _images(storage.join(split_uri, class_dir))
             if not images:
-                raise SourceError(f"{storage.join(split_uri, class_dir)}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise SourceError(
+                    f"{storage.join(split_uri, class_dir)}: class folder has no images ({', '.join(IMAGE_SUFFIXES)}); "
+                    "add some or remove the folder"
+                )
             for uri in images:
                 stem = posixpath.splitext(posixpath.basename(uri))[0]
                 # The split is part of the id: the same file name may sit in train/ and test/.

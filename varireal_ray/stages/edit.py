@@ -130,6 +130,16 @@ def _refines(config: Config) -> bool:
     return any(getattr(config.generate, a).refine is not None for a in config.generate.attributes if a != "background")
 
 
+def model_roles(config: Config) -> list[str]:
+    """The ``models.<role>`` entries ``EditStage`` loads for this config (checked before work starts)."""
+    roles = ["inpaint"]
+    if {"background", "texture"} & set(config.generate.attributes):
+        roles.append("text2image")
+    if _refines(config):
+        roles += ["refine_base", "refine_vae", "controlnet", "ip_adapter", "image_encoder"]
+    return roles
+
+
 def _from_pretrained(loader, ref: ModelRef, config: Config, role: str, device, **components):
     """``loader.from_pretrained`` on the resolved ``models.<role>``, moved to ``device`` (weights stay
     resident: no CPU offload). Returns the model and its label for the ``edit_models`` column."""
