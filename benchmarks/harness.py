@@ -1,0 +1,307 @@
+"""What the benchmark scripts share: the tiny-profile workload, the generation stages run without
+Ray (fused, or in the reference's structure), memory sampling, and how figures are printed.
+
+The workload is ``configs/demo.yaml`` (tiny random models of the real classes, the demo dataset
+built from bundled photos, local storage) with the judge's retries off (``judge.max_attempts=1``),
+so every variant does exactly one edit and one judgement per work item: the same items, the same
+seeds, the same models, only the structure differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads: a hub miss fails in seconds
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+
+# ------------------------------------------------------------------------------------- workload
+def workload_overrides(output: str | Path, images_per_class: int, images_per_real: int, cache_dir: str | None) -> list[str]:
+    """``--set`` overrides that turn the demo config into a benchmark workload in ``output``.
+
+    The demo dataset gives each class ``images_per_class`` images, half of them train (the
+    sources); each source yields 3 attributes x 2 feasibilities x ``images_per_real`` items."""
+    overrides = [
+        f"run.output={output}",
+        f"dataset.images_per_class={images_per_class}",
+        f"generate.images_per_real={images_per_real}",
+        "generate.bank=builtin:demo",
+        "generate.judge.max_attempts=1",
+    ]
+    if cache_dir:
+        overrides.append(f"models.cache_dir={cache_dir}")
+    return overrides
+
+
+def workload_config(output: str | Path, images_per_class: int, images_per_real: int, cache_dir: str | None, *extra: str):
+    from varireal_ray.config import load_config
+
+    return load_config([DEMO_CONFIG], workload_overrides(output, images_per_class, images_per_real, cache_dir) + list(extra))
+
+
+def train_rows(config) -> list[dict]:
+    """The source rows generation works on (building the demo manifest if needed)."""
+    from varireal_ray import sources
+    from varireal_ray.sources.manifest import train_sources
+
+    return train_sources(config, sources.ensure_manifest(config)).to_pylist()
+
+
+# --------------------------------------------------------------------------- stages without Ray
+def to_batch(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Rows to a numpy batch as Ray Data hands stages one. Object columns throughout: a string or
+    bytes column of fixed width would truncate what stages write into it."""
+    batch: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [row.get(key) for row in rows]
+        batch[key] = column
+    return batch
+
+
+def fresh(rows: Iterable[dict]) -> list[dict]:
+    """Rows with empty error columns, as the pipeline's first step gives them."""
+    return [{**row, "error": "", "error_stage": ""} for row in rows]
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Stages:
+    """The three stage classes, each loaded once (``seconds_loading`` says how long that took)."""
+
+    def __init__(self, config):
+        from varireal_ray.stages.edit import EditStage
+        from varireal_ray.stages.judge import JudgeStage
+        from varireal_ray.stages.mask import MaskStage
+
+        start = time.perf_counter()
+        self.mask, self.edit, self.judge = MaskStage(config), EditStage(config), JudgeStage(config)
+        self.seconds_loading = time.perf_counter() - start
+
+
+def mask_sources(stages: Stages, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Load the images of ``rows`` and mask them: one MaskStage call."""
+    from varireal_ray.pipeline.wiring import load_images
+
+    return stages.mask(load_images(to_batch(fresh(rows))))
+
+
+def edit_and_judge(stages: Stages, items: list[dict]) -> dict[str, np.ndarray]:
+    """Load the images of ``items``, edit them and judge the edits: one call of each stage."""
+    from varireal_ray.pipeline.wiring import load_images
+
+    return stages.judge(stages.edit(load_images(to_batch(items))))
+
+
+def expand_items(config, bank, mask_shards: list[str]) -> list[dict]:
+    """The work items of the committed mask shards, exactly as the pipeline's first edit round
+    makes them (``ExpandItems``: ids, attempt-0 seeds, model labels)."""
+    from varireal_ray.pipeline.generate import ExpandItems
+
+    expand = ExpandItems(config, bank, attempt=0, done=set(), next_attempt={})
+    return [item for shard in mask_shards for item in expand({"shard": shard})]
+
+
+def rows_of(batch: dict[str, np.ndarray]) -> list[dict]:
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{key: column[i] for key, column in batch.items()} for i in range(n)]
+
+
+class ShardBuffer:
+    """Collects output rows and hands them to a writer ``shard_rows`` at a time, as the pipeline's
+    write step sees them (the same shard size, so the same number of files and commits)."""
+
+    def __init__(self, shard_rows: int, write: Callable[[dict[str, np.ndarray]], object]):
+        self.shard_rows, self.write, self.rows = shard_rows, write, []
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        self.rows.extend(rows_of(batch))
+        while len(self.rows) >= self.shard_rows:
+            self.write(to_batch(self.rows[: self.shard_rows]))
+            self.rows = self.rows[self.shard_rows :]
+
+    def flush(self) -> None:
+        if self.rows:
+            self.write(to_batch(self.rows))
+            self.rows = []
+
+
+def run_fused(config) -> dict:
+    """Generation with the stage classes in this process, no Ray: masks for every source (batches
+    of ``mask_stage.batch_size``), then every item edited and judged in batches of
+    ``edit_stage.batch_size``, written with the pipeline's own writers. Returns counts and times."""
+    from varireal_ray import storage
+    from varireal_ray.pipeline.generate import bank_uri, output_uri
+    from varireal_ray.pipeline.writer import write_edits, write_masks
+    from varireal_ray.prompts.bank import Bank
+
+    gen = config.generate
+    out = output_uri(config)
+    start = time.perf_counter()
+    bank = Bank.load(bank_uri(config))
+    stages = Stages(config)
+    masks = ShardBuffer(gen.shard_rows, lambda b: write_masks(b, out))
+    for rows in chunks(train_rows(config), gen.mask_stage.batch_size):
+        masks.add(mask_sources(stages, rows))
+    masks.flush()
+    items = expand_items(config, bank, storage.dataset_shards(storage.join(out, "masks")))
+    edits = ShardBuffer(gen.shard_rows, lambda b: write_edits(b, out, final_attempt=True, keep_flagged=True))
+    for batch in chunks(items, gen.edit_stage.batch_size):
+        edits.add(edit_and_judge(stages, batch))
+    edits.flush()
+    manifest = storage.write_manifest(out)
+    return {"rows": manifest["rows"], "items": len(items), "seconds": time.perf_counter() - start,
+            "seconds_loading_models": stages.seconds_loading}
+
+
+def stage_seconds(out_uri: str) -> dict:
+    """Summed per-row compute time of each stage (the ``t_mask``/``t_edit``/``t_judge`` columns
+    the stages record), read from a finished run: the work, apart from any waiting."""
+    from varireal_ray import storage
+
+    edits = storage.read_commits_table(out_uri, ["id", "t_edit", "t_judge"])
+    masks = storage.read_commits_table(storage.join(out_uri, "masks"), ["t_mask"])
+    return {
+        # None where masks were not committed (the reference structure recomputes them per condition)
+        "mask_s": round(float(np.nansum(masks["t_mask"].to_numpy(zero_copy_only=False))), 2) if masks.num_rows else None,
+        "edit_s": round(float(np.nansum(edits["t_edit"].to_numpy(zero_copy_only=False))), 2),
+        "judge_s": round(float(np.nansum(edits["t_judge"].to_numpy(zero_copy_only=False))), 2),
+    }
+
+
+def committed_ids(out_uri: str) -> set[str]:
+    from varireal_ray import storage
+
+    return set(storage.read_commits_table(out_uri, ["id"])["id"].to_pylist())
+
+
+# ----------------------------------------------------------------------------------- memory
+class RssSampler:
+    """Samples, every ``interval`` s in a thread, the resident memory of this process (the driver)
+    and of its descendant Ray worker processes (``ray::...`` / ``default_worker.py``), keeping the
+    peaks: the driver's, the largest single worker's, and the workers' sum at one instant.
+    RSS counts shared pages (the object store's mapped memory, shared libraries) in every process
+    that touched them, so the sum over-counts; the peaks are comparable between runs."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self.interval, self.psutil = interval, psutil
+        self.me = psutil.Process()
+        self.peak = {"driver": 0, "worker_max": 0, "workers_sum": 0, "ray_system_sum": 0}
+        self.workers_seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    @staticmethod
+    def is_worker(cmdline: list[str]) -> bool:
+        line = " ".join(cmdline)
+        return line.startswith("ray::") or "default_worker.py" in line
+
+    def sample(self) -> None:
+        psutil = self.psutil
+        try:
+            self.peak["driver"] = max(self.peak["driver"], self.me.memory_info().rss)
+            children = self.me.children(recursive=True)
+        except psutil.Error:
+            return
+        workers = system = 0
+        for child in children:
+            try:
+                rss = child.memory_info().rss
+                worker = self.is_worker(child.cmdline())
+            except psutil.Error:
+                continue  # it exited between listing and reading
+            if worker:
+                workers += rss
+                self.workers_seen.add(child.pid)
+                self.peak["worker_max"] = max(self.peak["worker_max"], rss)
+            else:
+                system += rss
+        self.peak["workers_sum"] = max(self.peak["workers_sum"], workers)
+        self.peak["ray_system_sum"] = max(self.peak["ray_system_sum"], system)
+
+    def figures_mib(self) -> dict:
+        return {f"peak_rss_{k}_mib": round(v / 2**20, 1) for k, v in self.peak.items()} | {"worker_processes": len(self.workers_seen)}
+
+
+# ---------------------------------------------------------------------------------- reporting
+def machine() -> dict:
+    """Where a figure was measured: CPU, cores, load (other work on the machine), torch threads."""
+    import torch
+
+    load1, load5, _ = os.getloadavg()
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "load_avg_1m_5m": [round(load1, 2), round(load5, 2)],
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    try:
+        import ray
+
+        info["ray"] = ray.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def emit(figures: dict, json_path: str | None) -> None:
+    """Print the figures as one JSON line; also write them to ``json_path`` if given."""
+    text = json.dumps(figures, default=str)
+    print(text, flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2, default=str) + "\n")
+
+
+def timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def quiet_logs() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+def decode_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).size
