@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Controlled synthetic training data: edit real images' background, color or texture to "
         "feasible or infeasible values, then measure whether feasibility matters.",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of varireal's own logs (other libraries log at INFO at most: some write credentials at DEBUG)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_default = [DEMO_CONFIG] if DEMO_CONFIG.exists() else None
     commands = {
@@ -136,9 +139,19 @@ def cmd_demo(config: Config) -> None:
     print("\nWhere to look:\n" + RUN_FOLDER_GUIDE.format(out=config.run.output))
 
 
+def configure_logging(level_name: str) -> None:
+    """``--log-level`` applies to this package's loggers; every other library logs at INFO at
+    most, because some log credentials at DEBUG (botocore writes each request's signed headers:
+    the access key id and the session token)."""
+    level = getattr(logging, level_name)
+    logging.basicConfig(level=max(level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("varireal", "varireal_ray"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(args.log_level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from varireal_ray.errors import UserError
 
