@@ -15,9 +15,9 @@ Nothing downloads at import time.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,17 +74,18 @@ def build_once(target: Path, build) -> Path:
     with file_lock(target.parent / f".{target.name}.lock"):
         if done.exists():
             return target
+        # Under the lock nobody else builds this target: any partial folder is a crashed build's.
+        for stale in target.parent.glob(f".{target.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        build(tmp)
+        try:
+            build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         (tmp / ".complete").write_text("ok")
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         tmp.rename(target)
     return target
@@ -119,19 +120,10 @@ def resolve(ref: ModelRef, models: ModelsConfig, role: str = "") -> Resolved:
 
 
 def fetch_prefix(uri: str, cache: Path) -> Path:
-    """Copy an object-storage folder into the node's cache once; concurrent workers wait for it."""
-    from varireal_ray import storage
+    """Copy an object-storage folder into the node's cache once per content (``models/remote.py``)."""
+    from varireal_ray.models import remote
 
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target = cache / "s3" / digest
-
-    def download(tmp: Path) -> None:
-        fs, path = storage.filesystem(uri)
-        if not fs.exists(path):
-            raise ModelNotFound(f"{uri}: nothing at this object-storage prefix; upload the model folder there first")
-        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
-
-    return build_once(target, download)
+    return remote.fetch(uri, cache)
 
 
 def hub_error(resolved: Resolved, exc: Exception, role: str) -> ModelNotFound:
