@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -18,9 +19,7 @@ def init_ray(config: Config, progress: bool = True) -> None:
     import ray
 
     if not ray.is_initialized():
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+        kwargs: dict = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": True}
         address = config.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
             kwargs["address"] = address
@@ -34,3 +33,23 @@ def init_ray(config: Config, progress: bool = True) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
+
+
+def worker_env() -> dict[str, str]:
+    """The driver's environment that workers need too (``FORWARDED_ENV``), less what a submitted
+    job's ``runtime_env`` already gives them."""
+    given = job_env_vars()
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ and k not in given}
+    if "TOKENIZERS_PARALLELISM" not in given:
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def job_env_vars() -> dict[str, str]:
+    """The env vars a submitted job's ``runtime_env`` already gives every worker (``ray job submit
+    --runtime-env-json``). Ray refuses to start a driver whose own ``runtime_env`` sets one of them
+    again, so ``init_ray`` forwards only the others. Empty outside a submitted job."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    return dict((json.loads(raw).get("runtime_env") or {}).get("env_vars") or {})
