@@ -66,6 +66,7 @@ def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int
     """Per train source × attribute × feasibility × slot: one row. Slot 0 of source 0 of every
     (class, attribute, feasibility) failed; slot 1 of source 1 was rejected by the judge."""
     rng = np.random.default_rng(seed)
+    mask = encode_image(np.pad(np.full((32, 32), 255, np.uint8), 8))  # the object: the centre
     rows = []
     for label, name in enumerate(CLASSES):
         for i in range(SPLITS["train"]):
@@ -82,6 +83,8 @@ def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int
                             "edited": b"" if failed else encode_image(class_image(label, rng, background=background)),
                             "accepted": not (failed or rejected),
                             "error": "EditError: diffusion failed" if failed else "",
+                            # What the report's gallery shows beside the edit.
+                            "slot": slot, "mask": mask, "judge_score": None if failed else (0.2 if rejected else 0.9),
                         })
     return rows
 
@@ -89,6 +92,8 @@ def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int
 def write_synthetic(output: str, rows: list[dict] | None = None, shard_rows: int = 40) -> str:
     """The generate job's committed dataset: shards, commit records, manifest last."""
     rows = synthetic_rows() if rows is None else rows
+    # Each row points at its source image, as write_sources stored it.
+    rows = [{**r, "image_uri": storage.join(output, "sources", "images", f"{r['source_id']}.png")} for r in rows]
     uri = storage.join(output, "generate")
     for start in range(0, len(rows), shard_rows):
         storage.commit_shard(uri, pa.Table.from_pylist(rows[start : start + shard_rows]))

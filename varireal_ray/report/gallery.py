@@ -52,8 +52,8 @@ def render(config: Config, dataset_uri: str) -> str:
         cells = [_cell(_thumb(storage.read_bytes(first["image_uri"])), f"{first['class_name']} ({source_id})"), _cell(_thumb(first["mask"]), "mask")]
         for cond in conditions:
             r = edits.get(cond)
-            if r is None:
-                cells.append(_cell(None, "not generated"))
+            if r is None or not r["edited"]:  # a failed edit has no image
+                cells.append(_cell(None, "not generated" if r is None else "edit failed"))
                 continue
             score = "judge off" if r["judge_score"] is None or r["judge_score"] != r["judge_score"] else f"judge {r['judge_score']:.2f}"
             flag = "" if r["accepted"] else " (rejected, kept flagged)"

@@ -112,7 +112,7 @@ def run_trial(
         torch_threads(max(1, int(config.train.trial.num_cpus))),
         trial_tracking(config, condition, seed, name) as tracking,
     ):
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         trial = Trial(config, condition, seed, device, restore)
         train = config.train
         for images, labels, is_real in trial.loader():
@@ -131,7 +131,8 @@ def run_trial(
             if crash_after_step == step and restore is None:
                 raise InjectedCrash(f"injected crash after step {step} (crash_after_step)")
         result = trial.finish()
-        result["wall_s"] = round(time.perf_counter() - started, 2)
+        # When this attempt ran (epoch seconds): shows which trials overlapped on the cluster.
+        result.update(wall_s=round(time.perf_counter() - started, 2), started_at=started_at, finished_at=time.time())
         storage.write_json(storage.join(trial.out_uri, "result.json"), result)
         tracking.finish(result)
         return result
