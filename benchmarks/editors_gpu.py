@@ -22,6 +22,8 @@ each UNet call, as in the reference.
     python benchmarks/editors_gpu.py --size real --peak-tflops 989 --json editors.json   # H100 SXM bf16 dense
     # reduced size on a CPU: tiny models at 128 px, the same steps and code path
     python benchmarks/editors_gpu.py --size tiny --device cpu
+    # a quick proof that every part runs (a few minutes on 2 cores)
+    python benchmarks/editors_gpu.py --size tiny --device cpu --resolution 64 --batch 2 --reference-items 1 --max-steps 3
 
 ``--dtype bfloat16``, ``--channels-last`` and ``--compile`` try the optimisations the issue names.
 Random weights: the speed of a kernel does not depend on the weights' values. Prints one JSON
@@ -366,9 +368,21 @@ def measure_editor(config, editor: str, batch: int, count: int, reference_items:
     return figures
 
 
-def bench_config(size: str, cache_dir: Path, resolution: int, dtype: str):
-    """The benchmark's config: the reference's steps at ``resolution``; tiny models, or the
-    real-size random ones built into ``cache_dir``."""
+def cap_steps(config, cap: int) -> None:
+    """Cap every diffusion call at ``cap`` denoising steps (a quick proof run on a CPU). An
+    inpainting pass denoises int(steps x strength), so its steps are cut to keep ~``cap`` of those."""
+    import math
+
+    gen = config.generate
+    for d in (gen.background.plate, gen.background.inpaint, gen.color.inpaint, gen.texture.inpaint, gen.texture.swatch):
+        d.steps = min(d.steps, math.ceil(cap / d.strength))
+    for r in (gen.color.refine, gen.texture.refine):
+        r.steps = min(r.steps, cap)
+
+
+def bench_config(size: str, cache_dir: Path, resolution: int, dtype: str, max_steps: int | None = None):
+    """The benchmark's config: the reference's steps (at most ``max_steps``) at ``resolution``;
+    tiny models, or the real-size random ones built into ``cache_dir``."""
     from varireal_ray.config import load_config
 
     overrides = [f"models.cache_dir={cache_dir}", f"generate.resolution={resolution}", *REFERENCE_STEPS]
@@ -376,7 +390,10 @@ def bench_config(size: str, cache_dir: Path, resolution: int, dtype: str):
         overrides += real_model_overrides(cache_dir / "real-random")
     roles = ("inpaint", "text2image", "refine_base", "refine_vae", "controlnet", "image_encoder")
     overrides += [f"models.{role}.dtype={dtype}" for role in roles]
-    return load_config([], overrides)
+    config = load_config([], overrides)
+    if max_steps:
+        cap_steps(config, max_steps)
+    return config
 
 
 def main() -> None:
@@ -392,6 +409,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"), default="auto", help="auto: float16 on GPU (as the reference)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNets and ControlNet")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap every step count (quick CPU proof; figures then are not the reference's)")
     parser.add_argument("--no-offload", action="store_true", help="reference structure without CPU offload")
     parser.add_argument("--cache-dir", default=None, help="where models are built (default: a temp folder for tiny; ~/.cache/varireal-bench for real)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
@@ -411,7 +429,7 @@ def main() -> None:
     build_s = 0.0
     if args.size == "real":
         _, build_s = harness.timed(lambda: build_real_models(cache / "real-random", device))
-    config = bench_config(args.size, cache, resolution, args.dtype)
+    config = bench_config(args.size, cache, resolution, args.dtype, args.max_steps)
     results = [
         measure_editor(config, editor, args.batch, args.items or 2 * args.batch, args.reference_items, args.peak_tflops,
                        args.channels_last, args.compile, not args.no_offload)
@@ -420,7 +438,7 @@ def main() -> None:
     figures = {
         "benchmark": "editors_gpu", "size": args.size, "device": device, "resolution": resolution,
         "dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile,
-        "peak_tflops": args.peak_tflops, "model_build_s": round(build_s, 1), "editors": results,
+        "peak_tflops": args.peak_tflops, "max_steps": args.max_steps, "model_build_s": round(build_s, 1), "editors": results,
         "machine": harness.machine(),
     }  # fmt: skip
     harness.emit(figures, args.json)
