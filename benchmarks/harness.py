@@ -191,6 +191,74 @@ def committed_ids(out_uri: str) -> set[str]:
 
 
 # ----------------------------------------------------------------------------------- memory
+class CpuSampler:
+    """CPU seconds (user + system) spent by this process and each of its descendants (the local
+    Ray cluster's workers and system processes) while the block runs, grouped by process title
+    (``ray::RayTrainWorker``, ``raylet``, ``gcs_server``, ``agent.py``, ...). Sampled every
+    ``interval`` s, so a process that lives shorter than that is missed."""
+
+    def __init__(self, interval: float = 0.25):
+        import psutil
+
+        self.interval, self.psutil = interval, psutil
+        self.me = psutil.Process()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.titles: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def title(cmdline: list[str]) -> str:
+        line = " ".join(cmdline)
+        if line.startswith("ray::"):
+            return line.split()[0].split(".")[0]
+        if "default_worker.py" in line:
+            return "ray::IDLE"
+        scripts = [Path(token).name for token in cmdline if token.endswith(".py")]
+        return scripts[0] if scripts else (Path(cmdline[0]).name if cmdline else "?")
+
+    def sample(self, start: bool = False) -> None:
+        try:
+            processes = [self.me, *self.me.children(recursive=True)]
+        except self.psutil.Error:
+            return
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                seconds = times.user + times.system
+                title = "driver" if process.pid == self.me.pid else self.title(process.cmdline())
+            except self.psutil.Error:
+                continue  # it exited between listing and reading
+            self.first.setdefault(process.pid, seconds if start else 0.0)
+            self.last[process.pid] = seconds
+            self.titles[process.pid] = title  # a Ray worker's title changes with its actor
+
+    def __enter__(self) -> CpuSampler:
+        self.started = time.perf_counter()
+        self.sample(start=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        self.seconds = time.perf_counter() - self.started
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def cores_busy(self, top: int = 8) -> dict[str, float]:
+        """Per process title: CPU seconds over wall seconds (1.0 = one core busy), largest first."""
+        groups: dict[str, float] = {}
+        for pid, last in self.last.items():
+            groups[self.titles[pid]] = groups.get(self.titles[pid], 0.0) + last - self.first[pid]
+        ranked = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+        return {"all": round(sum(groups.values()) / self.seconds, 3)} | {k: round(v / self.seconds, 3) for k, v in ranked}
+
+
 class RssSampler:
     """Samples, every ``interval`` s in a thread, the resident memory of this process (the driver)
     and of its descendant Ray worker processes (``ray::...`` / ``default_worker.py``), keeping the

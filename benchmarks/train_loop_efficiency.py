@@ -10,6 +10,8 @@ thread count. Goal: ratio >= 0.9.
 
 Steps are timed inside each process after ``--warmup`` untimed steps, so the ratio is the
 per-step overhead; the trainer's start-up (worker process, process group) is reported apart.
+``cores_busy_*`` says where the machine's cores went during each variant (CPU seconds per wall
+second, by process: the loop's own, the Ray Train controller, raylet, GCS, dashboard agents).
 Prints one JSON line (``--json FILE`` also writes it).
 """
 
@@ -79,6 +81,15 @@ def run_ray_train(config, warmup: int, out: Path) -> tuple[dict, float]:
     return json.loads(out.read_text()), seconds
 
 
+def run_ray_task(config, warmup: int) -> dict:
+    """The same loop in a plain Ray task granted the trial's CPUs: Ray without Ray Train."""
+    import ray
+    import torch
+
+    task = ray.remote(num_cpus=config.train.trial.num_cpus)(timed_loop)
+    return ray.get(task.remote(config.model_dump(mode="json"), warmup, torch.device("cpu"), lambda m: None))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="timed steps")
@@ -110,8 +121,12 @@ def main() -> None:
     timed_loop(config.model_dump(mode="json"), 2, torch.device("cpu"), lambda m: None)  # warm model cache
     init_ray(config, progress=False)
 
-    bare = timed_loop(config.model_dump(mode="json"), args.warmup, torch.device("cuda" if torch.cuda.is_available() else "cpu"), lambda m: None)
-    in_ray, fit_s = run_ray_train(config, args.warmup, work / "ray-figures.json")
+    # Where the cores go in each variant: the loop's own process against everything else running.
+    with harness.CpuSampler() as bare_cpu:
+        bare = timed_loop(config.model_dump(mode="json"), args.warmup, torch.device("cuda" if torch.cuda.is_available() else "cpu"), lambda m: None)
+    with harness.CpuSampler() as ray_cpu:
+        in_ray, fit_s = run_ray_train(config, args.warmup, work / "ray-figures.json")
+    in_task = run_ray_task(config, args.warmup) if not torch.cuda.is_available() else None
     figures = {
         "benchmark": "train_loop_efficiency",
         "model": config.models.clip.id,
@@ -121,8 +136,13 @@ def main() -> None:
         "bare": {k: round(v, 3) if isinstance(v, float) else v for k, v in bare.items()},
         "ray_train": {k: round(v, 3) if isinstance(v, float) else v for k, v in in_ray.items()},
         "ratio": round(in_ray["steps_per_s"] / bare["steps_per_s"], 3),
+        # The same loop in a plain Ray task: separates Ray's worker process from Ray Train's.
+        "ray_task": in_task and {k: round(v, 3) if isinstance(v, float) else v for k, v in in_task.items()},
+        "ratio_ray_task": in_task and round(in_task["steps_per_s"] / bare["steps_per_s"], 3),
         "ray_train_fit_s": round(fit_s, 2),
         "ray_train_fit_minus_timed_steps_s": round(fit_s - in_ray["seconds"], 2),  # start-up, model, warm-up
+        "cores_busy_bare": bare_cpu.cores_busy(),
+        "cores_busy_ray_train": ray_cpu.cores_busy(),
         "goal": ">= 0.9 (Ray Train steps/s over bare PyTorch steps/s)",
         "machine": harness.machine(),
     }
