@@ -190,53 +190,37 @@ def committed_ids(out_uri: str) -> set[str]:
     return set(storage.read_commits_table(out_uri, ["id"])["id"].to_pylist())
 
 
-# ----------------------------------------------------------------------------------- memory
-class CpuSampler:
-    """CPU seconds (user + system) spent by this process and each of its descendants (the local
-    Ray cluster's workers and system processes) while the block runs, grouped by process title
-    (``ray::RayTrainWorker``, ``raylet``, ``gcs_server``, ``agent.py``, ...). Sampled every
-    ``interval`` s, so a process that lives shorter than that is missed."""
+# -------------------------------------------------------------------- process memory and CPU
+def process_title(cmdline: list[str]) -> str:
+    """A process's title for grouping: ``ray::<Actor>`` for a Ray worker (``ray::IDLE`` between
+    tasks), else its script's or its binary's name (``raylet``, ``gcs_server``, ``agent.py``)."""
+    line = " ".join(cmdline)
+    if line.startswith("ray::"):
+        return line.split()[0].split(".")[0]
+    if "default_worker.py" in line:
+        return "ray::IDLE"
+    scripts = [Path(token).name for token in cmdline if token.endswith(".py")]
+    return scripts[0] if scripts else (Path(cmdline[0]).name if cmdline else "?")
 
-    def __init__(self, interval: float = 0.25):
+
+class ProcessSampler:
+    """Calls ``sample()`` every ``interval`` s in a thread while the ``with`` block runs (once more
+    at its end), over this process (the driver) and its descendants: the local Ray cluster's
+    workers and system processes. ``seconds`` is the block's wall time."""
+
+    def __init__(self, interval: float):
         import psutil
 
         self.interval, self.psutil = interval, psutil
         self.me = psutil.Process()
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
-        self.titles: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @staticmethod
-    def title(cmdline: list[str]) -> str:
-        line = " ".join(cmdline)
-        if line.startswith("ray::"):
-            return line.split()[0].split(".")[0]
-        if "default_worker.py" in line:
-            return "ray::IDLE"
-        scripts = [Path(token).name for token in cmdline if token.endswith(".py")]
-        return scripts[0] if scripts else (Path(cmdline[0]).name if cmdline else "?")
+    def sample(self) -> None:
+        raise NotImplementedError
 
-    def sample(self, start: bool = False) -> None:
-        try:
-            processes = [self.me, *self.me.children(recursive=True)]
-        except self.psutil.Error:
-            return
-        for process in processes:
-            try:
-                times = process.cpu_times()
-                seconds = times.user + times.system
-                title = "driver" if process.pid == self.me.pid else self.title(process.cmdline())
-            except self.psutil.Error:
-                continue  # it exited between listing and reading
-            self.first.setdefault(process.pid, seconds if start else 0.0)
-            self.last[process.pid] = seconds
-            self.titles[process.pid] = title  # a Ray worker's title changes with its actor
-
-    def __enter__(self) -> CpuSampler:
+    def __enter__(self):
         self.started = time.perf_counter()
-        self.sample(start=True)
         self._thread.start()
         return self
 
@@ -250,6 +234,37 @@ class CpuSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
+
+class CpuSampler(ProcessSampler):
+    """CPU seconds (user + system) spent by each process while the block runs, grouped by
+    ``process_title``. A process that lives shorter than ``interval`` is missed."""
+
+    def __init__(self, interval: float = 0.25):
+        super().__init__(interval)
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.titles: dict[int, str] = {}
+
+    def sample(self, start: bool = False) -> None:
+        try:
+            processes = [self.me, *self.me.children(recursive=True)]
+        except self.psutil.Error:
+            return
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                seconds = times.user + times.system
+                title = "driver" if process.pid == self.me.pid else process_title(process.cmdline())
+            except self.psutil.Error:
+                continue  # it exited between listing and reading
+            self.first.setdefault(process.pid, seconds if start else 0.0)
+            self.last[process.pid] = seconds
+            self.titles[process.pid] = title  # a Ray worker's title changes with its actor
+
+    def __enter__(self) -> CpuSampler:
+        self.sample(start=True)  # what every process had spent before the block
+        return super().__enter__()
+
     def cores_busy(self, top: int = 8) -> dict[str, float]:
         """Per process title: CPU seconds over wall seconds (1.0 = one core busy), largest first."""
         groups: dict[str, float] = {}
@@ -259,40 +274,16 @@ class CpuSampler:
         return {"all": round(sum(groups.values()) / self.seconds, 3)} | {k: round(v / self.seconds, 3) for k, v in ranked}
 
 
-class RssSampler:
-    """Samples, every ``interval`` s in a thread, the resident memory of this process (the driver)
-    and of its descendant Ray worker processes (``ray::...`` / ``default_worker.py``), keeping the
-    peaks: the driver's, the largest single worker's, and the workers' sum at one instant.
+class RssSampler(ProcessSampler):
+    """The peaks of resident memory: the driver's, the largest single Ray worker's (``ray::...``),
+    the workers' sum at one instant, and the Ray system processes' sum.
     RSS counts shared pages (the object store's mapped memory, shared libraries) in every process
     that touched them, so the sum over-counts; the peaks are comparable between runs."""
 
     def __init__(self, interval: float = 0.2):
-        import psutil
-
-        self.interval, self.psutil = interval, psutil
-        self.me = psutil.Process()
+        super().__init__(interval)
         self.peak = {"driver": 0, "worker_max": 0, "workers_sum": 0, "ray_system_sum": 0}
         self.workers_seen: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    @staticmethod
-    def is_worker(cmdline: list[str]) -> bool:
-        line = " ".join(cmdline)
-        return line.startswith("ray::") or "default_worker.py" in line
 
     def sample(self) -> None:
         psutil = self.psutil
@@ -305,7 +296,7 @@ class RssSampler:
         for child in children:
             try:
                 rss = child.memory_info().rss
-                worker = self.is_worker(child.cmdline())
+                worker = process_title(child.cmdline()).startswith("ray::")
             except psutil.Error:
                 continue  # it exited between listing and reading
             if worker:

@@ -65,6 +65,10 @@ def ray_worker(loop_config: dict) -> None:
     Path(loop_config["out"]).write_text(json.dumps(figures))
 
 
+def rounded(figures: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+
+
 def run_ray_train(config, warmup: int, out: Path) -> tuple[dict, float]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -133,11 +137,11 @@ def main() -> None:
         "batch": config.train.batch_size,
         "image_size": config.train.image_size,
         "trial_num_cpus": config.train.trial.num_cpus,
-        "bare": {k: round(v, 3) if isinstance(v, float) else v for k, v in bare.items()},
-        "ray_train": {k: round(v, 3) if isinstance(v, float) else v for k, v in in_ray.items()},
+        "bare": rounded(bare),
+        "ray_train": rounded(in_ray),
         "ratio": round(in_ray["steps_per_s"] / bare["steps_per_s"], 3),
         # The same loop in a plain Ray task: separates Ray's worker process from Ray Train's.
-        "ray_task": in_task and {k: round(v, 3) if isinstance(v, float) else v for k, v in in_task.items()},
+        "ray_task": in_task and rounded(in_task),
         "ratio_ray_task": in_task and round(in_task["steps_per_s"] / bare["steps_per_s"], 3),
         "ray_train_fit_s": round(fit_s, 2),
         "ray_train_fit_minus_timed_steps_s": round(fit_s - in_ray["seconds"], 2),  # start-up, model, warm-up
