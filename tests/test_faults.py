@@ -38,9 +38,14 @@ def assert_each_expected_id_once(config) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- driver killed
+# 4 sources per class (32 items, 16 edit batches): with 1 (8 items) the whole edit round could
+# commit, manifest and all, between the first commit record and the kill.
+DRIVER_KILL_RUN = ("dataset.max_images_per_class=4",)
+
+
 def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cache):
     run = tmp_path / "run"
-    args = cli_args(str(run), model_cache)
+    args = cli_args(str(run), model_cache, *DRIVER_KILL_RUN)
     commits = run / "generate" / "commits"
     first = Cli(args, tmp_path / "first.log", cli_env())
     try:
@@ -57,7 +62,7 @@ def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cach
 
     second = Cli(args, tmp_path / "second.log", cli_env())
     assert second.wait(400) == 0, second.output()[-4000:]
-    config = small_config(str(run), model_cache)
+    config = small_config(str(run), model_cache, *DRIVER_KILL_RUN)
     rows = assert_each_expected_id_once(config)
     assert committed_before <= {r["id"] for r in rows}  # committed work was kept, not redone
     # Every shard the manifest lists is whole; whatever else the kill left in shards/ (a shard
