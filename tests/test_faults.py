@@ -38,14 +38,15 @@ def assert_each_expected_id_once(config) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- driver killed
-# 4 sources per class (32 items, 16 edit batches): with 1 (8 items) the whole edit round could
-# commit, manifest and all, between the first commit record and the kill.
-DRIVER_KILL_RUN = ("dataset.max_images_per_class=4",)
+# For faults injected once the first edit is committed: 4 sources per class (32 items, 16 edit
+# batches). With 1 (8 items) the whole edit round could commit, manifest and all, between the
+# first commit record and the fault.
+MID_RUN = ("dataset.max_images_per_class=4",)
 
 
 def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cache):
     run = tmp_path / "run"
-    args = cli_args(str(run), model_cache, *DRIVER_KILL_RUN)
+    args = cli_args(str(run), model_cache, *MID_RUN)
     commits = run / "generate" / "commits"
     first = Cli(args, tmp_path / "first.log", cli_env())
     try:
@@ -62,7 +63,7 @@ def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cach
 
     second = Cli(args, tmp_path / "second.log", cli_env())
     assert second.wait(400) == 0, second.output()[-4000:]
-    config = small_config(str(run), model_cache, *DRIVER_KILL_RUN)
+    config = small_config(str(run), model_cache, *MID_RUN)
     rows = assert_each_expected_id_once(config)
     assert committed_before <= {r["id"] for r in rows}  # committed work was kept, not redone
     # Every shard the manifest lists is whole; whatever else the kill left in shards/ (a shard
@@ -157,7 +158,7 @@ def test_s3_outage_mid_write_is_retried_and_nothing_is_lost(tmp_path, model_cach
     proxy = TcpProxy(int(s3_server.rsplit(":", 1)[1]))
     output = f"{s3_bucket}/run"
     out = storage.join(output, "generate")
-    run = Cli(cli_args(output, model_cache), tmp_path / "run.log", cli_env(AWS_ENDPOINT_URL=proxy.url))
+    run = Cli(cli_args(output, model_cache, *MID_RUN), tmp_path / "run.log", cli_env(AWS_ENDPOINT_URL=proxy.url))
     try:
         wait_for(lambda: storage.list_files(storage.join(out, "commits"), ".json") or run.proc.poll() is not None, 300, "the first edit commit")
         assert run.proc.poll() is None, f"the run ended before the outage:\n{run.output()[-3000:]}"
@@ -174,4 +175,4 @@ def test_s3_outage_mid_write_is_retried_and_nothing_is_lost(tmp_path, model_cach
     proxy.close()
     assert rc == 0, f"the run did not ride out the outage:\n{run.output()[-5000:]}"
     assert proxy.reset_while_cut >= 5
-    assert_each_expected_id_once(small_config(output, model_cache))
+    assert_each_expected_id_once(small_config(output, model_cache, *MID_RUN))
