@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 EDITORS = ("background", "color", "texture")
 VALUES = {"background": ("beach", "a sandy beach by the sea"), "color": ("red", ""), "texture": ("wood grain", "fine oak grain")}
-# The reference's settings for Oxford Pets (configs/editors/oxford_pets.yaml) at full step counts.
+# The reference's settings for Oxford Pets (configs/editors/oxford_pets.yaml: background guidance 40,
+# 30 steps, strength 0.99, dilation 120) at full step counts.
 REFERENCE_STEPS = [
     "generate.background.plate.steps=20",
     "generate.background.inpaint={steps: 30, guidance_scale: 40.0, strength: 0.99}",

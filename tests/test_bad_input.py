@@ -18,7 +18,7 @@ from PIL import Image
 from fault_helpers import REPO
 from varireal_ray import storage
 from varireal_ray.config import ConfigError, load_config
-from varireal_ray.models import availability
+from varireal_ray.models import load
 from varireal_ray.models.registry import ModelNotFound
 from varireal_ray.pipeline.generate import GenerationFailed, run_generate
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError
@@ -227,7 +227,7 @@ def test_models_that_resolve_pass_the_check(model_cache):
 
     roles = generation_roles(config)
     assert {"grounding", "segmenter", "inpaint", "text2image", "refine_base", "controlnet", "judge"} <= set(roles)
-    availability.check_roles(config.models, [*roles, "llm", "embedder", "clip"])
+    load.check_roles(config.models, [*roles, "llm", "embedder", "clip"])
 
 
 # ---------------------------------------------------------------------------------- storage problems

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,14 +12,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from varireal_ray.config import ModelRef
-from varireal_ray.models import registry, tiny_detection, tiny_judge
+from varireal_ray.models import load, registry, tiny_detection, tiny_judge
 
 
-def _load(tiny_config, role: str, model_cls):
-    from transformers import AutoProcessor
-
-    resolved = registry.resolve(ModelRef(id=f"tiny:{role}"), tiny_config.models, role)
-    return model_cls.from_pretrained(resolved.path).eval(), AutoProcessor.from_pretrained(resolved.path)
+def _load(tiny_config, role: str):
+    """Through the stages' own loader: the class and processor ``models.load.ROLES`` names."""
+    loaded = load.load(role, tiny_config.models)
+    return loaded.model, loaded.processor
 
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -25,12 +27,11 @@ def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def test_grounding_detects_with_the_real_bert_vocabulary(tiny_config):
     from transformers import (
-        AutoModelForZeroShotObjectDetection,
         GroundingDinoForObjectDetection,
         GroundingDinoProcessor,
     )
 
-    model, processor = _load(tiny_config, "grounding", AutoModelForZeroShotObjectDetection)
+    model, processor = _load(tiny_config, "grounding")
     assert isinstance(model, GroundingDinoForObjectDetection)
     assert isinstance(processor, GroundingDinoProcessor)
     # bert-base-uncased ids: [CLS] a cat . [SEP]; a vocab mix-up would map words to [UNK] (100).
@@ -59,10 +60,15 @@ def test_grounding_detects_with_the_real_bert_vocabulary(tiny_config):
 
 
 def test_segmenter_turns_a_box_into_a_mask_at_the_original_size(tiny_config):
-    from transformers import AutoModel, Sam2Model, Sam2Processor
+    from transformers import AutoModel, Sam2Model, Sam2Processor, Sam2VideoModel
 
-    model, processor = _load(tiny_config, "segmenter", AutoModel)
-    assert isinstance(model, Sam2Model) and isinstance(processor, Sam2Processor)
+    # Saved as facebook/sam2.1-hiera-large is: a sam2_video checkpoint, which AutoModel builds as
+    # the video model (whose forward needs an inference session). The loader names Sam2Model.
+    folder = registry.resolve(ModelRef(id="tiny:segmenter"), tiny_config.models, "segmenter").path
+    assert json.loads((Path(folder) / "config.json").read_text())["model_type"] == "sam2_video"
+    assert isinstance(AutoModel.from_pretrained(folder), Sam2VideoModel)
+    model, processor = _load(tiny_config, "segmenter")
+    assert type(model) is Sam2Model and isinstance(processor, Sam2Processor)
     images = [_photo(160, 96), _photo(128, 128, seed=1)]
     inputs = processor(images=images, input_boxes=[[[10, 10, 120, 80]], [[0, 0, 64, 64]]], return_tensors="pt")
     with torch.inference_mode():
@@ -74,9 +80,9 @@ def test_segmenter_turns_a_box_into_a_mask_at_the_original_size(tiny_config):
 
 
 def test_judge_formats_a_chat_with_an_image_and_scores_yes_no(tiny_config):
-    from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    model, processor = _load(tiny_config, "judge", AutoModelForImageTextToText)
+    model, processor = _load(tiny_config, "judge")
     assert isinstance(model, LlavaForConditionalGeneration) and isinstance(processor, LlavaProcessor)
     tokenizer = processor.tokenizer
     for word in ("yes", " yes", "no", " no"):

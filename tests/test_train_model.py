@@ -8,12 +8,15 @@ import pytest
 import torch
 from torch import nn
 
+from open_clip.transformer import QuickGELU
+
 from varireal_ray.config import ModelRef, load_config
+from varireal_ray.models.load import ClipSource, clip_source
 from varireal_ray.models.registry import ModelNotFound
 from varireal_ray.train.evaluate import evaluate
 from varireal_ray.train.lora import SplitAttention, load_lora, load_lora_state_dict, lora_state_dict, save_lora
 from varireal_ray.train.loop import mixed_loss
-from varireal_ray.train.model import build_classifier, load_clip, open_clip_name
+from varireal_ray.train.model import build_classifier, load_clip
 from varireal_ray.train.optim import lr_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,14 +123,43 @@ def test_frozen_text_tower_head_is_computed_once_in_training(config):
 
 def test_model_names_map_to_open_clip_without_downloading(config, tmp_path):
     models = config.models
-    assert open_clip_name(ModelRef(id="ViT-B-16", revision="openai"), models) == ("ViT-B-16", "openai")
-    assert open_clip_name(ModelRef(id="ViT-B/16", revision="/w/clip.bin"), models) == ("ViT-B-16", "/w/clip.bin")
-    assert open_clip_name(ModelRef(id="hf-hub:org/clip"), models) == ("hf-hub:org/clip", None)
-    assert open_clip_name(ModelRef(id="org/clip"), models) == ("hf-hub:org/clip", None)
-    name, _ = open_clip_name(ModelRef(id="tiny:clip"), models)
-    assert name.startswith("local-dir:")
+    # OpenAI's weights: loaded from the tag's hub repository, with the activation they were trained
+    # with (open_clip alone builds nn.GELU for "ViT-B-16" + "openai" and only warns).
+    assert clip_source(ModelRef(id="ViT-B-16", revision="openai"), models) == ClipSource(
+        "hf-hub:timm/vit_base_patch16_clip_224.openai", None, quick_gelu=True
+    )
+    assert clip_source(ModelRef(id="ViT-B-16", revision="laion2b_s34b_b88k"), models).quick_gelu is False
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"")
+    assert clip_source(ModelRef(id="ViT-B/16", revision=str(weights)), models) == ClipSource("ViT-B-16", str(weights), False)
+    assert clip_source(ModelRef(id="hf-hub:org/clip"), models) == ClipSource("hf-hub:org/clip", None, False)
+    assert clip_source(ModelRef(id="org/clip"), models) == ClipSource("hf-hub:org/clip", None, False)
+    assert clip_source(ModelRef(id="tiny:clip"), models).name.startswith("local-dir:")
     with pytest.raises(ModelNotFound, match="open_clip_config.json"):
-        open_clip_name(ModelRef(id=str(tmp_path)), models)
+        clip_source(ModelRef(id=str(tmp_path)), models)
+    with pytest.raises(ModelNotFound, match=r"models\.clip\.revision = 'opanai' is neither a pretrained tag of ViT-B-16 \(open_clip knows: .*openai"):
+        clip_source(ModelRef(id="ViT-B-16", revision="opanai"), models)
+
+
+def test_openai_tag_passes_the_preflight_when_its_repository_is_cached(config, tmp_path, monkeypatch):
+    """``ViT-B-16`` + ``openai`` (configs/real-models.yaml) is an open_clip name, not a hub id: the
+    preflight checks the tag's repository in the (offline) Hugging Face cache."""
+    from varireal_ray.models.load import check_roles
+    from varireal_ray.models.miniatures import install_in_hub_cache
+
+    models = config.models.model_copy(update={"clip": ModelRef(id="ViT-B-16", revision="openai")})
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelNotFound, match="timm/vit_base_patch16_clip_224.openai.*not in the local Hugging Face cache"):
+        check_roles(models, ["clip"])
+    install_in_hub_cache(Path(clip_source(ModelRef(id="tiny:clip"), models).name.removeprefix("local-dir:")),
+                         "timm/vit_base_patch16_clip_224.openai", tmp_path / "hub")
+    check_roles(models, ["clip"])
+    loaded = load_clip(models.clip, models)
+    assert "QuickGELU" in loaded.label
+    assert any(isinstance(m, QuickGELU) for m in loaded.model.modules())
+    assert not any(type(m) is nn.GELU for m in loaded.model.modules())
 
 
 def test_image_size_comes_from_the_config(config):

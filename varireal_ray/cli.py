@@ -107,10 +107,10 @@ def cmd_generate(config: Config) -> dict:
 
 
 def cmd_train(config: Config) -> list[dict]:
-    from varireal_ray.models import availability
+    from varireal_ray.models import load
     from varireal_ray.train.grid import run_grid
 
-    availability.check_roles(config.models, ["clip"])  # a misspelt model fails before any trial starts
+    load.check_roles(config.models, ["clip"])  # a misspelt model fails before any trial starts
     results = run_grid(config)
     failed = [r for r in results if r.get("status") != "ok"]
     print(f"train: {len(results) - len(failed)} trials ok, {len(failed)} failed")

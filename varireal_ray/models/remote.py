@@ -21,7 +21,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from varireal_ray import storage
-from varireal_ray.models.registry import ModelNotFound, build_once
+from varireal_ray.models.cache import ModelNotFound, build_once
 
 log = logging.getLogger(__name__)
 

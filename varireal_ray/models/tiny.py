@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from varireal_ray.models.registry import ModelNotFound, build_once
+from varireal_ray.models.cache import ModelNotFound, build_once
 
 # Bump when a builder changes, so caches rebuild instead of loading a stale layout.
-TINY_VERSION = 3
+TINY_VERSION = 4
 
 BUILDERS = {
     "inpaint": "varireal_ray.models.tiny_diffusion:build_inpaint",
@@ -29,10 +29,14 @@ BUILDERS = {
 }
 
 
+def check(kind: str) -> None:
+    if kind not in BUILDERS:
+        raise ModelNotFound(f"tiny:{kind} is not a tiny model; known: {', '.join('tiny:' + k for k in sorted(BUILDERS))}")
+
+
 def ensure(kind: str, cache: Path) -> Path:
     """The folder of the tiny ``kind`` model, built on first use (once per node)."""
-    if kind not in BUILDERS:
-        raise ModelNotFound(f"tiny:{kind} is not a tiny model; known: {', '.join(sorted(BUILDERS))}")
+    check(kind)
     module, func = BUILDERS[kind].split(":")
     builder = getattr(importlib.import_module(module), func)
     return build_once(cache / "tiny" / f"{kind}-v{TINY_VERSION}", builder)

@@ -15,6 +15,9 @@ from pathlib import Path
 # blocks per tower. Most of the ~3.3 M parameters are the 49408-token embedding.
 MODEL_CFG = {
     "embed_dim": 32,
+    # OpenAI's CLIP weights were trained with QuickGELU, and the hub repository open_clip loads
+    # them from (timm/vit_base_patch16_clip_224.openai) says so in its open_clip_config.json.
+    "quick_gelu": True,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }

@@ -1,8 +1,9 @@
 """Tiny random object-mask models for the offline profile: Grounding DINO and SAM 2.
 
 ``build_grounding`` writes a ``GroundingDinoForObjectDetection`` (the role of
-``IDEA-Research/grounding-dino-base``) and ``build_segmenter`` a transformers ``Sam2Model`` (the
-role of ``facebook/sam2.1-hiera-large``). Both are the real classes with their real processors,
+``IDEA-Research/grounding-dino-base``: Swin backbone + BERT text encoder, ``GroundingDinoProcessor``)
+and ``build_segmenter`` a SAM 2.1 checkpoint with the hub repos' ``sam2_video`` config type (the
+role of ``facebook/sam2.1-hiera-large``, loaded as ``Sam2Model`` + ``Sam2Processor``). Both are the real classes with their real processors,
 only narrow and shallow, so the mask stage loads them with the same ``from_pretrained`` calls as
 the hub checkpoints. Their outputs are random: the mask stage's fallback is what makes demo masks
 meaningful.
@@ -99,11 +100,11 @@ def build_segmenter(target: Path) -> None:
     """SAM 2 with a 4-stage Hiera image encoder at 128 px, and its box-prompt decoder."""
     import torch
     from transformers import (
-        Sam2Config,
         Sam2HieraDetConfig,
         Sam2MaskDecoderConfig,
-        Sam2Model,
         Sam2PromptEncoderConfig,
+        Sam2VideoConfig,
+        Sam2VideoModel,
         Sam2VisionConfig,
     )
 
@@ -133,8 +134,12 @@ def build_segmenter(target: Path) -> None:
     decoder = Sam2MaskDecoderConfig(
         hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32
     )
-    config = Sam2Config(vision_config=vision, prompt_encoder_config=prompts, mask_decoder_config=decoder)
-    model = Sam2Model(config).eval()
+    # Saved as the hub repos are: one ``sam2_video`` checkpoint holding the image model's weights
+    # and the video model's memory modules (facebook/sam2.1-hiera-large's config.json says
+    # ``model_type: "sam2_video"``). The mask stage loads ``Sam2Model`` from it by name, as
+    # ``AutoModel`` would build the video model.
+    config = Sam2VideoConfig(vision_config=vision, prompt_encoder_config=prompts, mask_decoder_config=decoder)
+    model = Sam2VideoModel(config).eval()
     model.save_pretrained(target)
     _sam2_processor(size).save_pretrained(target)
 

@@ -20,7 +20,7 @@ import ray
 from varireal_ray import sources, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
-from varireal_ray.models import availability
+from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline.wiring import actor_stage, cpu_task, load_images
 from varireal_ray.pipeline.writer import write_edits, write_masks
@@ -43,9 +43,9 @@ def bank_uri(config: Config) -> str:
 
 
 def model_labels(config: Config) -> str:
-    roles = ("grounding", "segmenter", "inpaint", "text2image", "judge")
-    refs = {r: getattr(config.models, r) for r in roles}
-    return json.dumps({r: f"{m.id}@{m.revision}" if m.revision else m.id for r, m in refs.items()}, sort_keys=True)
+    """The models this config's stages load, ``{role: id[@revision][/subfolder][/weight file]}``
+    as JSON: the ``models`` provenance on every row and in the manifest."""
+    return json.dumps(load.labels(config.models, generation_roles(config)), sort_keys=True)
 
 
 class ExpandItems:
@@ -143,7 +143,7 @@ def run_generate(config: Config) -> dict:
     """Run (or resume) generation; returns the manifest. Ray must be initialised."""
     out = output_uri(config)
     storage.check_writable(out)  # before any model loads: a missing bucket fails in seconds
-    availability.check_roles(config.models, generation_roles(config))  # and so does a misspelt model
+    load.check_roles(config.models, generation_roles(config))  # and so does a misspelt model
     bank = Bank.load(bank_uri(config))
     gen = config.generate
     # A class the bank cannot serve would fail every one of its items: say so before any work.
@@ -184,11 +184,12 @@ def run_generate(config: Config) -> dict:
 
 
 def generation_roles(config: Config) -> list[str]:
-    """Every ``models.<role>`` the mask, edit and judge stages will load."""
-    from varireal_ray.stages.edit import model_roles
+    """Every ``models.<role>`` the mask, edit and judge stages will load, as each declares."""
+    from varireal_ray.stages.edit import EditStage
+    from varireal_ray.stages.judge import JudgeStage
+    from varireal_ray.stages.mask import MaskStage
 
-    judge = ["judge"] if config.generate.judge.enabled else []
-    return ["grounding", "segmenter", *model_roles(config), *judge]
+    return [role for stage in (MaskStage, EditStage, JudgeStage) for role in stage.roles(config)]
 
 
 def _items_per_source(config: Config) -> int:

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
 
 from varireal_ray.config import ModelsConfig
-from varireal_ray.models import registry
+from varireal_ray.models import load
 
 
 class TextEmbedder:
     def __init__(self, models: ModelsConfig, batch_size: int = 64):
-        resolved = registry.resolve(models.embedder, models, "embedder")
-        kwargs = {"revision": resolved.revision, "trust_remote_code": models.trust_remote_code}
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
-            self.model = AutoModel.from_pretrained(resolved.path, **kwargs).eval()
-        except (OSError, ValueError) as exc:
-            raise registry.hub_error(resolved, exc, "embedder") from exc
+        # On the driver's CPU: a few thousand short texts per run.
+        loaded = load.load("embedder", models, load.device("cpu"))
+        self.model, self.tokenizer = loaded.model, loaded.processor
         self.batch_size = batch_size
 
     @torch.inference_mode()

@@ -24,7 +24,7 @@ import ray
 from varireal_ray import storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
-from varireal_ray.models import availability
+from varireal_ray.models import load
 from varireal_ray.pipeline.wiring import actor_stage
 from varireal_ray.prompts import templates
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError, list_label
@@ -43,7 +43,7 @@ def run_prompts(config: Config, class_names: list[str]) -> str:
     """Write the attribute bank for ``class_names`` under ``<run.output>/bank``; returns its URI."""
     started = time.perf_counter()
     _check_classes(class_names)
-    availability.check_roles(config.models, ["llm", "embedder"])
+    load.check_roles(config.models, ["llm", "embedder"])
     # Load the fallback first: a bad prompts.fallback_bank fails before any LLM work.
     fallback = Bank.load(config.prompts.fallback_bank) if config.prompts.fallback_bank else None
     keys = plan_lists(config, class_names)

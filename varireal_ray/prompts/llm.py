@@ -18,8 +18,6 @@ import logging
 import numpy as np
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
@@ -27,7 +25,7 @@ from transformers import (
 )
 
 from varireal_ray.config import Config
-from varireal_ray.models import registry
+from varireal_ray.models import load
 from varireal_ray.prompts import templates
 from varireal_ray.stages.common import Batch, ensure_error_columns, fail_row, new_column, ok_rows
 
@@ -43,22 +41,13 @@ def request_seed(run_seed: int, request_id: str, round_: int) -> int:
 
 def load_causal_lm(config: Config) -> tuple[torch.nn.Module, object, torch.device]:
     """The configured LLM and its tokenizer (left padding, for batched generation), on the GPU if any."""
-    ref = config.models.llm
-    resolved = registry.resolve(ref, config.models, "llm")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # bfloat16 on a GPU; float32 on a CPU, where bfloat16 matmuls are slow on most chips.
-    auto = torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtype = auto if ref.dtype == "auto" else getattr(torch, ref.dtype)
-    kwargs = {"revision": resolved.revision, "trust_remote_code": config.models.trust_remote_code}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise registry.hub_error(resolved, exc, "llm") from exc
+    device = load.device()
+    loaded = load.load("llm", config.models, device)
+    tokenizer = loaded.processor
     tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer, device
+    return loaded.model, tokenizer, device
 
 
 class PerRowSampler(LogitsProcessor):

@@ -40,8 +40,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from varireal_ray.config import ATTRIBUTES, BackgroundEditor, Config, ConfigError, Diffusion, ModelRef, ObjectEditor
-from varireal_ray.models import registry
+from varireal_ray.config import ATTRIBUTES, BackgroundEditor, Config, ConfigError, Diffusion, ObjectEditor
+from varireal_ray.models import load
 from varireal_ray.stages import common, named_colors, priors
 
 STAGE = "edit"
@@ -136,87 +136,38 @@ def model_roles(config: Config) -> list[str]:
     if {"background", "texture"} & set(config.generate.attributes):
         roles.append("text2image")
     if _refines(config):
-        roles += ["refine_base", "refine_vae", "controlnet", "ip_adapter", "image_encoder"]
+        vae = ["refine_vae"] if config.models.refine_vae is not None else []
+        roles += ["refine_base", *vae, "controlnet", "ip_adapter", "image_encoder"]
     return roles
-
-
-def _from_pretrained(loader, ref: ModelRef, config: Config, role: str, device, **components):
-    """``loader.from_pretrained`` on the resolved ``models.<role>``, moved to ``device`` (weights stay
-    resident: no CPU offload). Returns the model and its label for the ``edit_models`` column."""
-    resolved = registry.resolve(ref, config.models, role)
-    subfolder = getattr(ref, "subfolder", None)
-    kwargs = {"subfolder": subfolder} if subfolder else {}
-    try:
-        model = loader.from_pretrained(
-            resolved.path, revision=resolved.revision, dtype=_dtype(ref.dtype, device), **kwargs, **components
-        )
-    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
-        raise registry.hub_error(resolved, exc, role) from exc
-    model.to(device)
-    return model, resolved.label + (f"/{subfolder}" if subfolder else "")
-
-
-def _load(loader, ref: ModelRef, config: Config, role: str, device, **components):
-    """A pipeline: ``_from_pretrained`` with its progress bar off."""
-    pipe, label = _from_pretrained(loader, ref, config, role, device, **components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, label
 
 
 def _load_refiner(config: Config, device):
     """The stage-2 pipeline: the base loaded with its ControlNet (and VAE, and image encoder) as
     components, then the IP-Adapter weights. Returns the pipeline and its models' labels."""
-    from diffusers import AutoencoderKL, AutoPipelineForText2Image, ControlNetModel
-    from transformers import CLIPVisionModelWithProjection
-
     models = config.models
-    controlnet, controlnet_label = _from_pretrained(ControlNetModel, models.controlnet, config, "controlnet", device)
-    encoder, encoder_label = _from_pretrained(
-        CLIPVisionModelWithProjection, models.image_encoder, config, "image_encoder", device
-    )
-    components = {"controlnet": controlnet, "image_encoder": encoder}
-    vae_labels = []
+    parts = {role: load.load(role, models, device) for role in ("controlnet", "image_encoder")}
     if models.refine_vae is not None:
-        components["vae"], vae_label = _from_pretrained(AutoencoderKL, models.refine_vae, config, "refine_vae", device)
-        vae_labels.append(vae_label)
-    pipe, base_label = _load(AutoPipelineForText2Image, models.refine_base, config, "refine_base", device, **components)
+        parts["vae"] = load.load("refine_vae", models, device)
+    components = {name: part.model for name, part in parts.items()}
+    base = load.load("refine_base", models, device, **components)
+    pipe = base.model
     if not hasattr(pipe, "load_ip_adapter") or "controlnet" not in pipe.components:
         raise ConfigError(
             f"models.refine_base = {models.refine_base.id!r} loads as {type(pipe).__name__}, which takes no "
             "ControlNet and IP-Adapter; use a Stable Diffusion (XL) text-to-image checkpoint"
         )
-    ip = models.ip_adapter
-    resolved = registry.resolve(ip, models, "ip_adapter")
-    try:
-        # The encoder is already a component: image_encoder_folder=None loads no second one.
-        pipe.load_ip_adapter(
-            resolved.path,
-            subfolder=ip.subfolder or "",
-            weight_name=ip.weight_name,
-            image_encoder_folder=None,
-            revision=resolved.revision,
-        )
-    except Exception as exc:  # noqa: BLE001 - a wrong file or a mismatched adapter
-        raise registry.hub_error(resolved, exc, "ip_adapter") from exc
+    ip_label = load.load_ip_adapter(pipe, models)
     pipe.to(device)
     # diffusers repeats `ip_adapter_image_embeds` batch-size times and so mixes the references of
     # a batch (huggingface/diffusers#9813); ours are already one per row, in the pipeline's
     # (negative, positive) layout, so they go to the UNet as they are.
     pipe.prepare_ip_adapter_image_embeds = _embeds_as_given
-    ip_label = "/".join(p for p in (resolved.label, ip.subfolder, ip.weight_name) if p)
-    return pipe, [base_label, *vae_labels, controlnet_label, ip_label, encoder_label]
+    vae = [parts["vae"].label] if "vae" in parts else []
+    return pipe, [base.label, *vae, parts["controlnet"].label, ip_label, parts["image_encoder"].label]
 
 
 def _embeds_as_given(ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_cfg):
     return [embeds.to(device) for embeds in ip_adapter_image_embeds]
-
-
-def _dtype(requested: str, device):
-    import torch
-
-    if device.type == "cpu":
-        return torch.float32  # half precision on CPU is slow or unsupported for many kernels
-    return torch.float16 if requested == "auto" else getattr(torch, requested)
 
 
 def _generator(seed: int):
@@ -266,23 +217,19 @@ def _batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], l
 class EditStage:
     """Loads the inpainting and text-to-image pipelines once; maps batches to edited batches."""
 
-    def __init__(self, config: Config):
-        import torch
-        from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
+    roles = staticmethod(model_roles)
 
+    def __init__(self, config: Config):
         _check_config(config)
         self.config = config
         self.gen = config.generate
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        models = config.models
-        self.inpaint, self.inpaint_label = _load(
-            AutoPipelineForInpainting, models.inpaint, config, "inpaint", self.device
-        )
+        self.device = load.device()
+        inpaint = load.load("inpaint", config.models, self.device)
+        self.inpaint, self.inpaint_label = inpaint.model, inpaint.label
         self.text2image, self.text2image_label = None, ""
-        if {"background", "texture"} & set(self.gen.attributes):  # color needs no plate or swatch
-            self.text2image, self.text2image_label = _load(
-                AutoPipelineForText2Image, models.text2image, config, "text2image", self.device
-            )
+        if "text2image" in model_roles(config):  # color needs no plate or swatch
+            text2image = load.load("text2image", config.models, self.device)
+            self.text2image, self.text2image_label = text2image.model, text2image.label
         self.refiner, self.refiner_labels = None, []
         if _refines(config):
             self.refiner, self.refiner_labels = _load_refiner(config, self.device)

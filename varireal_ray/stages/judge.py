@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from varireal_ray.config import Config
-from varireal_ray.models import registry
+from varireal_ray.models import load
 from varireal_ray.stages.common import (
     Batch,
     decode_image,
@@ -139,27 +139,20 @@ def p_yes(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.
 class JudgeStage:
     """The multimodal LLM filter; see the module docstring."""
 
+    @staticmethod
+    def roles(config: Config) -> list[str]:
+        """The ``models.<role>`` entries this stage loads (none when the judge is off)."""
+        return ["judge"] if config.generate.judge.enabled else []
+
     def __init__(self, config: Config):
         self.judge = config.generate.judge
         self.prefix = config.dataset.prefix
         self.model = self.processor = None
         if not self.judge.enabled:
             return  # every row is accepted unjudged: no model to load
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        ref = config.models.judge
-        resolved = registry.resolve(ref, config.models, "judge")
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        # A 7B judge belongs in bfloat16 on a GPU; CPU matmuls want float32.
-        auto = torch.bfloat16 if self.device == "cuda" else torch.float32
-        dtype = auto if ref.dtype == "auto" else getattr(torch, ref.dtype)
-        kwargs = {"revision": resolved.revision, "trust_remote_code": config.models.trust_remote_code}
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(resolved.path, dtype=dtype, **kwargs)
-            self.processor = AutoProcessor.from_pretrained(resolved.path, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
-            raise registry.hub_error(resolved, exc, "judge") from exc
-        self.model = model.to(self.device).eval()
+        self.device = load.device()
+        loaded = load.load("judge", config.models, self.device)
+        self.model, self.processor = loaded.model, loaded.processor
         # The last position must be the prompt's last token in every row of a batch.
         self.processor.tokenizer.padding_side = "left"
         self.yes_ids = answer_token_ids(self.processor.tokenizer, "yes")

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from varireal_ray.config import Config
-from varireal_ray.models import registry
+from varireal_ray.models import load
 from varireal_ray.stages.common import (
     Batch,
     decode_image,
@@ -166,32 +166,21 @@ class _Source:
 class MaskStage:
     """Grounding + SAM 2 object masks with a GrabCut fallback; see the module docstring."""
 
-    def __init__(self, config: Config):
-        from transformers import AutoModel, AutoModelForZeroShotObjectDetection
+    @staticmethod
+    def roles(config: Config) -> list[str]:
+        """The ``models.<role>`` entries this stage loads."""
+        return ["grounding", "segmenter"]
 
+    def __init__(self, config: Config):
         self.config = config
         self.mask = config.generate.mask
         self.resolution = config.generate.resolution
         self.prefix = config.dataset.prefix
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.detector, self.detector_processor = self._load("grounding", AutoModelForZeroShotObjectDetection)
-        self.segmenter, self.segmenter_processor = self._load("segmenter", AutoModel)
-
-    def _load(self, role: str, model_cls):
-        from transformers import AutoProcessor
-
-        ref = getattr(self.config.models, role)
-        resolved = registry.resolve(ref, self.config.models, role)
-        # Both models are small next to diffusion, and box regression is precision-sensitive:
-        # float32 unless the config asks for a lower precision.
-        dtype = torch.float32 if ref.dtype == "auto" else getattr(torch, ref.dtype)
-        kwargs = {"revision": resolved.revision, "trust_remote_code": self.config.models.trust_remote_code}
-        try:
-            model = model_cls.from_pretrained(resolved.path, dtype=dtype, **kwargs).to(self.device).eval()
-            processor = AutoProcessor.from_pretrained(resolved.path, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any loader failure becomes one actionable error
-            raise registry.hub_error(resolved, exc, role) from exc
-        return model, processor
+        self.device = load.device()
+        grounding = load.load("grounding", config.models, self.device)
+        segmenter = load.load("segmenter", config.models, self.device)
+        self.detector, self.detector_processor = grounding.model, grounding.processor
+        self.segmenter, self.segmenter_processor = segmenter.model, segmenter.processor
 
     def __call__(self, batch: Batch) -> Batch:
         ensure_error_columns(batch)

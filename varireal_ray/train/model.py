@@ -9,7 +9,6 @@ once per evaluation under ``no_grad``, not once per batch (reference weakness 16
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from varireal_ray.config import Config, ModelRef, ModelsConfig
-from varireal_ray.models import registry
+from varireal_ray.models import load
 from varireal_ray.train.lora import apply_lora
 
 log = logging.getLogger(__name__)
@@ -34,53 +33,13 @@ class LoadedClip:
     label: str  # what was loaded, for logs and results
 
 
-def open_clip_name(ref: ModelRef, models: ModelsConfig) -> tuple[str, str | None]:
-    """``(model_name, pretrained)`` for ``open_clip.create_model``, for every form ``models.clip``
-    may take:
-
-    - an open_clip architecture, ``ViT-B-16``, with ``revision`` the pretrained tag (``openai``)
-      or a local weights file (no revision: random weights, for throughput runs);
-    - ``hf-hub:org/name`` (open_clip's own hub form) or a hub id ``org/name``;
-    - ``tiny:clip``, ``s3://...`` or a local folder holding ``open_clip_config.json`` + weights.
-    """
-    import open_clip
-
-    if ref.id.startswith("hf-hub:"):
-        return ref.id, None
-    architecture = ref.id.replace("/", "-")  # OpenAI's "ViT-B/16" is open_clip's "ViT-B-16"
-    if architecture in open_clip.list_models():
-        return architecture, ref.revision
-    resolved = registry.resolve(ref, models, "clip")
-    if not os.path.isdir(resolved.path):  # registry.resolve passes hub ids through unchanged
-        return f"hf-hub:{resolved.path}", None
-    if not os.path.isfile(os.path.join(resolved.path, "open_clip_config.json")):
-        raise registry.ModelNotFound(
-            f"models.clip.id = {ref.id!r}: {resolved.path} has no open_clip_config.json; a CLIP folder "
-            "needs it beside its weights (or name an open_clip architecture such as ViT-B-16 and put "
-            "the weights file in models.clip.revision)"
-        )
-    return f"local-dir:{resolved.path}", None
-
-
 def load_clip(ref: ModelRef, models: ModelsConfig, image_size: int | None = None) -> LoadedClip:
-    """Load CLIP through open_clip's own loader, in float32 (``models.clip.dtype`` is not used:
-    mixed precision comes from autocast, and LoRA's optimizer wants float32 weights).
-    ``image_size`` resizes the position embedding (open_clip interpolates it), so
-    ``train.image_size`` alone decides the input size."""
-    import open_clip
-
-    name, pretrained = open_clip_name(ref, models)
-    if ref.revision and name.startswith("hf-hub:"):
-        log.warning("models.clip.revision is ignored for hf-hub ids: open_clip loads the hub's main revision")
-    if name in open_clip.list_models() and not pretrained:
-        log.warning("models.clip = %s with no revision: random weights (set revision: openai for CLIP's)", name)
-    try:
-        model = open_clip.create_model(name, pretrained=pretrained, force_image_size=image_size)
-        tokenizer = open_clip.get_tokenizer(name)
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one actionable error
-        raise registry.hub_error(registry.Resolved(name, pretrained, ref.id), exc, "clip") from exc
-    pre = model.visual.preprocess_cfg
-    return LoadedClip(model, tokenizer, tuple(pre["mean"]), tuple(pre["std"]), f"{name}@{pretrained or '-'}")
+    """``models.clip`` through the one loader (``models.load``), in float32, with its
+    normalisation. ``image_size`` resizes the position embedding, so ``train.image_size`` alone
+    decides the input size."""
+    loaded = load.load("clip", models.model_copy(update={"clip": ref}), image_size=image_size)
+    pre = loaded.model.visual.preprocess_cfg
+    return LoadedClip(loaded.model, loaded.processor, tuple(pre["mean"]), tuple(pre["std"]), loaded.label)
 
 
 def class_prompts(class_names: list[str], prefix: str) -> list[str]:
