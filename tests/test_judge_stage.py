@@ -127,3 +127,28 @@ def test_disabled_judge_accepts_everything_without_a_model(tiny_config):
     assert all(out["accepted"])
     assert all(math.isnan(s) for s in out["judge_score"])
     assert list(out["judge_answers"]) == ["[]"] * len(ROWS)
+
+
+def test_a_batch_is_scored_in_forwards_within_the_token_budget(tiny_config):
+    """LLaVA-1.6 gives ~2.9k tokens per image and every row asks four questions: a batch goes
+    through the model in forwards of at most ``max_tokens_per_forward`` tokens, without a KV cache,
+    and scores as it does in one forward."""
+    whole = JudgeStage(tiny_config)(_batch())
+    tiny_config.generate.judge.max_tokens_per_forward = 1  # one prompt per forward
+    stage = JudgeStage(tiny_config)
+    forwards = []
+    stage.model.register_forward_pre_hook(
+        lambda _, args, kwargs: forwards.append((tuple(kwargs["input_ids"].shape), kwargs.get("use_cache"))), with_kwargs=True
+    )
+    split = stage(_batch())
+    assert len(forwards) == 4 * len(ROWS) and {shape[0] for shape, _ in forwards} == {1}
+    assert {use_cache for _, use_cache in forwards} == {False}
+    np.testing.assert_allclose(split["judge_score"].astype(float), whole["judge_score"].astype(float), atol=1e-5)
+
+    length = forwards[0][0][1]
+    tiny_config.generate.judge.max_tokens_per_forward = 3 * length  # three prompts per forward
+    forwards.clear()
+    stage.judge = tiny_config.generate.judge
+    stage(_batch())
+    assert [shape[0] for shape, _ in forwards] == [3] * (4 * len(ROWS) // 3) + ([4 * len(ROWS) % 3] if 4 * len(ROWS) % 3 else [])
+    assert max(rows * tokens for (rows, tokens), _ in forwards) <= 3 * length

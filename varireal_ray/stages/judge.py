@@ -197,19 +197,26 @@ class JudgeStage:
         return prompts
 
     def _p_yes(self, prompts: list[Prompt]) -> list[float]:
-        """p(yes) per prompt, from one left-padded forward pass."""
+        """p(yes) per prompt: the batch's prompts left-padded together, then scored in forwards
+        of at most ``generate.judge.max_tokens_per_forward`` tokens, with no KV cache (one
+        forward scores a prompt; nothing is generated)."""
         if not prompts:
             return []
         texts = [self._chat(p.question) for p in prompts]
         inputs = self.processor(images=[p.image for p in prompts], text=texts, padding=True, return_tensors="pt")
-        inputs = {
-            k: v.to(self.device, self.model.dtype) if torch.is_floating_point(v) else v.to(self.device)
-            for k, v in inputs.items()
-        }
-        with torch.inference_mode():
-            # logits_to_keep=1: the last position only, not prompts x length x vocabulary.
-            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
-        return p_yes(logits, self.yes_ids, self.no_ids).cpu().tolist()
+        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        per_forward = max(1, self.judge.max_tokens_per_forward // inputs["input_ids"].shape[1])
+        scores = []
+        for start in range(0, len(prompts), per_forward):
+            chunk = {
+                k: (v.to(self.device, self.model.dtype) if torch.is_floating_point(v) else v.to(self.device))[start : start + per_forward]
+                for k, v in inputs.items()
+            }
+            with torch.inference_mode():
+                # logits_to_keep=1: the last position only, not prompts x length x vocabulary.
+                logits = self.model(**chunk, use_cache=False, logits_to_keep=1).logits[:, -1, :]
+            scores += p_yes(logits, self.yes_ids, self.no_ids).cpu().tolist()
+        return scores
 
     def _chat(self, question: str) -> str:
         """The model's own chat format: one user turn with the image and the question."""
