@@ -138,8 +138,8 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     subfolder = getattr(ref, "subfolder", None)
     if subfolder:
         kwargs["subfolder"] = subfolder
-    if models.trust_remote_code:
-        kwargs["trust_remote_code"] = True
+    if models.trust_remote_code:  # passed only when on: not every diffusers class takes it
+        kwargs.update(trust_remote_code=models.trust_remote_code)
     try:
         cls = getattr(importlib.import_module(spec.library), spec.model)
         if spec.library == "diffusers":
