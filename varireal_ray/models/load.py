@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class Loaded:
     model: Any
     processor: Any = None
     label: str = ""  # what was loaded, for the provenance columns
-    extra: dict = field(default_factory=dict)
 
 
 def device(prefer: str | None = None):
@@ -150,8 +149,6 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
         if spec.processor:
             proc_cls = getattr(importlib.import_module("transformers"), spec.processor)
             processor = proc_cls.from_pretrained(resolved.path, **kwargs)
-    except ModelNotFound:
-        raise
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one actionable error
         raise registry.hub_error(resolved, exc, role) from exc
     model = model.to(where)

