@@ -13,7 +13,7 @@ from skimage import data
 
 from varireal_ray.config import ConfigError, load_config
 from varireal_ray.stages import common, named_colors, priors
-from varireal_ray.stages.edit import STAGE, EditStage, Job, _batched
+from varireal_ray.stages.edit import STAGE, EditStage, Job, batched
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_group_call_failure_falls_back_to_rows():
             raise RuntimeError("CUDA out of memory")
         return [f"out{job.row}" for job in group]
 
-    done = _batched(batch, jobs, call)
+    done = batched(batch, jobs, call)
     assert [(job.row, out) for job, out in done] == [(0, "out0"), (2, "out2")]
     assert list(batch["error_stage"]) == ["", STAGE, ""] and "out of memory" in batch["error"][1]
 
