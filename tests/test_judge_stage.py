@@ -12,7 +12,8 @@ import skimage.data
 import torch
 
 from varireal_ray.stages.common import encode_image
-from varireal_ray.stages.judge import QUESTIONS, JudgeStage, clean_value, p_yes, questions_for
+from varireal_ray.models.yes_no import p_yes
+from varireal_ray.stages.judge import QUESTIONS, JudgeStage, clean_value, questions_for
 
 ROWS = [  # attribute, feasibility, value (as an LLM or a reference config file might write it)
     ("background", "feasible", "snowy mountain road"),

@@ -3,7 +3,7 @@
 - ``ValueWriter`` writes attribute values: each row is one request for one list and gets back
   the model's raw text (parsed and validated later, on the driver, by ``validate.py``).
 - ``FeasibilityScorer`` asks the same model a yes/no question per (entry, class) and returns
-  ``log p(" yes") - log p(" no")``: a second opinion on each value's feasibility label.
+  ``log p(yes) - log p(no)``: a second opinion on each value's feasibility label.
 
 Sampling is reproducible per request: each row samples with its own generator, seeded from the
 run seed, the request id and the round, so a row's text does not depend on which other rows
@@ -26,6 +26,7 @@ from transformers import (
 
 from varireal_ray.config import Config
 from varireal_ray.models import load
+from varireal_ray.models.yes_no import YesNo
 from varireal_ray.prompts import templates
 from varireal_ray.stages.common import Batch, ensure_error_columns, fail_row, new_column, ok_rows
 
@@ -168,17 +169,12 @@ class ValueWriter:
 
 class FeasibilityScorer:
     """Scores rows ``{question}`` (a yes/no question ending in ``Answer:``, see
-    ``templates.question``) with ``margin`` = log p(" yes") - log p(" no") at the next token."""
+    ``templates.question``) with ``margin`` = log p(yes) - log p(no) at the next token, scored as
+    the judge scores (``models/yes_no.py``)."""
 
     def __init__(self, config: Config):
         self.model, self.tokenizer, self.device = load_causal_lm(config)
-        self.yes = self._token_id(" yes")
-        self.no = self._token_id(" no")
-
-    def _token_id(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        # Tokenizers that split " yes" still decide the answer at its first token.
-        return int(ids[0])
+        self.answers = YesNo(self.tokenizer, "llm")
 
     def __call__(self, batch: Batch) -> Batch:
         ensure_error_columns(batch)
@@ -200,6 +196,5 @@ class FeasibilityScorer:
     def _margins(self, questions: list[str]) -> list[float]:
         enc = self.tokenizer(questions, return_tensors="pt", padding=True).to(self.device)
         # Left padding puts every question's last token at the end; only its logits are needed.
-        logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        return (logp[:, self.yes] - logp[:, self.no]).tolist()
+        logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
+        return self.answers.margin(logits).tolist()

@@ -6,8 +6,8 @@ for infeasible ones). The reference showed the model the question dict *with its
 and leaked Compel weights like ``(tan)1.3`` into the text; here the model sees a clean question,
 and the value is stripped of weight syntax defensively.
 
-Each answer is scored without generating: p(yes) is the softmax over the "yes" and "no" token
-logits at the last prompt position. All questions of all rows go through one left-padded forward
+Each answer is scored without generating (``models/yes_no.py``): p(yes) is the softmax over the
+"yes" and "no" token logits at the last prompt position. All questions of all rows go through one left-padded forward
 pass per batch. ``judge_score`` is the mean probability of the expected answers; a row is
 ``accepted`` when it reaches ``generate.judge.accept_threshold``.
 
@@ -29,6 +29,8 @@ from PIL import Image
 
 from varireal_ray.config import Config
 from varireal_ray.models import load
+from varireal_ray.models.yes_no import YesNo
+from varireal_ray.prompts.templates import with_article
 from varireal_ray.stages.common import (
     Batch,
     decode_image,
@@ -74,9 +76,6 @@ QUESTIONS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 # Appended to every question in the prompt: it names both answers, so it leaks neither.
 ANSWER_FORMAT = "Answer with yes or no."
-# Spellings whose single-token ids count as the answer; which ones exist depends on the tokenizer
-# (SentencePiece has "▁yes" for both "yes" and " yes"; byte-level BPE has "yes" and "Ġyes").
-ANSWER_SPELLINGS = {"yes": ("yes", " yes", "Yes", " Yes"), "no": ("no", " no", "No", " No")}
 
 # Prompt-weighting syntax from diffusion prompt writers: Compel "(tan)1.3", A1111 "(tan:1.3)",
 # Compel "tan++" / "tan--".
@@ -90,10 +89,6 @@ def clean_value(value: str) -> str:
     text = _UPWEIGHT.sub("", _WEIGHTED.sub(r"\1", str(value)))
     text = text.split(":", 1)[0]
     return " ".join(text.split()).strip(" .,;")
-
-
-def with_article(noun: str) -> str:
-    return f"{'an' if noun[:1].lower() in ('a', 'e', 'i', 'o', 'u') else 'a'} {noun}"
 
 
 def questions_for(attribute: str, feasibility: str, cls: str, value: str) -> list[tuple[str, str]]:
@@ -110,30 +105,6 @@ def questions_for(attribute: str, feasibility: str, cls: str, value: str) -> lis
         (template.format(cls=cls, a_cls=with_article(cls), value=value), "yes" if kind == "presence" else plausible)
         for kind, template in QUESTIONS[attribute]
     ]
-
-
-def answer_token_ids(tokenizer, answer: str) -> list[int]:
-    """Ids of the spellings of ``answer`` that are one token; raises if there are none."""
-    ids = set()
-    for spelling in ANSWER_SPELLINGS[answer]:
-        encoded = tokenizer.encode(spelling, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-    if not ids:
-        raise ValueError(
-            f"the judge's tokenizer has no single token for {answer!r} (tried {ANSWER_SPELLINGS[answer]}); "
-            "scoring needs one: choose another judge model (models.judge.id)"
-        )
-    return sorted(ids)
-
-
-def p_yes(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
-    """p(yes) from last-position logits (prompts x vocab): a softmax over the two answers, each the
-    log-sum-exp of its spellings."""
-    logits = logits.float()
-    yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
-    no = torch.logsumexp(logits[:, no_ids], dim=-1)
-    return torch.sigmoid(yes - no)  # = softmax([yes, no])[0]
 
 
 class JudgeStage:
@@ -155,8 +126,7 @@ class JudgeStage:
         self.model, self.processor = loaded.model, loaded.processor
         # The last position must be the prompt's last token in every row of a batch.
         self.processor.tokenizer.padding_side = "left"
-        self.yes_ids = answer_token_ids(self.processor.tokenizer, "yes")
-        self.no_ids = answer_token_ids(self.processor.tokenizer, "no")
+        self.answers = YesNo(self.processor.tokenizer, "judge")
 
     def __call__(self, batch: Batch) -> Batch:
         ensure_error_columns(batch)
@@ -216,7 +186,7 @@ class JudgeStage:
             with torch.inference_mode():
                 # logits_to_keep=1: the last position only, not prompts x length x vocabulary.
                 logits = self.model(**chunk, use_cache=False, logits_to_keep=1).logits[:, -1, :]
-            scores += p_yes(logits, self.yes_ids, self.no_ids).cpu().tolist()
+            scores += self.answers.p_yes(logits).cpu().tolist()
         return scores
 
     def _chat(self, question: str) -> str:
