@@ -21,6 +21,7 @@ from varireal_ray.config import ConfigError, load_config
 from varireal_ray.models import load
 from varireal_ray.models.registry import ModelNotFound
 from varireal_ray.pipeline.generate import GenerationFailed, run_generate
+from varireal_ray.pipeline.wiring import FailFast, SystematicFailure, watched
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError
 from varireal_ray.sources.manifest import SourceError
 from varireal_ray.stages.common import BadImage, decode_image
@@ -195,6 +196,92 @@ def test_wrong_config_values_name_the_key_where_it_was_set_and_the_rule(override
         load_config([REPO / "configs" / "demo.yaml"], [override])
     text = str(err.value)
     assert f"--set {override}: {key}:" in text and words in text
+
+
+# ------------------------------------------------------------------------- systematic failures
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_judge_that_fails_every_row_stops_the_run_after_its_first_batches(tmp_path, model_cache):
+    """A judge folder whose processor disagrees with its model (patch size 16 for a model of
+    patch 8: a quarter of the image tokens) fails every forward the same way. The run stops with
+    that error after the judge's first two batches instead of pushing every item through."""
+    import shutil
+
+    from varireal_ray.models import tiny
+
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny.ensure("judge", model_cache), judge)
+    processor = json.loads((judge / "processor_config.json").read_text())
+    processor["patch_size"] = 16
+    (judge / "processor_config.json").write_text(json.dumps(processor))
+    config = load_config(
+        [REPO / "configs" / "demo.yaml"],
+        [
+            f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}", f"models.judge.id={judge}", "generate.bank=builtin:demo",
+            "generate.attributes=[color]", "generate.color.refine=null", "generate.feasibility=[feasible]",
+            "generate.edit_stage.batch_size=2", "generate.judge_stage.batch_size=2", "generate.shard_rows=2",
+        ],
+    )
+    with pytest.raises(SystematicFailure) as err:
+        run_generate(config)
+    message = str(err.value)
+    assert "'judge' (JudgeStage) failed every row of its first 2 batches" in message
+    assert "Image features and image tokens do not match" in message and "fail_fast_batches" in message
+    out = storage.join(config.run.output, "generate")
+    items = storage.read_commits_table(storage.join(out, "masks"), ["source_id"]).num_rows * config.generate.images_per_real
+    errors = storage.read_commits_table(storage.join(out, "errors")).num_rows
+    assert storage.read_commits_table(storage.join(out, "attempts")).num_rows == 0  # nothing was judged
+    # The stop landed mid-run: of all the items, only the first failed batch (2 rows) can have
+    # reached the writer; without the check every item would be an error row.
+    assert items >= 24 and errors <= 2, (errors, items)
+
+
+class _Stage:
+    """A stage whose rows fail as the batch's ``plan`` column says (empty: the row succeeds)."""
+
+    def __init__(self, config):
+        pass
+
+    def __call__(self, batch):
+        batch["error"] = np.array(list(batch["plan"]), dtype=object)
+        batch["error_stage"] = np.array(["mask" if e else "" for e in batch["plan"]], dtype=object)
+        return batch
+
+
+def _batches(*plans):
+    return [{"plan": np.array(p, dtype=object), "error": np.array([""] * len(p), dtype=object)} for p in plans]
+
+
+@pytest.mark.parametrize(
+    "plans, stops",
+    [
+        ((["E", "E"], ["E", "E"]), True),  # the same error, every row, both batches
+        ((["E", "E"], ["F", "F"]), False),  # two different errors: the rows, not the stage
+        ((["E", ""], ["E", "E"], ["E", "E"]), False),  # one row succeeded: never watched again
+        ((["E: a.png", "E: b.png"], ["E: c.png", "E: d.png"]), False),  # errors naming their rows
+    ],
+)
+def test_fail_fast_stops_only_on_one_error_in_every_row(tiny_config, plans, stops):
+    stage = watched(_Stage)(tiny_config)
+    assert isinstance(stage, FailFast) and type(stage).__name__ == "_Stage"
+    batches = _batches(*plans)
+    if stops:
+        for batch in batches[:-1]:
+            stage(batch)
+        with pytest.raises(SystematicFailure, match="failed every row of its first 2 batches with the same error, so no row can succeed: E"):
+            stage(batches[-1])
+    else:
+        for batch in batches:
+            stage(batch)  # every batch comes back with its error rows
+
+
+def test_rows_that_enter_failed_do_not_count(tiny_config):
+    """Rows an earlier stage failed are not this stage's failures: a batch of only those is no strike."""
+    stage = watched(_Stage)(tiny_config)
+    entered_failed = {"plan": np.array(["E", "E"], dtype=object), "error": np.array(["load failed", "load failed"], dtype=object)}
+    for batch in [entered_failed, *_batches(["E", "E"])]:
+        stage(batch)
+    with pytest.raises(SystematicFailure):
+        stage(_batches(["E", "E"])[0])
 
 
 # ----------------------------------------------------------------------------------- model names

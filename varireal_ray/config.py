@@ -128,6 +128,9 @@ class RayConfig(Section):
 class RunConfig(Section):
     output: Location = "runs/demo"  # run folder: a local path or s3://bucket/prefix
     seed: int = 0
+    # Stop the job when each of a stage actor's first this-many batches fails every row with one
+    # and the same error (a broken model or setting, not bad rows); 0 turns this off.
+    fail_fast_batches: int = Field(2, ge=0)
 
 
 # ------------------------------------------------------------------------------------ dataset

@@ -22,7 +22,7 @@ from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
-from varireal_ray.pipeline.wiring import actor_stage, cpu_task, load_images
+from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, load_images
 from varireal_ray.pipeline.writer import write_edits, write_masks
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
@@ -92,7 +92,7 @@ def run_masks(config: Config, out: str) -> Counter:
     ds = cpu_task(ds, load_images, batch_size=config.generate.mask_stage.batch_size)
     ds = actor_stage(ds, MaskStage, config.generate.mask_stage, config)
     ds = cpu_task(ds, write_masks, batch_size=config.generate.shard_rows, out_uri=out)
-    return _totals(ds.take_all())
+    return _totals(collect(ds))
 
 
 def _progress(out: str) -> tuple[set[str], dict[str, int]]:
@@ -128,7 +128,7 @@ def run_edits(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     ds = actor_stage(ds, EditStage, gen.edit_stage, config)
     ds = actor_stage(ds, JudgeStage, gen.judge_stage, config)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
-    return _totals(ds.take_all())
+    return _totals(collect(ds))
 
 
 def error_summary(out: str, limit: int = 5) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import ray
 
 from varireal_ray import storage
 from varireal_ray.config import Config, StageResources
+from varireal_ray.errors import UserError
 from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row, new_column
 
 
@@ -16,10 +18,71 @@ from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row
 RETRIES = {"actor": {"max_restarts": -1, "max_task_retries": -1}, "task": {"max_retries": -1}}
 
 
+class SystematicFailure(UserError, RuntimeError):
+    """Every row of a stage's first batches failed with one and the same error."""
+
+
+class FailFast:
+    """A stage, watched: when each of the first ``run.fail_fast_batches`` batches an actor runs
+    fails every row that entered it healthy, all with one and the same error (an error naming its
+    row, as a bad input's does, differs from row to row), the cause is the model or the settings, and the actor raises ``SystematicFailure`` with that
+    error, which stops the job (``collect``). One success, or two different errors, and the actor
+    stops watching: rows that fail one by one stay error rows."""
+
+    stage_cls: type  # set per stage by ``watched``
+
+    def __init__(self, config: Config):
+        self.stage = self.stage_cls(config)
+        self.batches = config.run.fail_fast_batches
+        self.failures: list[str] = []
+
+    def __call__(self, batch: Batch) -> Batch:
+        if not self.batches:
+            return self.stage(batch)
+        ensure_error_columns(batch)
+        healthy = np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
+        out = self.stage(batch)
+        if len(healthy):
+            self._watch([str(out["error"][i]) for i in healthy], [str(out["error_stage"][i]) for i in healthy])
+        return out
+
+    def _watch(self, errors: list[str], stages: list[str]) -> None:
+        if not all(errors) or len(set(errors + self.failures[:1])) != 1:
+            self.batches = 0  # the rows fail (or not) one by one: stop watching
+            return
+        self.failures.append(errors[0])
+        if len(self.failures) >= self.batches:
+            raise SystematicFailure(
+                f"stage {stages[0]!r} ({self.stage_cls.__name__}) failed every row of its first {len(self.failures)} "
+                f"batches with the same error, so no row can succeed: {errors[0]} "
+                "(fix the model or setting it names and re-run; committed work is kept; run.fail_fast_batches=0 "
+                "turns this check off)"
+            )
+
+
+def watched(stage_cls: type) -> type:
+    """``stage_cls`` under ``FailFast``, keeping its name (Ray Data names operators after it)."""
+    return type(stage_cls.__name__, (FailFast,), {"stage_cls": stage_cls, "__qualname__": stage_cls.__qualname__})
+
+
+def collect(ds: ray.data.Dataset) -> list[dict]:
+    """``ds.take_all()``; a ``SystematicFailure`` raised in an actor comes out as itself, one line
+    the CLI prints. (Ray Data re-raises a UDF's exception as a ``UserCodeException`` that keeps
+    only the worker's traceback text, so the message is read back from there.)"""
+    try:
+        return ds.take_all()
+    except Exception as exc:
+        marker = f"{SystematicFailure.__module__}.{SystematicFailure.__qualname__}: "
+        text = str(exc)
+        if marker not in text:
+            raise
+        raise SystematicFailure(text.split(marker, 1)[1].splitlines()[0]) from None
+
+
 def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources, config: Config) -> ray.data.Dataset:
-    """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch."""
+    """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch (under ``FailFast``)."""
     return ds.map_batches(
-        stage_cls,
+        watched(stage_cls),
         fn_constructor_kwargs={"config": config},
         batch_size=resources.batch_size,
         num_cpus=resources.num_cpus,

@@ -25,7 +25,7 @@ from varireal_ray import storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
-from varireal_ray.pipeline.wiring import actor_stage
+from varireal_ray.pipeline.wiring import actor_stage, collect
 from varireal_ray.prompts import templates
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError, list_label
 from varireal_ray.prompts.embed import TextEmbedder
@@ -140,7 +140,7 @@ def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, cl
 def _ask(config: Config, requests: list[dict]) -> list[dict]:
     """Run the requests through the ValueWriter pool; replies in request order."""
     ds = actor_stage(ray.data.from_items(requests), ValueWriter, config.prompts.resources, config)
-    by_id = {row["request_id"]: row for row in ds.take_all()}
+    by_id = {row["request_id"]: row for row in collect(ds)}
     return [by_id[r["request_id"]] for r in requests]
 
 
@@ -200,7 +200,7 @@ def score_feasibility(config: Config, entries: list[BankEntry], class_names: lis
     log.info("scoring feasibility of %d values (%d questions)", len(entries), len(rows))
     ds = actor_stage(ray.data.from_items(rows), FeasibilityScorer, config.prompts.resources, config)
     margins: dict[int, list[float]] = {}
-    for row in ds.take_all():
+    for row in collect(ds):
         if not row["error"] and np.isfinite(row["margin"]):
             margins.setdefault(int(row["entry"]), []).append(float(row["margin"]))
     return [
