@@ -45,14 +45,22 @@ def _folder_mb(path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def test_tiny_inpaint_loads_and_inpaints(model_cache):
-    from diffusers import AutoPipelineForInpainting, StableDiffusionInpaintPipeline
+def test_tiny_inpaint_is_sdxl_inpainting_and_inpaints(model_cache):
+    """The layout of diffusers/stable-diffusion-xl-1.0-inpainting-0.1: the SDXL inpainting
+    pipeline, two text encoders (the second pooled), a 9-channel text_time UNet."""
+    from diffusers import AutoPipelineForInpainting, StableDiffusionXLInpaintPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = tiny.ensure("inpaint", model_cache)
-    assert _folder_mb(folder) < 20
+    assert _folder_mb(folder) < 30
+    assert {p.name for p in folder.iterdir()} >= {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler", "model_index.json"}
     pipe = AutoPipelineForInpainting.from_pretrained(str(folder))
-    assert isinstance(pipe, StableDiffusionInpaintPipeline)
-    assert pipe.unet.config.in_channels == 9 and pipe.vae_scale_factor == 8
+    assert isinstance(pipe, StableDiffusionXLInpaintPipeline)
+    assert type(pipe.text_encoder) is CLIPTextModel and type(pipe.text_encoder_2) is CLIPTextModelWithProjection
+    unet = pipe.unet.config
+    assert unet.in_channels == 9 and unet.addition_embed_type == "text_time" and pipe.vae_scale_factor == 8
+    assert unet.cross_attention_dim == pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
+    assert not pipe.config.requires_aesthetics_score and pipe.vae.config.scaling_factor == 0.13025
     pipe.set_progress_bar_config(disable=True)
 
     rng = np.random.default_rng(0)
@@ -78,13 +86,17 @@ def test_tiny_inpaint_loads_and_inpaints(model_cache):
     assert not np.array_equal(np.asarray(first[0]), np.asarray(other[0]))
 
 
-def test_tiny_text2image_loads_and_generates(model_cache):
+def test_tiny_text2image_is_sd21_base_and_generates(model_cache):
+    """SD 2.1 base's layout: linear projections in the UNet, an OpenCLIP (GELU) text encoder and
+    the OpenCLIP tokenizer, which pads with "!" (id 0)."""
     from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
 
     folder = tiny.ensure("text2image", model_cache)
     assert _folder_mb(folder) < 20
     pipe = AutoPipelineForText2Image.from_pretrained(str(folder))
     assert isinstance(pipe, StableDiffusionPipeline) and pipe.unet.config.in_channels == 4
+    assert pipe.unet.config.use_linear_projection and pipe.text_encoder.config.hidden_act == "gelu"
+    assert pipe.tokenizer.pad_token == "!" and pipe.tokenizer.pad_token_id == 0
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         prompt=["a photo of pure background, a snowy forest"],
@@ -97,11 +109,11 @@ def test_tiny_text2image_loads_and_generates(model_cache):
     assert np.asarray(out[0]).std() > 0  # not a blank (e.g. safety-checked) image
 
 
-@pytest.mark.parametrize("kind", ["inpaint", "text2image"])
-def test_tiny_builders_are_deterministic(tmp_path, kind):
-    from varireal_ray.models import tiny_diffusion
+@pytest.mark.parametrize("module, kind", [("tiny_sdxl", "inpaint"), ("tiny_diffusion", "text2image")])
+def test_tiny_builders_are_deterministic(tmp_path, module, kind):
+    import importlib
 
-    build = getattr(tiny_diffusion, f"build_{kind}")
+    build = getattr(importlib.import_module(f"varireal_ray.models.{module}"), f"build_{kind}")
     a, b = tmp_path / "a", tmp_path / "b"
     build(a)
     build(b)

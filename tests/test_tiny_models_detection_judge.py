@@ -79,11 +79,16 @@ def test_segmenter_turns_a_box_into_a_mask_at_the_original_size(tiny_config):
     assert masks[1].shape == (1, 1, 128, 128)
 
 
-def test_judge_formats_a_chat_with_an_image_and_scores_yes_no(tiny_config):
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+def test_judge_is_llava_next_with_anyres_tiles_and_the_mistral_chat_format(tiny_config):
+    """llava-v1.6-mistral-7b-hf's layout: LLaVA-NeXT classes, a Mistral language model, "anyres"
+    tiling (an image's token count follows its shape), the [INST] format with <s> from the
+    tokenizer; a forward over the expanded prompts scores every row."""
+    from transformers import LlavaNextForConditionalGeneration, LlavaNextProcessor, MistralModel
 
     model, processor = _load(tiny_config, "judge")
-    assert isinstance(model, LlavaForConditionalGeneration) and isinstance(processor, LlavaProcessor)
+    assert isinstance(model, LlavaNextForConditionalGeneration) and isinstance(processor, LlavaNextProcessor)
+    assert isinstance(model.model.language_model, MistralModel) and model.config.text_config.model_type == "mistral"
+    assert model.config.image_grid_pinpoints == tiny_judge.GRID_PINPOINTS
     tokenizer = processor.tokenizer
     for word in ("yes", " yes", "no", " no"):
         assert len(tokenizer.encode(word, add_special_tokens=False)) == 1, word
@@ -95,14 +100,19 @@ def test_judge_formats_a_chat_with_an_image_and_scores_yes_no(tiny_config):
         )
         for q in questions
     ]
-    assert texts[0] == "<s>USER: <image>\nIs it red?\nASSISTANT:"
-    inputs = processor(images=[_photo(80, 60), _photo(60, 80)], text=texts, padding=True, return_tensors="pt")
-    patches = (tiny_judge.IMAGE_SIZE // tiny_judge.PATCH_SIZE) ** 2
-    assert ((inputs["input_ids"] == model.config.image_token_id).sum(dim=1) == patches).all()
+    assert texts[0] == "[INST] <image>\nIs it red? [/INST]"
+    inputs = processor(images=[_photo(80, 60), _photo(60, 80), _photo(64, 64)], text=[*texts, texts[0]], padding=True, return_tensors="pt")
+    image_tokens = (inputs["input_ids"] == model.config.image_token_id).sum(dim=1).tolist()
+    base = (tiny_judge.IMAGE_SIZE // tiny_judge.PATCH_SIZE) ** 2
+    assert min(image_tokens) > 2 * base  # a base view plus crops, not one view
+    assert len(set(image_tokens)) > 1, image_tokens  # the count follows the image's shape
+    assert inputs["pixel_values"].shape[:2] == (3, 5)  # images x (base view + up to 4 crops)
+    first = inputs["attention_mask"].argmax(dim=1)
+    assert (inputs["input_ids"][torch.arange(3), first] == tokenizer.bos_token_id).all()
     assert (inputs["attention_mask"][:, -1] == 1).all()  # left padding: every prompt ends at -1
     with torch.inference_mode():
         logits = model(**inputs).logits
-    assert logits.shape == (2, inputs["input_ids"].shape[1], len(tokenizer))
+    assert logits.shape == (3, inputs["input_ids"].shape[1], len(tokenizer))
 
 
 BUILDERS = [tiny_detection.build_grounding, tiny_detection.build_segmenter, tiny_judge.build_judge]

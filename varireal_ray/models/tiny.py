@@ -13,13 +13,13 @@ from pathlib import Path
 from varireal_ray.models.cache import ModelNotFound, build_once
 
 # Bump when a builder changes, so caches rebuild instead of loading a stale layout.
-TINY_VERSION = 4
+TINY_VERSION = 5
 
 BUILDERS = {
-    "inpaint": "varireal_ray.models.tiny_diffusion:build_inpaint",
+    "inpaint": "varireal_ray.models.tiny_sdxl:build_inpaint",
     "text2image": "varireal_ray.models.tiny_diffusion:build_text2image",
-    "refine_base": "varireal_ray.models.tiny_controlnet:build_refine_base",
-    "refine_vae": "varireal_ray.models.tiny_controlnet:build_refine_vae",
+    "refine_base": "varireal_ray.models.tiny_sdxl:build_refine_base",
+    "refine_vae": "varireal_ray.models.tiny_sdxl:build_refine_vae",
     "controlnet": "varireal_ray.models.tiny_controlnet:build_controlnet",
     "ip_adapter": "varireal_ray.models.tiny_controlnet:build_ip_adapter",  # with models/image_encoder
     "grounding": "varireal_ray.models.tiny_detection:build_grounding",

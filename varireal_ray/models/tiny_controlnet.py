@@ -6,11 +6,9 @@ VAE and ``h94/IP-Adapter``'s ``sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensor
 ViT-H image encoder in ``models/image_encoder``. These builders write the same classes and file
 layouts, narrow and shallow, so the stage loads them through the real calls:
 
-- ``refine_base``: a ``StableDiffusionXLPipeline`` folder (two CLIP text encoders, the second with
-  a projection; a ``text_time``-conditioned UNet), loaded by
+- ``refine_base`` and ``refine_vae`` (``tiny_sdxl.py``): an SDXL pipeline folder, loaded by
   ``AutoPipelineForText2Image.from_pretrained(..., controlnet=...)`` as
-  ``StableDiffusionXLControlNetPipeline``;
-- ``refine_vae``: an SDXL-scaled ``AutoencoderKL`` passed as ``vae=``;
+  ``StableDiffusionXLControlNetPipeline``, and an SDXL-scaled ``AutoencoderKL`` passed as ``vae=``;
 - ``controlnet``: ``ControlNetModel.from_unet`` of the base UNet, with a conditioning embedding
   that downsamples by 8 like the real one;
 - ``ip_adapter``: a folder shaped like the ``h94/IP-Adapter`` repository: the adapter weights in
@@ -29,13 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from varireal_ray.models.tiny_diffusion import SAMPLE_SIZE, SD_SCHEDULE, SEED, _text_encoder, _vae
+from varireal_ray.models.tiny_sdxl import CROSS_ATTENTION_DIM, seeded, unet
 
-TEXT_HIDDEN = 32  # each text encoder's width (768 and 1280 in SDXL)
-CROSS_ATTENTION_DIM = 2 * TEXT_HIDDEN  # SDXL cross-attends to both encoders' states, concatenated
-POOLED_DIM = 32  # text_encoder_2's projection (1280 in SDXL)
-TIME_EMBED_DIM = 8  # per micro-conditioning number (256 in SDXL); SDXL passes 6 of them
-SDXL_VAE_SCALE = 0.13025
 # The published IP-Adapter file layout (h94/IP-Adapter); the config's defaults name these paths.
 IP_ADAPTER_SUBFOLDER = "sdxl_models"
 IP_ADAPTER_WEIGHT = "ip-adapter-plus_sdxl_vit-h.safetensors"
@@ -46,60 +39,8 @@ RESAMPLER_QUERIES = 4  # 16 in ip-adapter-plus_sdxl
 RESAMPLER_DEPTH = 4
 RESAMPLER_DIM_HEAD = 64
 RESAMPLER_HEADS = 1
-
-
-def _unet():
-    """An SDXL-style UNet: ``text_time`` added conditioning (pooled text + 6 size numbers)."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=SAMPLE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CROSS_ATTENTION_DIM,
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + POOLED_DIM,
-    )
-
-
-def _seeded(offset: int, make):
-    import torch
-
-    # fork_rng: seeded weights without disturbing the caller's global RNG state.
-    with torch.random.fork_rng():
-        torch.manual_seed(SEED + offset)
-        return make()
-
-
-def build_refine_base(target: Path) -> None:
-    """A tiny ``StableDiffusionXLPipeline`` (RealVisXL's class), Euler as SDXL base ships."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-    from varireal_ray.models.tokenizers import clip_tokenizer
-
-    pipe = StableDiffusionXLPipeline(
-        vae=_seeded(11, lambda: _vae(SDXL_VAE_SCALE)),
-        text_encoder=_seeded(12, lambda: _text_encoder(TEXT_HIDDEN)),
-        text_encoder_2=_seeded(13, lambda: _text_encoder(TEXT_HIDDEN, projection_dim=POOLED_DIM)),
-        tokenizer=clip_tokenizer(),
-        tokenizer_2=clip_tokenizer(),
-        unet=_seeded(10, _unet),
-        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="leading"),
-        force_zeros_for_empty_prompt=True,
-    )
-    pipe.save_pretrained(str(target))
-
-
-def build_refine_vae(target: Path) -> None:
-    """A tiny SDXL-scaled ``AutoencoderKL`` (the role of sdxl-vae-fp16-fix)."""
-    _seeded(14, lambda: _vae(SDXL_VAE_SCALE)).save_pretrained(str(target))
+BASE_SEED = 10  # the refinement base's UNet (tiny_sdxl.build_refine_base): the ControlNet and
+# the adapter's attention layers are shaped after it
 
 
 def build_controlnet(target: Path) -> None:
@@ -112,7 +53,7 @@ def build_controlnet(target: Path) -> None:
 
     def make():
         controlnet = ControlNetModel.from_unet(
-            _seeded(10, _unet),
+            seeded(BASE_SEED, unet),
             # Four entries: three stride-2 convolutions, the VAE's scale factor 8 (as the real one).
             conditioning_embedding_out_channels=(16, 16, 32, 32),
         )
@@ -126,7 +67,7 @@ def build_controlnet(target: Path) -> None:
                 torch.nn.init.zeros_(conv.bias)
         return controlnet
 
-    _seeded(15, make).save_pretrained(str(target))
+    seeded(15, make).save_pretrained(str(target))
 
 
 def _image_encoder():
@@ -181,11 +122,11 @@ def _ip_attention_state() -> dict:
     as the original file does: attention processors in order, cross-attention ones odd (1, 3, ...)."""
     from torch import nn
 
-    unet = _seeded(10, _unet)
+    base = seeded(BASE_SEED, unet)
     state = {}
-    cross = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    cross = [name for name in base.attn_processors if name.endswith("attn2.processor")]
     for k, name in enumerate(cross):
-        hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        hidden = base.get_submodule(name.removesuffix(".processor")).to_k.out_features
         for proj in ("to_k_ip", "to_v_ip"):
             state[f"{2 * k + 1}.{proj}.weight"] = nn.Linear(CROSS_ATTENTION_DIM, hidden, bias=False).weight.data
     return state
@@ -195,9 +136,9 @@ def build_ip_adapter(target: Path) -> None:
     """A folder shaped like ``h94/IP-Adapter``: the Plus adapter file and its image encoder."""
     from safetensors.torch import save_file
 
-    _seeded(16, _image_encoder).save_pretrained(str(target / IMAGE_ENCODER_SUBFOLDER))
-    tensors = {f"image_proj.{k}": v for k, v in _seeded(17, _resampler_state).items()}
-    tensors |= {f"ip_adapter.{k}": v for k, v in _seeded(18, _ip_attention_state).items()}
+    seeded(16, _image_encoder).save_pretrained(str(target / IMAGE_ENCODER_SUBFOLDER))
+    tensors = {f"image_proj.{k}": v for k, v in seeded(17, _resampler_state).items()}
+    tensors |= {f"ip_adapter.{k}": v for k, v in seeded(18, _ip_attention_state).items()}
     weights = target / IP_ADAPTER_SUBFOLDER / IP_ADAPTER_WEIGHT
     weights.parent.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(weights))

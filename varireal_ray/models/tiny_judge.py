@@ -1,13 +1,24 @@
-"""A tiny random LLaVA for the offline profile: the multimodal judge.
+"""A tiny random LLaVA-NeXT (LLaVA-1.6) for the offline profile: the multimodal judge.
 
-``build_judge`` writes a ``LlavaForConditionalGeneration`` (CLIP vision tower, Llama language model)
-with a ``LlavaProcessor``, the role LLaVA-1.6 plays in real runs. It loads through
-``AutoModelForImageTextToText`` / ``AutoProcessor`` like a hub checkpoint, formats prompts with its
-chat template and expands ``<image>`` into one token per image patch, as the real processor does.
+``build_judge`` writes the layout of ``llava-hf/llava-v1.6-mistral-7b-hf`` (facts from that
+repo's ``config.json``, ``processor_config.json`` and ``chat_template.json`` as transformers
+reads them; see ``../shared/reference/real-model-facts.md``):
 
-No LLaVA tokenizer ships offline, so a byte-level BPE is trained here, deterministically, on a
-fixed corpus of the judge's own words: " yes", " no", "yes" and "no" come out as single tokens, so
-the judge can score an answer from two logits, exactly as it does with a real model.
+- ``LlavaNextForConditionalGeneration``: a CLIP vision tower (ViT-L/14 at 336 px there), read at
+  its second-to-last layer without CLS (``vision_feature_select_strategy: default``), a
+  ``MistralForCausalLM`` language model, and the learned ``image_newline`` row separator;
+- "anyres": ``image_grid_pinpoints`` (336 x {672, 1008} and 672 x 672 there; the same ratios of
+  the tiny tower's 32 px here) tile each image into a base view plus up to four crops, so an
+  image's token count depends on its shape (~2.4-2.9k tokens per image in the real model);
+- a ``LlavaNextProcessor`` that expands ``<image>`` into exactly that many tokens;
+- Mistral's chat format ``[INST] <image>\\n{question} [/INST]``, with ``<s>`` added by the
+  tokenizer, as the real tokenizer adds it.
+
+No Mistral tokenizer ships offline, so a SentencePiece-style BPE (``▁`` word boundaries, as
+Mistral's) is trained here, deterministically, on a fixed corpus of the judge's own words: "yes"
+and "no" come out as the single tokens ``▁yes`` / ``▁no``, so the judge scores an answer from two
+logits, exactly as it does with the real model. What it cannot match: the real vocabulary (32k
+pieces with byte fallback) and, being random, any answer.
 """
 
 from __future__ import annotations
@@ -15,122 +26,139 @@ from __future__ import annotations
 from pathlib import Path
 
 SEED = 0
-IMAGE_SIZE = 32
-PATCH_SIZE = 8  # (32 / 8)^2 = 16 image tokens per image
+IMAGE_SIZE = 32  # the vision tower's input (336 in LLaVA-1.6)
+PATCH_SIZE = 8  # (32 / 8)^2 = 16 tokens per view (576 in LLaVA-1.6)
+# The real pinpoints are these multiples of the tower's 336 px input.
+GRID_PINPOINTS = [[IMAGE_SIZE * a, IMAGE_SIZE * b] for a, b in ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))]
 VOCAB_SIZE = 512
-BOS, EOS, PAD, IMAGE = "<s>", "</s>", "<pad>", "<image>"
+UNK, BOS, EOS, IMAGE = "<unk>", "<s>", "</s>", "<image>"
 
-# LLaVA-1.5 style: "USER: <image>\n{text}\nASSISTANT:" (images first, as the real template does).
-# transformers renders templates with trim_blocks, so newlines are written as {{ '\n' }}.
+# Mistral's instruction format as llava-v1.6-mistral-7b-hf's chat template renders it: images
+# first, then the text, in one [INST] turn (transformers renders templates with trim_blocks, so
+# newlines are written as {{ '\n' }}).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}"
     "{% for message in messages %}"
-    "{{ message['role'] | upper }}: "
+    "{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}"
     "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
     "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
     "{% endif %}"
-    "{{ '\n' }}"
+    "{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{% endif %}"
+    "{{ '</s>' }}"
+    "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
 # The words the judge reads and answers in. Repetition makes the yes/no merges win the BPE training.
 _CORPUS_LINES = (
-    "USER: Is the background of this image a snowy mountain road? Answer with yes or no.",
+    "[INST] Is the background of this image a snowy mountain road? Answer with yes or no. [/INST]",
     "Does this image show a pet cat with orange color? Answer with yes or no.",
     "Could a real car plausibly be seen on the surface of Mars? no",
     "Is this image realistic for an aircraft? yes",
-    "ASSISTANT: yes",
-    "ASSISTANT: no",
+    "[/INST] yes",
+    "[/INST] no",
     "Yes. No. yes no",
 )
+_ALPHABET = [chr(c) for c in range(32, 127)] + ["▁", "\n"]
 
 
 def build_judge(target: Path) -> None:
     import torch
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaNextForConditionalGeneration
 
-    torch.manual_seed(SEED)
     tokenizer = _tokenizer()
-    model = LlavaForConditionalGeneration(_llava_config(tokenizer)).eval()
+    with torch.random.fork_rng():  # seeded weights without disturbing the caller's global RNG
+        torch.manual_seed(SEED)
+        model = LlavaNextForConditionalGeneration(_config(tokenizer)).eval()
     model.save_pretrained(target)
     _processor(tokenizer).save_pretrained(target)
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
+    bpe = Tokenizer(models.BPE(unk_token=UNK))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=[PAD, BOS, EOS, IMAGE],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any text encodes, byte by byte
+        special_tokens=[UNK, BOS, EOS, IMAGE],
+        initial_alphabet=_ALPHABET,
         show_progress=False,
     )
     bpe.train_from_iterator(list(_CORPUS_LINES) * 50, trainer)
+    bos = bpe.token_to_id(BOS)
+    bpe.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos)])
     for word in ("yes", " yes", "no", " no"):
-        if len(bpe.encode(word).ids) != 1:
+        if len(bpe.encode(word, add_special_tokens=False).ids) != 1:
             raise RuntimeError(f"tiny judge tokenizer: {word!r} is not a single token; extend _CORPUS_LINES")
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=BOS,
         eos_token=EOS,
-        pad_token=PAD,
+        unk_token=UNK,
+        pad_token=UNK,  # Mistral has no pad token; llava-hf's processors pad with <unk>
         padding_side="left",  # the judge reads the last position of every prompt in a batch
         chat_template=CHAT_TEMPLATE,
         extra_special_tokens={"image_token": IMAGE},
     )
 
 
-def _llava_config(tokenizer):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+def _config(tokenizer):
+    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
 
     vision = CLIPVisionConfig(
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
-        hidden_size=32,
+        hidden_size=32,  # 1024
         intermediate_size=64,
-        num_hidden_layers=2,  # LLaVA reads the second-to-last layer
+        num_hidden_layers=2,  # 24; LLaVA reads the second-to-last layer
         num_attention_heads=2,
+        projection_dim=32,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
+    text = MistralConfig(
+        vocab_size=len(tokenizer),  # 32064
+        hidden_size=32,  # 4096
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
+        num_hidden_layers=2,  # 32
+        num_attention_heads=4,  # 32
+        num_key_value_heads=2,  # 8: grouped-query attention
+        max_position_embeddings=2048,
+        sliding_window=None,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return LlavaConfig(
+    return LlavaNextConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_grid_pinpoints=GRID_PINPOINTS,
         vision_feature_layer=-2,
-        vision_feature_select_strategy="default",  # drop CLS, as LLaVA-1.5/1.6 do
+        vision_feature_select_strategy="default",  # drop CLS
+        image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,
     )
 
 
 def _processor(tokenizer):
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
-    images = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    images = LlavaNextImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE},
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_grid_pinpoints=GRID_PINPOINTS,
     )
-    # num_additional_image_tokens=1 with the "default" strategy: one token per patch, CLS dropped.
-    return LlavaProcessor(
+    return LlavaNextProcessor(
         image_processor=images,
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLS, which the "default" strategy drops
     )
