@@ -1,4 +1,4 @@
-"""The tiny grounding, segmenter and judge models: real classes, real loaders, real processors."""
+"""The tiny grounding, segmenter, judge and instruction LLM: real classes, real loaders, real processors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from varireal_ray.config import ModelRef
-from varireal_ray.models import load, registry, tiny_detection, tiny_judge
+from varireal_ray.models import load, registry, tiny_detection, tiny_judge, tiny_llm
 
 
 def _load(tiny_config, role: str):
@@ -115,7 +115,35 @@ def test_judge_is_llava_next_with_anyres_tiles_and_the_mistral_chat_format(tiny_
     assert logits.shape == (3, inputs["input_ids"].shape[1], len(tokenizer))
 
 
-BUILDERS = [tiny_detection.build_grounding, tiny_detection.build_segmenter, tiny_judge.build_judge]
+def test_llm_is_qwen2_instruct_answering_in_chatml_through_the_prompts_stages(tiny_config):
+    """Qwen2.5-Instruct's layout: Qwen2ForCausalLM, no BOS, <|im_end|> ends turns, the ChatML
+    template. The prompts job's writer takes its JSON path (as with the real model) and the
+    feasibility scorer reads single-token answers."""
+    from transformers import Qwen2ForCausalLM
+
+    from varireal_ray.prompts import templates
+    from varireal_ray.prompts.llm import FeasibilityScorer, ValueWriter
+
+    config = tiny_config.model_copy(update={"models": tiny_config.models.model_copy(update={"llm": ModelRef(id="tiny:llm")})})
+    writer = ValueWriter(config)
+    assert isinstance(writer.model, Qwen2ForCausalLM) and writer.format == templates.FORMAT_JSON
+    assert writer.tokenizer.bos_token is None and writer.tokenizer.eos_token == "<|im_end|>"
+    assert writer.model.generation_config.eos_token_id == [writer.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    instruction = templates.chat_instruction("color", "feasible", "cat", ["cat", "dog"], 3)
+    rows = {
+        "request_id": np.array(["r0", "r1"], dtype=object), "class_name": np.array(["cat", "dog"], dtype=object),
+        "attribute": np.array(["color"] * 2, dtype=object), "feasibility": np.array(["feasible"] * 2, dtype=object),
+        "round": np.array([0, 0]), "prompt": np.array(["unused", "unused"], dtype=object),
+        "instruction": np.array([instruction] * 2, dtype=object),
+    }
+    assert writer._prompt(rows, 0) == f"<|im_start|>system\n{tiny_llm.SYSTEM}<|im_end|>\n<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n"
+    out = writer(rows)
+    assert list(out["error"]) == ["", ""] and all(isinstance(t, str) and t for t in out["raw_text"])
+    scored = FeasibilityScorer(config)({"question": np.array([templates.question("color", "a cat", "red")], dtype=object)})
+    assert np.isfinite(scored["margin"][0]) and scored["error"][0] == ""
+
+
+BUILDERS = [tiny_detection.build_grounding, tiny_detection.build_segmenter, tiny_judge.build_judge, tiny_llm.build_llm]
 
 
 @pytest.mark.parametrize("build", BUILDERS, ids=lambda f: f.__name__)

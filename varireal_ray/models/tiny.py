@@ -25,6 +25,7 @@ BUILDERS = {
     "grounding": "varireal_ray.models.tiny_detection:build_grounding",
     "segmenter": "varireal_ray.models.tiny_detection:build_segmenter",
     "judge": "varireal_ray.models.tiny_judge:build_judge",
+    "llm": "varireal_ray.models.tiny_llm:build_llm",
     "clip": "varireal_ray.models.tiny_clip:build_clip",
 }
 

@@ -54,7 +54,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
-# The words the judge reads and answers in. Repetition makes the yes/no merges win the BPE training.
+# The words the judge reads and answers in.
 _CORPUS_LINES = (
     "[INST] Is the background of this image a snowy mountain road? Answer with yes or no. [/INST]",
     "Does this image show a pet cat with orange color? Answer with yes or no.",
@@ -64,7 +64,6 @@ _CORPUS_LINES = (
     "[/INST] no",
     "Yes. No. yes no",
 )
-_ALPHABET = [chr(c) for c in range(32, 127)] + ["▁", "\n"]
 
 
 def build_judge(target: Path) -> None:
@@ -80,24 +79,14 @@ def build_judge(target: Path) -> None:
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE(unk_token=UNK))
-    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=[UNK, BOS, EOS, IMAGE],
-        initial_alphabet=_ALPHABET,
-        show_progress=False,
-    )
-    bpe.train_from_iterator(list(_CORPUS_LINES) * 50, trainer)
+    from varireal_ray.models.tokenizers import train_bpe
+
+    bpe = train_bpe(_CORPUS_LINES, [UNK, BOS, EOS, IMAGE], ("yes", " yes", "no", " no"), VOCAB_SIZE, sentencepiece=True)
     bos = bpe.token_to_id(BOS)
     bpe.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos)])
-    for word in ("yes", " yes", "no", " no"):
-        if len(bpe.encode(word, add_special_tokens=False).ids) != 1:
-            raise RuntimeError(f"tiny judge tokenizer: {word!r} is not a single token; extend _CORPUS_LINES")
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=BOS,

@@ -49,3 +49,29 @@ def save_clip_tokenizer(target_dir: str | Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     clip_tokenizer().save_pretrained(str(target))
     return target
+
+
+def train_bpe(lines: list[str], special_tokens: list[str], words: tuple[str, ...], vocab_size: int, sentencepiece: bool):
+    """A small BPE trained deterministically on ``lines`` (a miniature's own words), in one of the
+    two families real LLM tokenizers come in: byte-level (GPT-2, Qwen: ``Ġyes``) or
+    SentencePiece-style (Llama, Mistral: ``▁yes``). Raises unless every one of ``words`` is a
+    single token (the yes/no scorer needs its answers to be)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if sentencepiece:
+        bpe = Tokenizer(models.BPE(unk_token=special_tokens[0]))
+        bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        bpe.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet = [chr(c) for c in range(32, 127)] + ["▁", "\n"]
+    else:
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()  # any text encodes, byte by byte
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=alphabet, show_progress=False)
+    # Repetition makes the merges of the miniature's words win the training.
+    bpe.train_from_iterator(list(lines) * 50, trainer)
+    for word in words:
+        if len(bpe.encode(word, add_special_tokens=False).ids) != 1:
+            raise RuntimeError(f"miniature tokenizer: {word!r} is not a single token; add it to the corpus")
+    return bpe
