@@ -7,17 +7,21 @@ import os
 import socket
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CACHE = Path(os.environ.get("VARIREAL_TEST_CACHE", REPO / ".cache" / "test-models"))
+# The session's Hugging Face hub cache, where the miniatures are filed under the real hub ids
+# (tests/test_real_config.py); no test reads the user's own cache.
+HUB_CACHE = MODEL_CACHE / "hf-hub"
+
 # Before anything imports huggingface_hub: a hub miss fails fast instead of retrying for a minute.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = str(HUB_CACHE)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import pytest  # noqa: E402
 
 from varireal_ray.config import Config, load_config  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-MODEL_CACHE = Path(os.environ.get("VARIREAL_TEST_CACHE", REPO / ".cache" / "test-models"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,7 +70,7 @@ def ray_cluster(s3_server):
     ray.shutdown()
 
 
-_WORKER_ENV = ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+_WORKER_ENV = ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
 def _free_port() -> int:

