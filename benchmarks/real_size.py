@@ -16,7 +16,9 @@ Stages and what they load (the edit stage holds all its pipelines at once, as it
   checkpoint loaded as ``Sam2Model``);
 - ``edit``: SDXL inpainting, SD 2.1 base, RealVisXL (SDXL) + ControlNet-canny SDXL + the fp16-fix
   VAE + IP-Adapter Plus SDXL with its ViT-H image encoder (``benchmarks/editors_gpu.py`` builds
-  them); one item per attribute, one denoising step each, at ``--resolution``;
+  them); one item per attribute, one denoising step each, at ``--resolution``. About 10B
+  parameters, ~21 GB in 16-bit: on a machine with less memory, ``edit-background`` (inpainting +
+  SD 2.1) and ``edit-color`` (inpainting + the refinement stack) measure it in two parts;
 - ``judge``: LLaVA-NeXT (LLaVA-1.6) Mistral-7B with anyres; its forward (one image, one question,
   ~2.9k tokens) is opt-in on a CPU (``--judge-forward``: minutes on two cores);
 - ``llm``: Qwen2.5-7B-Instruct, one generated token for one bank request through ``ValueWriter``;
@@ -44,6 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402 - sets HF_HUB_OFFLINE before anything imports huggingface_hub
 
 STAGES = ("mask", "edit", "judge", "llm", "clip")
+# The edit actor's pipelines in two parts, for a machine that cannot hold all of them at once:
+# background (SDXL inpainting + SD 2.1) and color (SDXL inpainting + the refinement stack).
+EDIT_PARTS = {"edit-background": "background", "edit-color": "color"}
 
 
 # --------------------------------------------------------------------------- real architectures
@@ -160,7 +165,9 @@ def _config(work: Path, stage: str, dtype: str, resolution: int):
     diffusion = ("inpaint", "text2image", "refine_base", "refine_vae", "controlnet", "image_encoder")
     if stage == "mask":
         overrides += [f"models.grounding.id={work / 'grounding'}", f"models.segmenter.id={work / 'segmenter'}"]
-    elif stage == "edit":
+    elif stage.startswith("edit"):
+        if stage in EDIT_PARTS:
+            overrides.append(f"generate.attributes=[{EDIT_PARTS[stage]}]")
         overrides += real_model_overrides(work / "edit") + [f"models.{r}.dtype={dtype}" for r in diffusion]
         overrides += [f"generate.{a}.{part}.steps=1" for a, part in
                       (("background", "plate"), ("background", "inpaint"), ("color", "inpaint"), ("color", "refine"),
@@ -209,7 +216,7 @@ def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: 
 
         actor = MaskStage(config)
         held = (actor.detector, actor.segmenter)
-    elif stage == "edit":
+    elif stage.startswith("edit"):
         from varireal_ray.stages.edit import EditStage
 
         actor = EditStage(config)
@@ -251,13 +258,13 @@ def _step(stage: str, actor, config, judge_forward: bool) -> str:
                                    "error": "", "error_stage": ""}])  # fmt: skip
         out = actor(batch)
         return f"1 image (451x300): detection at 400-667 px, SAM 2.1 at 1024 px; error={out['error'][0]!r}"
-    if stage == "edit":
+    if stage.startswith("edit"):
         from editors_gpu import items
 
-        rows = [item for editor in ("background", "color", "texture") for item in items(editor, 1)]
+        rows = [item for editor in config.generate.attributes for item in items(editor, 1)]
         out = actor(harness.to_batch(rows))
         errors = [e for e in out["error"] if e]
-        return f"3 items (one per attribute), 1 denoising step each at {config.generate.resolution} px; errors={errors}"
+        return f"{len(rows)} items (one per attribute), 1 denoising step each at {config.generate.resolution} px; errors={errors}"
     if stage == "judge":
         if not judge_forward:
             return "load only (the forward is --judge-forward: ~2.9k tokens)"
@@ -289,7 +296,7 @@ def build(stage: str, work: Path) -> float:
     if stage == "mask":
         _built(work / "grounding", build_grounding)
         _built(work / "segmenter", build_segmenter)
-    elif stage == "edit":
+    elif stage.startswith("edit"):
         from editors_gpu import build_real_models
 
         import torch
@@ -304,14 +311,14 @@ def build(stage: str, work: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", action="append", choices=STAGES, help="repeat; default: all")
+    parser.add_argument("--stage", action="append", choices=STAGES + tuple(EDIT_PARTS), help="repeat; default: all (edit-background and edit-color: the edit actor in two parts)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/varireal-real-size"))
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--resolution", type=int, default=256, help="edit stage working resolution (1024 in real runs)")
     parser.add_argument("--judge-forward", action="store_true")
     parser.add_argument("--clean", action="store_true", help="delete each stage's weights after it ran")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--one", choices=STAGES + tuple(EDIT_PARTS), help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one:
         print("FIGURES " + json.dumps(run_one(args.one, args.work, args.dtype, args.resolution, args.judge_forward)), flush=True)
@@ -331,7 +338,7 @@ def main() -> None:
         print(json.dumps(figures), flush=True)
         results.append(figures)
         if args.clean:
-            for name in {"mask": ("grounding", "segmenter"), "edit": ("edit",), "judge": ("judge",), "llm": ("llm",)}.get(stage, ()):
+            for name in {"mask": ("grounding", "segmenter"), "edit": ("edit",), "edit-color": ("edit",), "judge": ("judge",), "llm": ("llm",)}.get(stage, ()):
                 shutil.rmtree(args.work / name, ignore_errors=True)
     summary = {"machine": harness.machine(), "dtype": args.dtype, "stages": results}
     if args.json:

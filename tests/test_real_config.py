@@ -38,6 +38,7 @@ def test_the_real_configuration_runs_end_to_end_on_its_miniatures(tmp_path, mode
         "prompts.max_rounds=1", "prompts.values_per_list=2", "prompts.max_new_tokens=32",
         "generate.attributes=[background,texture]", "generate.images_per_real=1", "dataset.images_per_class=5",
         "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
+        "train.conditions=[{name: real_only}, {name: texture_infeasible, attribute: texture, feasible_fraction: 0.0}]",
     ]
     config = load_config([REAL, cli.DEMO_CONFIG], overrides)
     assert {role: getattr(config.models, role).id for role in shipped} == {role: ref["id"] for role, ref in shipped.items()}
@@ -67,7 +68,8 @@ def test_the_real_configuration_runs_end_to_end_on_its_miniatures(tmp_path, mode
         assert len(json.loads(row["judge_answers"])) == 4
     # Training ran OpenAI-CLIP-shaped weights with the activation they were trained with.
     results = json.loads((out / "train" / "results.json").read_text())
-    assert results and all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
+    assert [r["condition"] for r in results] == ["real_only", "texture_infeasible"]
+    assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
     from varireal_ray.models import load
 
     clip = load.load("clip", config.models).model

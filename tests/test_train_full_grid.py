@@ -1,6 +1,10 @@
-"""The whole study on CPU: the reference's 13-run grid × 2 seeds from ``configs/grids/reference.yaml``
-runs through the real grid runner (Ray Tune over Ray Train), trials in parallel; each writes its
-metrics, result and checkpoints; then the report renders every condition with its interval.
+"""The whole study on CPU: the reference's 13-run grid from ``configs/grids/reference.yaml`` runs
+through the real grid runner (Ray Tune over Ray Train), trials in parallel; each writes its
+metrics, result and checkpoints; then the report renders every condition and comparison.
+
+One seed: a trial costs ~20 s of Ray Train start-up here, and the grid's width is what is tested.
+Seeds as a grid dimension are tested in test_train_grid.py, intervals over seeds in
+test_report_build.py.
 
 Tiny on purpose (2 iterations of batch 8 at 32 px on the tiny CLIP; demo-sized data: 3 classes,
 4 train / 4 val / 4 test images each, one edit per train image × attribute × feasibility):
@@ -24,7 +28,7 @@ from varireal_ray.train.loop import trial_name, trial_uri
 from train_fixtures import synthetic_rows, write_sources, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-SEEDS = (0, 1)
+SEEDS = (0,)
 SETTINGS = [
     f"train.seeds=[{','.join(map(str, SEEDS))}]",
     "train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=8",
@@ -87,10 +91,11 @@ def test_the_report_covers_every_condition_with_its_interval(study):
     table = pd.read_csv(report / "results.csv")
     assert list(table["condition"]) == [c.name for c in config.train.conditions]
     assert (table["seeds"] == len(SEEDS)).all()
-    assert table["ci_low"].notna().all() and table["ci_high"].notna().all()
-    assert ((table["ci_low"] <= table["test_top1_selected"]) & (table["test_top1_selected"] <= table["ci_high"])).all()
+    assert table["ci_low"].isna().all()  # one seed: no interval over seeds, not a made-up one
+    assert table["test_top1_selected"].between(0, 100).all()
 
     comparisons = pd.read_csv(report / "comparisons.csv")
+    assert comparisons["ci_low"].notna().all()  # paired over the test images: an interval with one seed too
     assert sorted(zip(comparisons["attribute"], comparisons["use_real"])) == [
         (a, u) for a in ("background", "color", "texture") for u in (False, True)
     ]
