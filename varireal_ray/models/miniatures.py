@@ -19,13 +19,15 @@ from pathlib import Path
 def install_in_hub_cache(folder: Path, repo_id: str, hub_cache: Path) -> Path:
     """File ``folder`` as the ``main`` revision of ``repo_id`` in the hub cache ``hub_cache``
     (``models--org--name/{refs/main, snapshots/<commit>/...}``, the layout ``huggingface_hub``
-    reads offline). The commit is a hash of the files, so re-filing the same folder is a no-op and
-    a changed one becomes a new snapshot. Returns the snapshot folder."""
+    reads offline). The commit is a hash of the files' names and bytes, so re-filing the same folder
+    is a no-op and a changed one becomes a new snapshot. Returns the snapshot folder."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and not p.name.startswith("."))
     digest = hashlib.sha1()
     for path in files:
         digest.update(str(path.relative_to(folder)).encode())
-        digest.update(str(path.stat().st_size).encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     commit = digest.hexdigest()
     repo = Path(hub_cache) / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
