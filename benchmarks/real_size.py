@@ -170,9 +170,9 @@ def _config(work: Path, stage: str, dtype: str, resolution: int):
             overrides.append(f"generate.attributes=[{EDIT_PARTS[stage]}]")
         overrides += real_model_overrides(work / "edit") + [f"models.{r}.dtype={dtype}" for r in diffusion]
         overrides += [f"generate.{a}.{part}.steps=1" for a, part in
-                      (("background", "plate"), ("background", "inpaint"), ("color", "inpaint"), ("color", "refine"),
-                       ("texture", "swatch"), ("texture", "inpaint"), ("texture", "refine"))]  # fmt: skip
-        overrides += ["generate.color.inpaint.strength=1.0", "generate.texture.inpaint.strength=1.0"]
+                      (("background", "plate"), ("color", "refine"), ("texture", "swatch"), ("texture", "refine"))]  # fmt: skip
+        # One denoising step each: inpainting runs int(steps * strength) of its steps.
+        overrides += [f"generate.{a}.inpaint={{steps: 1, strength: 1.0}}" for a in ("background", "color", "texture")]
     elif stage == "judge":
         overrides += [f"models.judge.id={work / 'judge'}", f"models.judge.dtype={dtype}", "generate.judge.enabled=true"]
     elif stage == "llm":
