@@ -108,13 +108,13 @@ def edit_and_judge(stages: Stages, items: list[dict]) -> dict[str, np.ndarray]:
     return stages.judge(stages.edit(load_images(to_batch(items))))
 
 
-def expand_items(config, bank, mask_shards: list[str]) -> list[dict]:
-    """The work items of the committed mask shards, exactly as the pipeline's first edit round
-    makes them (``ExpandItems``: ids, attempt-0 seeds, model labels)."""
+def expand_items(config, bank, sources: list[dict]) -> list[dict]:
+    """The work items of masked source rows, exactly as the pipeline's first round makes them
+    (``ExpandItems``: ids, attempt-0 seeds, model labels; a failed source's items as error rows)."""
     from varireal_ray.pipeline.generate import ExpandItems
 
     expand = ExpandItems(config, bank, attempt=0, done=set(), next_attempt={})
-    return [item for shard in mask_shards for item in expand({"shard": shard})]
+    return [item for source in sources for item in expand(source)]
 
 
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict]:
@@ -142,12 +142,12 @@ class ShardBuffer:
 
 
 def run_fused(config) -> dict:
-    """Generation with the stage classes in this process, no Ray: masks for every source (batches
-    of ``mask_stage.batch_size``), then every item edited and judged in batches of
-    ``edit_stage.batch_size``, written with the pipeline's own writers. Returns counts and times."""
-    from varireal_ray import storage
+    """Generation with the stage classes in this process, no Ray, in the pipeline's order: each
+    batch of ``mask_stage.batch_size`` sources is masked and its masks committed, its items are
+    edited and judged in batches of ``edit_stage.batch_size``, and judged rows are written with the
+    pipeline's own writer, ``shard_rows`` at a time. Returns counts and times."""
     from varireal_ray.pipeline.generate import bank_uri, output_uri
-    from varireal_ray.pipeline.writer import write_edits, write_masks
+    from varireal_ray.pipeline.writer import commit_masks, write_edits
     from varireal_ray.prompts.bank import Bank
 
     gen = config.generate
@@ -155,17 +155,17 @@ def run_fused(config) -> dict:
     start = time.perf_counter()
     bank = Bank.load(bank_uri(config))
     stages = Stages(config)
-    masks = ShardBuffer(gen.shard_rows, lambda b: write_masks(b, out))
-    for rows in chunks(train_rows(config), gen.mask_stage.batch_size):
-        masks.add(mask_sources(stages, rows))
-    masks.flush()
-    items = expand_items(config, bank, storage.dataset_shards(storage.join(out, "masks")))
     edits = ShardBuffer(gen.shard_rows, lambda b: write_edits(b, out, final_attempt=True, keep_flagged=True))
-    for batch in chunks(items, gen.edit_stage.batch_size):
-        edits.add(edit_and_judge(stages, batch))
+    items = 0
+    for rows in chunks(train_rows(config), gen.mask_stage.batch_size):
+        masked = rows_of(commit_masks(mask_sources(stages, rows), out))
+        todo = expand_items(config, bank, masked)
+        items += len(todo)
+        for batch in chunks(todo, gen.edit_stage.batch_size):
+            edits.add(edit_and_judge(stages, batch))
     edits.flush()
     manifest = storage.write_manifest(out)
-    return {"rows": manifest["rows"], "items": len(items), "seconds": time.perf_counter() - start,
+    return {"rows": manifest["rows"], "items": items, "seconds": time.perf_counter() - start,
             "seconds_loading_models": stages.seconds_loading}
 
 

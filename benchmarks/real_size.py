@@ -309,6 +309,16 @@ def build(stage: str, work: Path) -> float:
     return round(time.perf_counter() - started, 1)
 
 
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    """Why a stage's process gave no figures: a kill by signal (SIGKILL is most often the kernel's
+    out-of-memory killer), else the last line of its stderr."""
+    if proc.returncode < 0:
+        why = " (most likely the kernel's OOM killer: the stage does not fit in this machine's memory)" if proc.returncode == -9 else ""
+        return f"killed by signal {-proc.returncode}{why}"
+    text = proc.stderr.strip()
+    return text.splitlines()[-1] if text else f"exit {proc.returncode}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", action="append", choices=STAGES + tuple(EDIT_PARTS), help="repeat; default: all (edit-background and edit-color: the edit actor in two parts)")
@@ -331,7 +341,7 @@ def main() -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("FIGURES ")]
         if proc.returncode or not lines:
-            figures = {"stage": stage, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+            figures = {"stage": stage, "error": _failure(proc)}
         else:
             figures = json.loads(lines[-1].removeprefix("FIGURES "))
         figures["build_s"] = build_s

@@ -1,6 +1,7 @@
 """Generation end to end on a local Ray cluster with the tiny profile."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -59,6 +60,10 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
         assert not np.array_equal(edited, source), f"{r['id']}: nothing was edited"
         assert r["bank_hash"] and r["value"] and r["prompt"] and r["error"] == ""
         assert 0.0 <= r["judge_score"] <= 1.0 and r["attempt"] >= 0
+        workers = json.loads(r["workers"])  # which process ran each stage, to find a bad node
+        assert set(workers) == {"mask", "edit", "judge"}, workers
+        assert all(w["pid"] > 0 and w["host"] and w["node_ip"] for w in workers.values()), workers
+        assert len({w["pid"] for w in workers.values()}) == 3  # three actors, three processes
     attempts = storage.read_commits_table(storage.join(config.run.output, "generate", "attempts")).to_pylist()
     assert {a["id"] for a in attempts} == {r["id"] for r in rows}  # every attempt is on record
 
@@ -99,8 +104,9 @@ def test_bad_images_become_error_rows_and_budget_applies(tmp_path, model_cache):
     rows = rows_of(config)
     assert len(rows) == 3 and victim["source_id"] not in {r["source_id"] for r in rows}
     errors = storage.read_commits_table(storage.join(config.run.output, "generate", "errors")).to_pylist()
-    assert [e["id"] for e in errors] == [victim["source_id"]] and errors[0]["error_stage"] == "mask"
-    assert "decode" in errors[0]["error"]
+    # The failed source's one item is the error row: its id, source and image, the mask stage's reason.
+    assert [(e["source_id"], e["image_uri"]) for e in errors] == [(victim["source_id"], victim["image_uri"])]
+    assert errors[0]["error_stage"] == "mask" and "decode" in errors[0]["error"] and errors[0]["id"] != victim["source_id"]
     relaxed = config.model_copy(update={"generate": config.generate.model_copy(update={"error_budget": 0.5})})
     assert run_generate(relaxed)["rows"] == 3
 

@@ -1,17 +1,25 @@
 """The generate job: source manifest -> masks -> work items -> edit -> judge -> committed shards.
 
-Two streaming passes over Ray Data, both resumable from their commit records:
-1. masks, once per source image (load -> MaskStage pool -> write);
-2. edits, in rounds: round ``a`` runs every item whose next attempt is ``a`` (load -> EditStage
-   pool -> JudgeStage pool -> write). A rejected item returns in the next round with a fresh
-   seed, up to ``generate.judge.max_attempts``.
-The driver holds only ids and counts; images move between workers through the object store.
+One streaming pass over Ray Data per round, resumable from its commit records. Round ``a`` runs
+every item whose next attempt is ``a``:
+
+    committed masks ------------------------------------------+
+    sources without one -> load -> MaskStage -> commit masks -+-> items -> load -> EditStage
+                                                                  -> JudgeStage -> write shards
+
+Masks are computed once per source image (round 0 computes the missing ones while the edit and
+judge pools already work on the first items) and read back by every later round and resumed run.
+Items travel in row-sized blocks (``wiring.in_rows``), so every actor of a pool gets work, and
+shards are committed as their rows are judged. A rejected item returns in the next round with a
+fresh seed, up to ``generate.judge.max_attempts``. The driver holds only ids and counts; images
+move between workers through the object store.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 
@@ -22,8 +30,8 @@ from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
-from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, load_images
-from varireal_ray.pipeline.writer import write_edits, write_masks
+from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images
+from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
 
@@ -49,25 +57,33 @@ def model_labels(config: Config) -> str:
 
 
 class ExpandItems:
-    """Reads one mask shard and emits the work items due in this round (skipping committed ids)."""
+    """Turns one source row (with its mask, computed in this pass or read back) into the work
+    items due in this round, skipping committed ids. The items of a source whose mask failed carry
+    that error (and ``unmasked``), so each is recorded as an error row and counted."""
 
     def __init__(self, config: Config, bank: Bank, attempt: int, done: set[str], next_attempt: dict[str, int]):
         self.config, self.bank, self.attempt = config, bank, attempt
         self.done, self.next_attempt = done, next_attempt
         self.models = model_labels(config)
 
-    def __call__(self, row: dict) -> list[dict]:
+    def __call__(self, source: dict) -> list[dict]:
+        error, stage = source.get("error") or "", source.get("error_stage") or ""
         out = []
-        for source in storage.read_parquet(row["shard"]).to_pylist():
-            for item in work_items.expand(source, self.bank, self.config):
-                if item["id"] in self.done or self.next_attempt.get(item["id"], 0) != self.attempt:
-                    continue
-                item["attempt"] = self.attempt
-                item["seed"] = work_items.attempt_seed(self.config.run.seed, item["id"], self.attempt)
-                item["models"] = self.models
-                item["error"], item["error_stage"] = "", ""
-                out.append(item)
+        for item in work_items.expand(source, self.bank, self.config):
+            if item["id"] in self.done or self.next_attempt.get(item["id"], 0) != self.attempt:
+                continue
+            item["attempt"] = self.attempt
+            item["seed"] = work_items.attempt_seed(self.config.run.seed, item["id"], self.attempt)
+            item["models"] = self.models
+            item["workers"] = source.get("workers") or "{}"
+            item["error"], item["error_stage"], item["unmasked"] = error, stage, bool(error)
+            out.append(item)
         return out
+
+
+def mask_rows(row: dict) -> list[dict]:
+    """The source rows of one committed mask shard."""
+    return storage.read_parquet(row["shard"]).to_pylist()
 
 
 def _totals(summary: list[dict]) -> Counter:
@@ -77,22 +93,30 @@ def _totals(summary: list[dict]) -> Counter:
     return total
 
 
-def run_masks(config: Config, out: str) -> Counter:
+def masked_sources(config: Config, out: str, attempt: int) -> ray.data.Dataset | None:
+    """Every source row with its mask: the committed masks, and (in round 0) the missing ones
+    computed on the way (load -> MaskStage -> commit, a batch at a time). None: no source."""
     from varireal_ray.stages.mask import MaskStage
 
-    train = train_sources(config, sources.ensure_manifest(config))
-    done = storage.committed_ids(storage.join(out, "masks"))
-    todo = [r for r in train.to_pylist() if r["source_id"] not in done]
-    log.info("masks: %d source images, %d already committed, %d to do", train.num_rows, len(done), len(todo))
-    if not todo:
-        return Counter()
-    for r in todo:
-        r["error"], r["error_stage"] = "", ""
-    ds = ray.data.from_items(todo)
-    ds = cpu_task(ds, load_images, batch_size=config.generate.mask_stage.batch_size)
-    ds = actor_stage(ds, MaskStage, config.generate.mask_stage, config)
-    ds = cpu_task(ds, write_masks, batch_size=config.generate.shard_rows, out_uri=out)
-    return _totals(collect(ds))
+    masks = storage.join(out, "masks")
+    parts = []
+    shards = storage.dataset_shards(masks)
+    if shards:
+        parts.append(ray.data.from_items([{"shard": u} for u in shards]).flat_map(mask_rows, num_cpus=0.25))
+    if attempt == 0:
+        train = train_sources(config, sources.ensure_manifest(config))
+        done = storage.committed_ids(masks)
+        todo = [{**r, "error": "", "error_stage": ""} for r in train.to_pylist() if r["source_id"] not in done]
+        log.info("masks: %d source images, %d already committed, %d to compute", train.num_rows, len(done), len(todo))
+        if todo:
+            batch = config.generate.mask_stage.batch_size
+            ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / batch))  # a batch per block
+            ds = cpu_task(ds, load_images, batch_size=batch)
+            ds = actor_stage(ds, MaskStage, config.generate.mask_stage, config)
+            parts.append(cpu_task(ds, commit_masks, batch_size=batch, out_uri=out))
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def _progress(out: str) -> tuple[set[str], dict[str, int]]:
@@ -108,23 +132,24 @@ def _progress(out: str) -> tuple[set[str], dict[str, int]]:
     return done, next_attempt
 
 
-def run_edits(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
+def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
+    """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
     from varireal_ray.stages.edit import EditStage
     from varireal_ray.stages.judge import JudgeStage
 
     gen = config.generate
     done, next_attempt = _progress(out)
-    shards = [{"shard": u} for u in storage.dataset_shards(storage.join(out, "masks"))]
-    if not shards:
+    ds = masked_sources(config, out, attempt)
+    if ds is None:
         return Counter()
     final = attempt == gen.judge.max_attempts - 1 or not gen.judge.enabled
-    ds = ray.data.from_items(shards).flat_map(
+    ds = ds.flat_map(
         ExpandItems,
         fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "done": done, "next_attempt": next_attempt},
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.25,
     )
-    ds = cpu_task(ds, load_images, batch_size=gen.edit_stage.batch_size)
+    ds = cpu_task(in_rows(ds, gen.edit_stage.batch_size), load_images, batch_size=gen.edit_stage.batch_size)
     ds = actor_stage(ds, EditStage, gen.edit_stage, config)
     ds = actor_stage(ds, JudgeStage, gen.judge_stage, config)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
@@ -149,19 +174,17 @@ def run_generate(config: Config) -> dict:
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
     start = time.perf_counter()
-    mask_counts = run_masks(config, out)
     counts: Counter = Counter()
-    rounds = config.generate.judge.max_attempts if config.generate.judge.enabled else 1
+    rounds = gen.judge.max_attempts if gen.judge.enabled else 1
     for attempt in range(rounds):
-        round_counts = run_edits(config, out, bank, attempt)
+        round_counts = run_round(config, out, bank, attempt)
         log.info("edit round %d: %s", attempt, dict(round_counts) or "nothing to do")
         counts.update(round_counts)
         if not round_counts.get("retry"):
             break
-    # A source whose mask failed loses all its items: count them, so the budget is per item.
-    per_source = _items_per_source(config)
-    expected = storage.read_commits_table(storage.join(out, "masks"), ["source_id"]).num_rows * per_source
-    errors = mask_counts.get("errors", 0) * per_source + counts.get("errors", 0)
+    # The items of a source whose mask failed are error rows too: the budget is per item.
+    expected = storage.read_commits_table(storage.join(out, "masks"), ["source_id"]).num_rows * _items_per_source(config)
+    errors = counts.get("errors", 0)
     manifest = storage.write_manifest(
         out,
         bank_hash=bank.hash,
@@ -173,7 +196,7 @@ def run_generate(config: Config) -> dict:
         attempts=storage.join(out, "attempts"),
     )
     log.info("generate: %d rows committed in %d shards -> %s", manifest["rows"], len(manifest["shards"]), out)
-    attempted = max(expected + mask_counts.get("errors", 0) * per_source, 1)
+    attempted = max(expected + counts.get("unmasked", 0), 1)
     if errors / attempted > config.generate.error_budget:
         raise GenerationFailed(
             f"{errors} of {attempted} items failed (budget {config.generate.error_budget:.0%}); "

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+
 import numpy as np
 import ray
 
@@ -35,14 +39,13 @@ class FailFast:
         self.stage = self.stage_cls(config)
         self.batches = config.run.fail_fast_batches
         self.failures: list[str] = []
+        self.worker = worker_info()
 
     def __call__(self, batch: Batch) -> Batch:
-        if not self.batches:
-            return self.stage(batch)
         ensure_error_columns(batch)
         healthy = np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
-        out = self.stage(batch)
-        if len(healthy):
+        out = stamp_worker(self.stage(batch), self.stage_cls.name, self.worker, healthy)
+        if self.batches and len(healthy):
             self._watch([str(out["error"][i]) for i in healthy], [str(out["error_stage"][i]) for i in healthy])
         return out
 
@@ -58,6 +61,26 @@ class FailFast:
                 "(fix the model or setting it names and re-run; committed work is kept; run.fail_fast_batches=0 "
                 "turns this check off)"
             )
+
+
+def worker_info() -> dict:
+    """Where this process runs: host, node IP, process id and (in a GPU actor) its GPU ids."""
+    info = {"host": socket.gethostname(), "pid": os.getpid()}
+    if ray.is_initialized():
+        info["node_ip"] = ray.util.get_node_ip_address()
+        gpus = ray.get_gpu_ids()
+        if gpus:
+            info["gpu"] = ",".join(str(g) for g in gpus)
+    return info
+
+
+def stamp_worker(batch: Batch, stage: str, worker: dict, rows: np.ndarray) -> Batch:
+    """Record ``worker`` under ``stage`` in the ``workers`` column (JSON: stage -> worker) of the
+    rows the stage ran on, so a bad node can be found from the rows it made."""
+    workers = new_column(batch, "workers", "{}")
+    for i in rows:
+        workers[i] = json.dumps({**json.loads(workers[i] or "{}"), stage: worker}, sort_keys=True)
+    return batch
 
 
 def watched(stage_cls: type) -> type:
@@ -79,8 +102,18 @@ def collect(ds: ray.data.Dataset) -> list[dict]:
         raise SystematicFailure(text.split(marker, 1)[1].splitlines()[0]) from None
 
 
+def in_rows(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
+    """``ds`` in blocks of at most ``rows`` rows (small blocks combined, large ones split, streaming).
+
+    An actor pool hands out whole blocks, and Ray Data sizes blocks in bytes: without this, a block
+    of small images holds a whole shard of items, which one actor works through while the others
+    idle. Row-sized blocks spread the work over every actor however large the images are."""
+    return ds.repartition(target_num_rows_per_block=rows)
+
+
 def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources, config: Config) -> ray.data.Dataset:
-    """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch (under ``FailFast``)."""
+    """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch (under ``FailFast``,
+    which also records the worker in each row's ``workers`` column)."""
     return ds.map_batches(
         watched(stage_cls),
         fn_constructor_kwargs={"config": config},

@@ -2,7 +2,7 @@
 
 A generation run keeps four committed datasets under ``<run>/generate``:
 - ``.`` (the dataset itself): edited rows, each with its mask and metadata;
-- ``masks/``: one mask per source image, computed once and reused by every condition;
+- ``masks/``: one mask per source image, computed once and reused by every condition and round;
 - ``attempts/``: every judged attempt (id, attempt, seed, score, answers, outcome);
 - ``errors/``: rows that failed, with the stage and the reason.
 Writers run as Ray tasks; the driver only sees the per-shard counts they return.
@@ -18,8 +18,9 @@ import pyarrow as pa
 from varireal_ray import storage
 from varireal_ray.stages.common import Batch, batch_len
 
-# Columns that never go into a shard: the source bytes are referenced by image_uri.
-TRANSIENT = ("image",)
+# Columns that never go into a shard: the source bytes are referenced by image_uri; ``unmasked``
+# marks the items of a source whose mask failed (counted apart, for the error budget).
+TRANSIENT = ("image", "unmasked")
 # ``image_uri`` says where the bad input is.
 ERROR_COLUMNS = ("id", "source_id", "image_uri", "attempt", "error_stage", "error")
 ATTEMPT_COLUMNS = ("id", "source_id", "attempt", "seed", "judge_score", "judge_answers", "outcome")
@@ -49,15 +50,14 @@ def _summary(**counts: int) -> Batch:
     return {k: np.array([v]) for k, v in counts.items()}
 
 
-def write_masks(batch: Batch, out_uri: str) -> Batch:
-    """Commit healthy mask rows (keyed by source_id); failed sources go to the errors table."""
+def commit_masks(batch: Batch, out_uri: str) -> Batch:
+    """Commit the batch's healthy mask rows (keyed by source_id) to ``masks/`` and pass every row
+    on, the source bytes dropped: the edit pass expands them into items as they come (a failed
+    source's items become error rows there, one per item)."""
     failed = np.array([bool(e) for e in batch["error"]])
-    batch["id"] = batch["source_id"]
-    batch["attempt"] = np.zeros(batch_len(batch), dtype=np.int64)
-    columns = [c for c in batch if c not in TRANSIENT and c not in ("error", "error_stage", "id", "attempt")]
-    masks = _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), columns, id_column="source_id")
-    errors = _commit(storage.join(out_uri, "errors"), batch, np.flatnonzero(failed), ERROR_COLUMNS)
-    return _summary(rows=masks, errors=errors)
+    columns = [c for c in batch if c not in TRANSIENT and c not in ("error", "error_stage")]
+    _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), columns, id_column="source_id")
+    return {c: v for c, v in batch.items() if c not in TRANSIENT}
 
 
 def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: bool) -> Batch:
@@ -84,4 +84,5 @@ def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: b
         retry=int((outcome[rejected] == "retry").sum()),
         dropped=int((outcome[rejected] == "dropped").sum()),
         flagged=int((outcome[rejected] == "kept_flagged").sum()),
+        unmasked=int(sum(bool(u) for u in batch["unmasked"])) if "unmasked" in batch else 0,
     )

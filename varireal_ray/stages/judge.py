@@ -110,6 +110,8 @@ def questions_for(attribute: str, feasibility: str, cls: str, value: str) -> lis
 class JudgeStage:
     """The multimodal LLM filter; see the module docstring."""
 
+    name = STAGE  # the stage as rows and errors name it
+
     @staticmethod
     def roles(config: Config) -> list[str]:
         """The ``models.<role>`` entries this stage loads (none when the judge is off)."""

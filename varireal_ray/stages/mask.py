@@ -166,6 +166,8 @@ class _Source:
 class MaskStage:
     """Grounding + SAM 2 object masks with a GrabCut fallback; see the module docstring."""
 
+    name = STAGE  # the stage as rows and errors name it
+
     @staticmethod
     def roles(config: Config) -> list[str]:
         """The ``models.<role>`` entries this stage loads."""

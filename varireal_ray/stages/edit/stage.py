@@ -87,6 +87,7 @@ def model_roles(config: Config) -> list[str]:
 class EditStage:
     """Loads the inpainting and text-to-image pipelines once; maps batches to edited batches."""
 
+    name = STAGE  # the stage as rows and errors name it
     roles = staticmethod(model_roles)
 
     def __init__(self, config: Config):
