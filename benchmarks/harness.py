@@ -15,6 +15,7 @@ import platform
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -146,14 +147,14 @@ def run_fused(config) -> dict:
     batch of ``mask_stage.batch_size`` sources is masked and its masks committed, its items are
     edited and judged in batches of ``edit_stage.batch_size``, and judged rows are written with the
     pipeline's own writer, ``shard_rows`` at a time. Returns counts and times."""
-    from varireal_ray.pipeline.generate import bank_uri, output_uri
+    from varireal_ray import run_folder, storage
     from varireal_ray.pipeline.writer import commit_masks, write_edits
     from varireal_ray.prompts.bank import Bank
 
     gen = config.generate
-    out = output_uri(config)
+    out = run_folder.generated(config)
     start = time.perf_counter()
-    bank = Bank.load(bank_uri(config))
+    bank = Bank.load(run_folder.bank(config))
     stages = Stages(config)
     edits = ShardBuffer(gen.shard_rows, lambda b: write_edits(b, out, final_attempt=True, keep_flagged=True))
     items = 0
@@ -181,6 +182,26 @@ def stage_seconds(out_uri: str) -> dict:
         "mask_s": round(float(np.nansum(masks["t_mask"].to_numpy(zero_copy_only=False))), 2) if masks.num_rows else None,
         "edit_s": round(float(np.nansum(edits["t_edit"].to_numpy(zero_copy_only=False))), 2),
         "judge_s": round(float(np.nansum(edits["t_judge"].to_numpy(zero_copy_only=False))), 2),
+    }
+
+
+def run_shape(out_uri: str, started: float, seconds: float) -> dict:
+    """How a finished run's work was spread, from what it committed: when its edit shards were
+    committed (fractions of the run's wall time, from its start at ``started``, a ``time.time()``)
+    and how many rows each edit and judge actor (process) made, from the rows' ``workers`` column."""
+    import json
+
+    from varireal_ray import storage
+
+    times = sorted(r["committed_at"] - started for r in storage.commits(out_uri))
+    workers = [json.loads(w) for w in storage.read_commits_table(out_uri, ["workers"])["workers"].to_pylist()]
+    per_actor = {stage: sorted(Counter(w[stage]["pid"] for w in workers if stage in w).values(), reverse=True) for stage in ("edit", "judge")}
+    return {
+        "edit_commits": len(times),
+        "first_commit_at": round(times[0] / seconds, 3) if times else None,
+        "commit_spread": round((times[-1] - times[0]) / seconds, 3) if times else None,
+        "rows_per_edit_actor": per_actor["edit"],
+        "rows_per_judge_actor": per_actor["judge"],
     }
 
 

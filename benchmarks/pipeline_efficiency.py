@@ -1,7 +1,9 @@
 """Pipeline efficiency: images/s of the Ray Data pipeline (the real ``varireal generate`` entry
-point: masks pass, then edit -> judge -> write as actor pools) against the same stage classes
-fused in one process without Ray, on the same inputs (same sources, items, seeds and models).
-Goal: ratio >= 0.85.
+point: one streaming pass, mask -> edit -> judge -> write as actor pools) against the same stage
+classes fused in one process without Ray, on the same inputs (same sources, items, seeds and
+models). Goal: ratio >= 0.85. Also reports how the pipeline's work was spread: when its shards
+were committed (``commit_spread``: last minus first commit, over the run's wall time) and the rows
+each edit and judge actor made (``--set generate.edit_stage.concurrency=2`` for two edit actors).
 
     python benchmarks/pipeline_efficiency.py                     # 16 sources, 96 items
     python benchmarks/pipeline_efficiency.py --images-per-class 16 --images-per-real 2 --repeats 2
@@ -22,6 +24,7 @@ import io
 import pstats
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,19 +34,19 @@ import harness  # noqa: E402
 
 def run_pipeline(overrides: list[str]) -> dict:
     """``varireal generate`` through the CLI's own ``main`` (Ray already initialised)."""
-    from varireal_ray import cli, storage
+    from varireal_ray import cli, run_folder, storage
     from varireal_ray.config import load_config
-    from varireal_ray.pipeline.generate import output_uri
 
     config = load_config([harness.DEMO_CONFIG], overrides)
     argv = ["--log-level", "WARNING", "generate", "-c", str(harness.DEMO_CONFIG), "--no-progress"]
     for item in overrides:
         argv += ["--set", item]
+    started = time.time()
     code, seconds = harness.timed(lambda: cli.main(argv))
     if code != 0:
         raise SystemExit(f"varireal generate failed with exit code {code}")
-    manifest = storage.read_manifest(output_uri(config))
-    return {"rows": manifest["rows"], "seconds": seconds, "out": output_uri(config)}
+    manifest = storage.read_manifest(run_folder.generated(config))
+    return {"rows": manifest["rows"], "seconds": seconds, "out": run_folder.generated(config), "shape": harness.run_shape(run_folder.generated(config), started, seconds)}
 
 
 def prepare(overrides: list[str]) -> object:
@@ -107,9 +110,9 @@ def main() -> None:
         pipeline = run_pipeline(pipe_overrides)
         if profile and k == 0:
             ray.timeline(filename=str(profile / "pipeline-timeline.json"))
-        from varireal_ray.pipeline.generate import output_uri
+        from varireal_ray import run_folder
 
-        same = harness.committed_ids(output_uri(fused_config)) == harness.committed_ids(pipeline["out"])
+        same = harness.committed_ids(run_folder.generated(fused_config)) == harness.committed_ids(pipeline["out"])
         pairs.append(
             {
                 "items": fused["items"],
@@ -122,8 +125,9 @@ def main() -> None:
                 "fused_images_per_s": round(fused["rows"] / fused["seconds"], 3),
                 "pipeline_images_per_s": round(pipeline["rows"] / pipeline["seconds"], 3),
                 "ratio": round(fused["seconds"] / pipeline["seconds"], 3),
-                "fused_stage_compute_s": harness.stage_seconds(output_uri(fused_config)),
+                "fused_stage_compute_s": harness.stage_seconds(run_folder.generated(fused_config)),
                 "pipeline_stage_compute_s": harness.stage_seconds(pipeline["out"]),
+                **pipeline["shape"],
             }
         )
     figures = {

@@ -32,17 +32,17 @@ import harness  # noqa: E402
 
 
 def run_reference_structure(overrides: list[str]) -> dict:
-    from varireal_ray import storage
+    from varireal_ray import run_folder, storage
     from varireal_ray.config import load_config
     from varireal_ray.pipeline import items as work_items
-    from varireal_ray.pipeline.generate import bank_uri, model_labels, output_uri
+    from varireal_ray.pipeline.generate import model_labels
     from varireal_ray.pipeline.writer import write_edits
     from varireal_ray.prompts.bank import Bank
 
     config = load_config([harness.DEMO_CONFIG], overrides)
-    out = output_uri(config)
+    out = run_folder.generated(config)
     start = time.perf_counter()
-    bank = Bank.load(bank_uri(config))
+    bank = Bank.load(run_folder.bank(config))
     rows = harness.train_rows(config)
     loads = load_s = 0.0
     items = 0

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, load_config
 from varireal_ray.sources.manifest import SourceError
 from varireal_ray.train import data as trial_data
@@ -125,7 +125,7 @@ def test_synthetic_only_and_real_only_conditions(run_output, model_cache):
 def test_missing_split_and_bad_labels_are_reported(tmp_path, model_cache):
     output = str(tmp_path / "run")
     table = write_sources(output)
-    storage.write_parquet(trial_data.sources_uri(config_for(output, model_cache)), table.filter(pc.not_equal(table["split"], "val")))
+    storage.write_parquet(run_folder.sources_manifest(config_for(output, model_cache)), table.filter(pc.not_equal(table["split"], "val")))
     with pytest.raises(trial_data.DataError, match="no 'val' rows"):
         build(config_for(output, model_cache), Condition(name="r"))
     bad = pa.table({"label": [0, 2], "class_name": ["a", "b"]})

@@ -80,11 +80,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _start(config: Config, args: argparse.Namespace) -> None:
-    from varireal_ray import storage
+    from varireal_ray import run_folder, storage
     from varireal_ray.ray_utils import init_ray
 
     storage.check_writable(config.run.output)
-    storage.write_bytes(storage.join(config.run.output, "config.yaml"), dump_config(config).encode())
+    storage.write_bytes(run_folder.config_file(config), dump_config(config).encode())
     init_ray(config, progress=not getattr(args, "no_progress", False))
 
 
@@ -99,10 +99,11 @@ def cmd_prompts(config: Config) -> str:
 
 
 def cmd_generate(config: Config) -> dict:
-    from varireal_ray.pipeline.generate import output_uri, run_generate
+    from varireal_ray import run_folder
+    from varireal_ray.pipeline.generate import run_generate
 
     manifest = run_generate(config)
-    print(f"generate: {manifest['rows']} rows in {len(manifest['shards'])} shards -> {output_uri(config)}/manifest.json")
+    print(f"generate: {manifest['rows']} rows in {len(manifest['shards'])} shards -> {run_folder.generated(config)}/manifest.json")
     return manifest
 
 

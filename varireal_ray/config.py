@@ -115,6 +115,7 @@ class StageResources(Section):
 
     num_gpus: float = Field(0.0, ge=0.0)
     num_cpus: float = Field(0.5, gt=0.0)
+    memory_gb: float | None = Field(None, gt=0.0)  # host memory each actor reserves (Ray's `memory`)
     batch_size: int = Field(4, ge=1)
     concurrency: int = Field(1, ge=1)
 
@@ -122,6 +123,7 @@ class StageResources(Section):
 class RayConfig(Section):
     address: str | None = None  # None: start (or join, via RAY_ADDRESS) a local cluster
     num_cpus: int | None = Field(None, ge=1)  # logical CPUs for a local cluster
+    num_gpus: int | None = Field(None, ge=0)  # logical GPUs for a local cluster (None: detect)
     object_store_memory_mb: int | None = Field(None, ge=64)
 
 
@@ -323,6 +325,11 @@ class GenerateConfig(Section):
     mask_stage: StageResources = StageResources(batch_size=8)
     edit_stage: StageResources = StageResources(batch_size=8)
     judge_stage: StageResources = StageResources(batch_size=8)
+    # How the three stage pools meet the cluster (pipeline/placement.py). "fit": check that every
+    # actor fits at once before work starts, shrinking GPU shares (proportionally) where they do
+    # not, so no stage waits for another's GPU; "as_set": no check, Ray schedules them as set
+    # (autoscaling clusters, whose GPU nodes start on demand).
+    placement: Literal["fit", "as_set"] = "fit"
 
     _non_empty_unique = field_validator("attributes", "feasibility")(_non_empty_unique)
 

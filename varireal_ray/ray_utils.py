@@ -25,6 +25,7 @@ def init_ray(config: Config, progress: bool = True) -> None:
             kwargs["address"] = address
         else:
             kwargs["num_cpus"] = config.ray.num_cpus
+            kwargs["num_gpus"] = config.ray.num_gpus
             kwargs["include_dashboard"] = False
             if config.ray.object_store_memory_mb:
                 kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import posixpath
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -211,7 +212,7 @@ def commit_shard(dataset_uri: str, table: pa.Table, id_column: str = "id", name:
     shard_uri = join(dataset_uri, SHARDS, f"{name}.parquet")
     write_parquet(shard_uri, table)
     ids = table.column(id_column).to_pylist() if id_column in table.column_names else []
-    record = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "ids": ids}
+    record = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "ids": ids, "committed_at": round(time.time(), 3)}
     write_json(join(dataset_uri, COMMITS, f"{name}.json"), record)
     return record
 

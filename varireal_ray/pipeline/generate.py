@@ -25,11 +25,12 @@ from collections import Counter
 
 import ray
 
-from varireal_ray import sources, storage
+from varireal_ray import run_folder, sources, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
+from varireal_ray.pipeline import placement
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images
 from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.prompts.bank import Bank
@@ -40,14 +41,6 @@ log = logging.getLogger(__name__)
 
 class GenerationFailed(UserError, RuntimeError):
     """More rows failed than ``generate.error_budget`` allows; the message summarises why."""
-
-
-def output_uri(config: Config) -> str:
-    return storage.join(config.run.output, "generate")
-
-
-def bank_uri(config: Config) -> str:
-    return config.generate.bank or storage.join(config.run.output, "bank")
 
 
 def model_labels(config: Config) -> str:
@@ -166,13 +159,15 @@ def error_summary(out: str, limit: int = 5) -> str:
 
 def run_generate(config: Config) -> dict:
     """Run (or resume) generation; returns the manifest. Ray must be initialised."""
-    out = output_uri(config)
+    out = run_folder.generated(config)
     storage.check_writable(out)  # before any model loads: a missing bucket fails in seconds
     load.check_roles(config.models, generation_roles(config))  # and so does a misspelt model
-    bank = Bank.load(bank_uri(config))
+    bank = Bank.load(run_folder.bank(config))
     gen = config.generate
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
+    config = placement.plan_generation(config)  # every pool at once, or a message naming the setting
+    gen = config.generate
     start = time.perf_counter()
     counts: Counter = Counter()
     rounds = gen.judge.max_attempts if gen.judge.enabled else 1

@@ -120,6 +120,7 @@ def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources
         batch_size=resources.batch_size,
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
+        **({"memory": int(resources.memory_gb * 2**30)} if resources.memory_gb else {}),
         compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
         batch_format="numpy",
         zero_copy_batch=False,

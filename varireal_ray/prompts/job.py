@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import numpy as np
 import ray
 
-from varireal_ray import storage
+from varireal_ray import run_folder
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
@@ -72,7 +72,7 @@ def run_prompts(config: Config, class_names: list[str]) -> str:
             "surplus_values": builder.surplus,
         },
     )
-    uri = bank.save(storage.join(config.run.output, "bank"))
+    uri = bank.save(run_folder.written_bank(config))
     print(summary(bank, len(keys), time.perf_counter() - started))
     return uri
 

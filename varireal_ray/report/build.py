@@ -10,7 +10,7 @@ import io
 
 import pandas as pd
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.report import gallery
 from varireal_ray.report.stats import compare, mean_interval
@@ -152,8 +152,8 @@ def headline(comp: pd.DataFrame) -> str:
 
 
 def build_report(config: Config) -> str:
-    out = storage.join(config.run.output, "report")
-    results = storage.read_json(storage.join(config.run.output, "train", "results.json"))
+    out = run_folder.report(config)
+    results = storage.read_json(run_folder.train_results(config))
     table = results_table(config, results)
     comp = comparisons(config, results)
     series = mixing_series(table)
@@ -162,7 +162,7 @@ def build_report(config: Config) -> str:
     storage.write_bytes(storage.join(out, "comparisons.csv"), comp.to_csv(index=False).encode())
     md = f"# Results\n\n{markdown(table)}\n\n# Feasible vs infeasible\n\n{markdown(comp)}\n"
     storage.write_bytes(storage.join(out, "results.md"), md.encode())
-    dataset_uri = storage.join(config.run.output, "generate")
+    dataset_uri = run_folder.generated(config)
     parts = [
         f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",
         f"<p class='headline'>{headline(comp)}</p>",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.sources import manifest
 
 
 def ensure_manifest(config: Config) -> pa.Table:
     """The run's source manifest, built from ``config.dataset`` on first use."""
-    if storage.exists(manifest.manifest_uri(config)):
+    if storage.exists(run_folder.sources_manifest(config)):
         return manifest.read(config)
     kind = config.dataset.kind
     if kind == "demo":

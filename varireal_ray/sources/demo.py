@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.sources.manifest import build_table, slug
 from varireal_ray.stages.common import encode_image
@@ -67,7 +67,7 @@ def build(config: Config):
         for k in range(n):
             img = _view(photos[k % len(photos)], rng, config.dataset.image_size)
             source_id = f"{slug(class_name)}-{k:03d}"
-            uri = storage.join(config.run.output, "sources", "images", f"{source_id}.png")
+            uri = run_folder.source_image(config, f"{source_id}.png")
             storage.write_bytes(uri, encode_image(img, "png"))
             rows.append({"source_id": source_id, "class_name": class_name, "split": _split(k, n), "image_uri": uri})
     return build_table(rows)

@@ -15,7 +15,7 @@ import re
 
 import pyarrow as pa
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 
@@ -42,10 +42,6 @@ def slug(text: str) -> str:
     distinct names distinct after folding ('F-16A/B' and 'F-16A B' differ)."""
     base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "x"
     return f"{base}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
-
-
-def manifest_uri(config: Config) -> str:
-    return storage.join(config.run.output, "sources", "manifest.parquet")
 
 
 def build_table(rows: list[dict], classes: list[str] | None = None) -> pa.Table:
@@ -84,13 +80,13 @@ def build_table(rows: list[dict], classes: list[str] | None = None) -> pa.Table:
 
 
 def write(config: Config, table: pa.Table) -> str:
-    uri = manifest_uri(config)
+    uri = run_folder.sources_manifest(config)
     storage.write_parquet(uri, table)
     return uri
 
 
 def read(config: Config) -> pa.Table:
-    uri = manifest_uri(config)
+    uri = run_folder.sources_manifest(config)
     if not storage.exists(uri):
         raise SourceError(f"{uri} does not exist; run `varireal generate` (or `varireal demo`) first")
     return storage.read_parquet(uri)

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.errors import UserError
+from varireal_ray.sources import manifest
 from varireal_ray.sources.manifest import class_names
 from varireal_ray.stages.common import decode_image
 
@@ -38,29 +39,18 @@ class DataError(UserError, ValueError):
     """Training data that cannot make this trial: says which input and what to do."""
 
 
-def sources_uri(config: Config) -> str:
-    return storage.join(config.run.output, "sources", "manifest.parquet")
-
-
-def synthetic_uri(config: Config) -> str:
-    return storage.join(config.run.output, "generate")
-
-
 # ------------------------------------------------------------------------------------ the inputs
 def read_sources(config: Config) -> pa.Table:
-    uri = sources_uri(config)
-    if not storage.exists(uri):
-        raise DataError(f"{uri} does not exist: run the sources job for run.output={config.run.output} first")
-    table = storage.read_parquet(uri)
+    table = manifest.read(config)
     missing = sorted(set(SOURCE_COLUMNS) - set(table.column_names))
     if missing:
-        raise DataError(f"{uri} lacks columns {missing}; it needs {SOURCE_COLUMNS}")
+        raise DataError(f"{run_folder.sources_manifest(config)} lacks columns {missing}; it needs {SOURCE_COLUMNS}")
     return table.select(SOURCE_COLUMNS)
 
 
 def read_synthetic_meta(config: Config) -> pa.Table:
     """Every synthetic row's metadata (no image bytes)."""
-    return storage.read_dataset(synthetic_uri(config), columns=SYNTHETIC_COLUMNS)
+    return storage.read_dataset(run_folder.generated(config), columns=SYNTHETIC_COLUMNS)
 
 
 # ------------------------------------------------------------------------------ synthetic selection
@@ -217,14 +207,14 @@ def build_trial_data(
     splits = {s: split_rows(sources, s) for s in ("train", "val", "test")}
     for split in ("val", "test") + (("train",) if condition.use_real else ()):
         if splits[split].num_rows == 0:
-            raise DataError(f"{sources_uri(config)} has no {split!r} rows; the sources job must fill every split")
+            raise DataError(f"{run_folder.sources_manifest(config)} has no {split!r} rows: every split needs images (check dataset.split_file or the dataset's folders)")
 
     images: list[bytes] = []
     labels: list[int] = []
     n_synthetic = 0
     if condition.attribute is not None:
         selected = select_synthetic(read_synthetic_meta(config), condition, seed, config.train.accepted_only)
-        by_id = read_synthetic_images(synthetic_uri(config), selected["id"].to_pylist())
+        by_id = read_synthetic_images(run_folder.generated(config), selected["id"].to_pylist())
         images += [by_id[i] for i in selected["id"].to_pylist()]
         labels += selected["label"].to_pylist()
         n_synthetic = selected.num_rows

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.loop import train_loop_per_worker, trial_name, trial_uri
@@ -119,7 +119,7 @@ def fit_trial(params: dict, config_json: dict, crash_after_step: int | None) -> 
     cell = params["cell"]
     resources = config.train.trial
     gpus = {"GPU": resources.num_gpus} if resources.num_gpus else {}
-    storage_path, filesystem = ray_storage(storage.join(config.run.output, "train"))
+    storage_path, filesystem = ray_storage(run_folder.train(config))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_json, **cell, "crash_after_step": crash_after_step},
@@ -176,7 +176,7 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
     """Run ``cells`` as a Tune grid; return {(condition, seed): failure record} for failed ones."""
     import ray.tune
 
-    storage_path, filesystem = ray_storage(storage.join(config.run.output, "train", "_tune"))
+    storage_path, filesystem = ray_storage(run_folder.tune_state(config))
     # with_parameters puts the config in the object store once, not in every trial's params.
     trainable = ray.tune.with_parameters(
         fit_trial, config_json=config.model_dump(mode="json"), crash_after_step=crash_after_step
@@ -240,7 +240,7 @@ def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dic
         else:
             result = finished_result(config, condition.name, seed)
             results.append(result or failed(condition.name, seed, "the trial ended without writing result.json"))
-    storage.write_json(storage.join(config.run.output, "train", "results.json"), results)
+    storage.write_json(run_folder.train_results(config), results)
     n_failed = sum(r["status"] != "ok" for r in results)
     log.info("train: %d trials ok, %d failed", len(results) - n_failed, n_failed)
     return results

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.checkpoint import TrialState, load_checkpoint, save_checkpoint
@@ -54,7 +54,7 @@ def trial_name(condition: str, seed: int) -> str:
 
 
 def trial_uri(config: Config, condition: str, seed: int) -> str:
-    return storage.join(config.run.output, "train", "trials", trial_name(condition, seed))
+    return run_folder.trial(config, trial_name(condition, seed))
 
 
 def seed_everything(seed: int) -> None:
