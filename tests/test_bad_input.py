@@ -16,14 +16,14 @@ import pytest
 from PIL import Image
 
 from fault_helpers import REPO
-from varireal_ray import storage
+from varireal_ray import sources, storage
 from varireal_ray.config import ConfigError, load_config
 from varireal_ray.models import load
 from varireal_ray.models.registry import ModelNotFound
 from varireal_ray.pipeline.generate import GenerationFailed, run_generate
 from varireal_ray.pipeline.wiring import FailFast, SystematicFailure, watched
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError
-from varireal_ray.sources.manifest import SourceError
+from varireal_ray.sources.manifest import SourceError, train_sources
 from varireal_ray.stages.common import BadImage, decode_image
 
 RNG = np.random.default_rng(7)
@@ -227,7 +227,7 @@ def test_a_judge_that_fails_every_row_stops_the_run_after_its_first_batches(tmp_
     assert "'judge' (JudgeStage) failed every row of its first 2 batches" in message
     assert "Image features and image tokens do not match" in message and "fail_fast_batches" in message
     out = storage.join(config.run.output, "generate")
-    items = storage.read_commits_table(storage.join(out, "masks"), ["source_id"]).num_rows * config.generate.images_per_real
+    items = len(train_sources(config, sources.ensure_manifest(config))) * config.generate.images_per_real
     errors = storage.read_commits_table(storage.join(out, "errors")).num_rows
     assert storage.read_commits_table(storage.join(out, "attempts")).num_rows == 0  # nothing was judged
     # The stop landed mid-run: of all the items, only the first failed batch (2 rows) can have
@@ -237,6 +237,8 @@ def test_a_judge_that_fails_every_row_stops_the_run_after_its_first_batches(tmp_
 
 class _Stage:
     """A stage whose rows fail as the batch's ``plan`` column says (empty: the row succeeds)."""
+
+    name = "mask"
 
     def __init__(self, config):
         pass

@@ -57,13 +57,14 @@ def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cach
     assert first.proc.returncode == -signal.SIGKILL
     out = str(run / "generate")
     committed_before = storage.committed_ids(out)
-    assert committed_before, "nothing was committed before the kill"
+    config = small_config(str(run), model_cache, *MID_RUN)
+    # The kill landed mid-round: after the first commit, before the last.
+    assert 0 < len(committed_before) < len(expected_ids(config)), (len(committed_before), len(expected_ids(config)))
     with pytest.raises(storage.StorageError, match="has not finished"):
         storage.read_dataset(out)  # a killed run exposes nothing to readers
 
     second = Cli(args, tmp_path / "second.log", cli_env())
     assert second.wait(400) == 0, second.output()[-4000:]
-    config = small_config(str(run), model_cache, *MID_RUN)
     rows = assert_each_expected_id_once(config)
     assert committed_before <= {r["id"] for r in rows}  # committed work was kept, not redone
     # Every shard the manifest lists is whole; whatever else the kill left in shards/ (a shard
@@ -163,6 +164,7 @@ def test_s3_outage_mid_write_is_retried_and_nothing_is_lost(tmp_path, model_cach
         wait_for(lambda: storage.list_files(storage.join(out, "commits"), ".json") or run.proc.poll() is not None, 300, "the first edit commit")
         assert run.proc.poll() is None, f"the run ended before the outage:\n{run.output()[-3000:]}"
         proxy.cut()
+        landed = storage.committed_ids(out)  # read past the proxy: what the run had committed
         # Down until the run has been turned away several times and for at least 5 s.
         cut_at = time.monotonic()
         wait_for(lambda: proxy.reset_while_cut >= 5 and time.monotonic() - cut_at >= 5, 120, "requests during the outage")
@@ -175,4 +177,6 @@ def test_s3_outage_mid_write_is_retried_and_nothing_is_lost(tmp_path, model_cach
     proxy.close()
     assert rc == 0, f"the run did not ride out the outage:\n{run.output()[-5000:]}"
     assert proxy.reset_while_cut >= 5
-    assert_each_expected_id_once(small_config(output, model_cache, *MID_RUN))
+    config = small_config(output, model_cache, *MID_RUN)
+    assert len(landed) < len(expected_ids(config)), "the outage came after the last commit"
+    assert_each_expected_id_once(config)

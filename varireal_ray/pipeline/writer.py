@@ -22,6 +22,8 @@ from varireal_ray.stages.common import Batch, batch_len
 # marks the items of a source whose mask failed (counted apart, for the error budget).
 TRANSIENT = ("image", "unmasked")
 # ``image_uri`` says where the bad input is.
+# What the edit pass needs of a masked source row (``items.expand`` and ``ExpandItems``).
+MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "workers", "error", "error_stage")
 ERROR_COLUMNS = ("id", "source_id", "image_uri", "attempt", "error_stage", "error")
 ATTEMPT_COLUMNS = ("id", "source_id", "attempt", "seed", "judge_score", "judge_answers", "outcome")
 
@@ -57,7 +59,7 @@ def commit_masks(batch: Batch, out_uri: str) -> Batch:
     failed = np.array([bool(e) for e in batch["error"]])
     columns = [c for c in batch if c not in TRANSIENT and c not in ("error", "error_stage")]
     _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), columns, id_column="source_id")
-    return {c: v for c, v in batch.items() if c not in TRANSIENT}
+    return {c: batch[c] for c in MASKED_SOURCE_COLUMNS if c in batch}
 
 
 def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: bool) -> Batch:
