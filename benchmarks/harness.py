@@ -193,13 +193,17 @@ def run_shape(out_uri: str, started: float, seconds: float) -> dict:
 
     from varireal_ray import storage
 
-    times = sorted(r["committed_at"] - started for r in storage.commits(out_uri))
+    records = sorted(storage.commits(out_uri), key=lambda r: r["committed_at"])
+    times = [r["committed_at"] - started for r in records]
     workers = [json.loads(w) for w in storage.read_commits_table(out_uri, ["workers"])["workers"].to_pylist()]
     per_actor = {stage: sorted(Counter(w[stage]["pid"] for w in workers if stage in w).values(), reverse=True) for stage in ("edit", "judge")}
     return {
         "edit_commits": len(times),
         "first_commit_at": round(times[0] / seconds, 3) if times else None,
         "commit_spread": round((times[-1] - times[0]) / seconds, 3) if times else None,
+        # rows/s once rows flow: those committed after the first shard, over the time since it
+        "steady_rows_per_s": round(sum(r["rows"] for r in records[1:]) / (times[-1] - times[0]), 3) if len(times) > 1 else None,
+        "rows_committed_by_60pct": round(sum(r["rows"] for r, t in zip(records, times) if t <= 0.6 * seconds) / max(1, sum(r["rows"] for r in records)), 3),
         "rows_per_edit_actor": per_actor["edit"],
         "rows_per_judge_actor": per_actor["judge"],
     }

@@ -1,7 +1,6 @@
-"""Training loop efficiency: steps/s of the trial's training step inside a Ray Train V2
-``TorchTrainer`` worker (as the train job runs it: one worker granted ``train.trial.num_cpus``,
-``ray.train.report`` every ``train.eval_every`` steps) against the same loop in a bare PyTorch
-process. Same model (the config's CLIP + LoRA classifier), same data (the demo sources' train
+"""Training loop efficiency: steps/s of the trial's training step inside a Ray Tune trial (as the
+train job runs it: a function trainable granted ``train.trial``, the loop in the trial's own
+process) against the same loop in a bare PyTorch process. Same model (the config's CLIP + LoRA classifier), same data (the demo sources' train
 split through the trial's own loader: decode, augment, batch), same ``Trial.step``, same torch
 thread count. Goal: ratio >= 0.9.
 
@@ -9,9 +8,9 @@ thread count. Goal: ratio >= 0.9.
     python benchmarks/train_loop_efficiency.py --steps 400 --set train.batch_size=32
 
 Steps are timed inside each process after ``--warmup`` untimed steps, so the ratio is the
-per-step overhead; the trainer's start-up (worker process, process group) is reported apart.
+per-step overhead; the trial's start-up (Tune, the trial process, the model) is reported apart.
 ``cores_busy_*`` says where the machine's cores went during each variant (CPU seconds per wall
-second, by process: the loop's own, the Ray Train controller, raylet, GCS, dashboard agents).
+second, by process: the loop's own, Tune's driver loop, raylet, GCS, dashboard agents).
 Prints one JSON line (``--json FILE`` also writes it).
 """
 
@@ -56,42 +55,31 @@ def timed_loop(config_json: dict, warmup: int, device, report) -> dict:
             "samples_per_s": steps * config.train.batch_size / seconds, "torch_threads": threads}
 
 
-def ray_worker(loop_config: dict) -> None:
-    """The TorchTrainer's loop: the timed loop with ``ray.train.report``; figures to a file."""
-    import ray.train
-    import ray.train.torch
+def tune_trial(params: dict, config_json: dict, warmup: int, out: str) -> None:
+    """The grid's trial: the timed loop in a Tune function trainable; figures to a file."""
+    import torch
 
-    figures = timed_loop(loop_config["config"], loop_config["warmup"], ray.train.torch.get_device(), ray.train.report)
-    Path(loop_config["out"]).write_text(json.dumps(figures))
+    from varireal_ray.config import Config
+
+    gpu = Config.model_validate(config_json).train.trial.num_gpus > 0 and torch.cuda.is_available()
+    figures = timed_loop(config_json, warmup, torch.device("cuda" if gpu else "cpu"), lambda m: None)
+    Path(out).write_text(json.dumps(figures))
 
 
 def rounded(figures: dict) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
 
 
-def run_ray_train(config, warmup: int, out: Path) -> tuple[dict, float]:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def run_tune_trial(config, warmup: int, out: Path) -> tuple[dict, float]:
+    """One trial through Ray Tune, with the resources and trainable shape ``train/grid.py`` uses."""
+    import ray.tune
 
-    resources = config.train.trial
-    trainer = TorchTrainer(
-        ray_worker,
-        train_loop_config={"config": config.model_dump(mode="json"), "warmup": warmup, "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=resources.num_gpus > 0,
-                                     resources_per_worker={"CPU": resources.num_cpus}),
-        run_config=RunConfig(storage_path=str(out.parent / "ray-train"), name="bench"),
-    )
-    _, seconds = harness.timed(trainer.fit)
+    trial = config.train.trial
+    trainable = ray.tune.with_parameters(tune_trial, config_json=config.model_dump(mode="json"), warmup=warmup, out=str(out))
+    trainable = ray.tune.with_resources(trainable, {"cpu": trial.num_cpus, "gpu": trial.num_gpus})
+    tuner = ray.tune.Tuner(trainable, run_config=ray.tune.RunConfig(storage_path=str(out.parent / "tune"), name="bench", verbose=0))
+    _, seconds = harness.timed(tuner.fit)
     return json.loads(out.read_text()), seconds
-
-
-def run_ray_task(config, warmup: int) -> dict:
-    """The same loop in a plain Ray task granted the trial's CPUs: Ray without Ray Train."""
-    import ray
-    import torch
-
-    task = ray.remote(num_cpus=config.train.trial.num_cpus)(timed_loop)
-    return ray.get(task.remote(config.model_dump(mode="json"), warmup, torch.device("cpu"), lambda m: None))
 
 
 def main() -> None:
@@ -129,8 +117,7 @@ def main() -> None:
     with harness.CpuSampler() as bare_cpu:
         bare = timed_loop(config.model_dump(mode="json"), args.warmup, torch.device("cuda" if torch.cuda.is_available() else "cpu"), lambda m: None)
     with harness.CpuSampler() as ray_cpu:
-        in_ray, fit_s = run_ray_train(config, args.warmup, work / "ray-figures.json")
-    in_task = run_ray_task(config, args.warmup) if not torch.cuda.is_available() else None
+        in_ray, fit_s = run_tune_trial(config, args.warmup, work / "tune-figures.json")
     figures = {
         "benchmark": "train_loop_efficiency",
         "model": config.models.clip.id,
@@ -138,16 +125,13 @@ def main() -> None:
         "image_size": config.train.image_size,
         "trial_num_cpus": config.train.trial.num_cpus,
         "bare": rounded(bare),
-        "ray_train": rounded(in_ray),
+        "tune_trial": rounded(in_ray),
         "ratio": round(in_ray["steps_per_s"] / bare["steps_per_s"], 3),
-        # The same loop in a plain Ray task: separates Ray's worker process from Ray Train's.
-        "ray_task": in_task and rounded(in_task),
-        "ratio_ray_task": in_task and round(in_task["steps_per_s"] / bare["steps_per_s"], 3),
-        "ray_train_fit_s": round(fit_s, 2),
-        "ray_train_fit_minus_timed_steps_s": round(fit_s - in_ray["seconds"], 2),  # start-up, model, warm-up
+        "tune_fit_s": round(fit_s, 2),
+        "tune_fit_minus_timed_steps_s": round(fit_s - in_ray["seconds"], 2),  # start-up, model, warm-up
         "cores_busy_bare": bare_cpu.cores_busy(),
-        "cores_busy_ray_train": ray_cpu.cores_busy(),
-        "goal": ">= 0.9 (Ray Train steps/s over bare PyTorch steps/s)",
+        "cores_busy_tune_trial": ray_cpu.cores_busy(),
+        "goal": ">= 0.9 (trial steps/s in Ray Tune over bare PyTorch steps/s)",
         "machine": harness.machine(),
     }
     harness.emit(figures, args.json)

@@ -68,10 +68,10 @@ def test_every_trial_of_the_grid_trains_in_parallel_and_writes_its_files(study):
         assert storage.read_json(storage.join(trial, "result.json")) == r
         lines = [json.loads(x) for x in storage.read_bytes(storage.join(trial, "metrics.jsonl")).decode().splitlines()]
         assert [(m["split"], m["step"]) for m in lines] == [("val", 2), ("test", r["selected_step"]), ("test", 2)]
-        # Ray Train's run folder holds the trial's checkpoint: LoRA, best-on-val LoRA, optimizer state.
-        run_folder = Path(config.run.output) / "train" / trial_name(r["condition"], r["seed"])
-        checkpoints = [p.parent for p in run_folder.glob("checkpoint_*/state.json")]
-        assert checkpoints, f"no checkpoint under {run_folder}"
+        # The trial's folder holds its latest checkpoint: LoRA, best-on-val LoRA, optimizer state.
+        latest = storage.read_json(storage.join(trial, "checkpoints", "latest.json"))
+        assert latest["step"] == 2 and latest["kept"][0] == latest["folder"]
+        checkpoints = [Path(trial) / "checkpoints" / latest["folder"]]
         for name in ("lora.safetensors", "best/lora.safetensors", "trainer.pt"):
             assert (checkpoints[0] / name).is_file(), f"{checkpoints[0]} lacks {name}"
         assert r["n_real"] == (12 if r["use_real"] else 0)

@@ -25,7 +25,7 @@ FEASIBILITIES: tuple[Feasibility, ...] = ("feasible", "infeasible")
 
 def _absolute(location: str) -> str:
     """A local path made absolute against the directory the command runs in; URIs and the
-    ``builtin:``/``tiny:``/``package:`` names pass unchanged. Ray workers (Ray Train's especially)
+    ``builtin:``/``tiny:``/``package:`` names pass unchanged. Ray workers (Tune's trials especially)
     run in other directories, so a relative path would point somewhere else there."""
     if ":" in location.split("/", 1)[0]:
         return location

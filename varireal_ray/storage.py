@@ -132,6 +132,39 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(u for u in out if u.endswith(suffix) and ".tmp-" not in u)
 
 
+def upload_folder(folder: str, uri: str) -> None:
+    """Copy every file under the local ``folder`` to ``uri`` (same relative paths), each whole."""
+    for path in sorted(_walk(folder)):
+        rel = os.path.relpath(path, folder).replace(os.sep, "/")
+        with open(path, "rb") as f:
+            write_bytes(join(uri, *rel.split("/")), f.read())
+
+
+def download_folder(uri: str, folder: str) -> None:
+    """Copy every file under ``uri`` into the local ``folder`` (same relative paths)."""
+    fs, root = filesystem(uri)
+    fs.invalidate_cache()
+    for path in fs.find(root):
+        rel = posixpath.relpath(path, root.rstrip("/"))
+        dest = os.path.join(folder, *rel.split("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(fs.cat_file(path))
+
+
+def remove_tree(uri: str) -> None:
+    """Delete ``uri`` and everything under it; nothing if it does not exist."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _walk(folder: str):
+    for base, _, files in os.walk(folder):
+        for name in files:
+            yield os.path.join(base, name)
+
+
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")

@@ -8,6 +8,10 @@ A checkpoint folder holds
 - ``state.json``             step, best-so-far bookkeeping, the eval history and the Python and
                              NumPy RNG states.
 The data stream needs nothing saved: batch b is a function of (seed, b) (``data.StreamBatchSampler``).
+
+Stored under the trial's folder (``store``/``fetch``, any storage): ``checkpoints/step-<N>/`` per
+checkpoint and ``checkpoints/latest.json``, written after its folder is whole, naming the newest
+and the ones kept. A trial killed mid-copy resumes from the previous one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from varireal_ray import storage
 from varireal_ray.train.lora import load_lora, load_lora_state_dict, save_lora
+
+KEEP = 2  # the latest checkpoint and one before it, in case the latest is unreadable
+
+
+def store(trial_uri: str, folder: Path, step: int, keep: int = KEEP) -> None:
+    """Copy the checkpoint ``folder`` of ``step`` into the trial's folder and make it the latest."""
+    root = storage.join(trial_uri, "checkpoints")
+    name = f"step-{step:08d}"
+    storage.upload_folder(str(folder), storage.join(root, name))
+    before = _latest(root)
+    older = [n for n in (before["kept"] if before else []) if n != name]
+    kept = [name, *older][:keep]
+    storage.write_json(storage.join(root, "latest.json"), {"step": step, "folder": name, "kept": kept})
+    for old in older[keep - 1 :]:
+        storage.remove_tree(storage.join(root, old))
+
+
+def fetch(trial_uri: str, dest: Path) -> Path | None:
+    """Copy the trial's latest checkpoint into ``dest``; None when it has none."""
+    root = storage.join(trial_uri, "checkpoints")
+    latest = _latest(root)
+    if latest is None:
+        return None
+    storage.download_folder(storage.join(root, latest["folder"]), str(dest))
+    return dest
+
+
+def _latest(root: str) -> dict | None:
+    uri = storage.join(root, "latest.json")
+    return storage.read_json(uri) if storage.exists(uri) else None
 
 
 @dataclass

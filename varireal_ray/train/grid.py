@@ -1,15 +1,15 @@
 """The train job's grid: every (condition × seed) is a trial; trials run in parallel on Ray.
 
-Ray Tune drives the grid (at most ``train.max_concurrent_trials`` at once) and each Tune trial fits
-one Ray Train V2 ``TorchTrainer`` (Train V2's Tune pattern: a function trainable that builds and
-fits a trainer). The Tune trial only waits on its trainer, so it asks for a sliver of a CPU: the
-granted CPUs go to the training workers, and waiting drivers can never hold every CPU of a small
-machine while their workers queue (the 2-core deadlock of the environment notes).
+Ray Tune drives the grid (at most ``train.max_concurrent_trials`` at once). Each trial is a plain
+Tune function trainable granted ``train.trial`` (CPUs, GPU share) that runs the PyTorch loop in
+its own process: one process per trial, no trainer or worker group between the loop and its
+hardware (a Ray Train ``TorchTrainer`` per trial ran the same loop at 0.6-0.74 of its bare speed,
+BENCHMARKS.md). Checkpoints, resume and MLflow are the trial's own (``loop.run_stored_trial``).
 
 Outputs under ``<run.output>/train/``:
-- ``<condition>__seed<seed>/``          Ray Train's run folder: checkpoints (LoRA-only) and state;
-                                         a re-run with the same run.output resumes from it;
-- ``trials/<condition>__seed<seed>/``   ``result.json`` and ``metrics.jsonl`` (written by the trial);
+- ``trials/<condition>__seed<seed>/``   ``result.json``, ``metrics.jsonl`` and ``checkpoints/``
+                                         (LoRA-only, with optimizer state; a re-run with the same
+                                         run.output resumes from the latest);
 - ``results.json``                       every trial's result, failed ones as {condition, seed,
                                          status: "failed", error}.
 A re-run skips trials whose ``result.json`` says ``ok``: change training settings in a new
@@ -25,13 +25,10 @@ import time
 from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.train import data as trial_data
-from varireal_ray.train.loop import train_loop_per_worker, trial_name, trial_uri
+from varireal_ray.train.loop import run_stored_trial, trial_name, trial_uri
 from varireal_ray.train.tracking import require_mlflow
 
 log = logging.getLogger(__name__)
-
-DRIVER_CPUS = 0.01  # a Tune trial only waits on its TorchTrainer
-
 
 def ray_storage(uri: str):
     """``(storage_path, storage_filesystem)`` for Ray's RunConfig. Remote URIs go through the same
@@ -110,39 +107,15 @@ def finished_result(config: Config, condition: str, seed: int) -> dict | None:
 
 
 def fit_trial(params: dict, config_json: dict, crash_after_step: int | None) -> None:
-    """Tune function trainable: fit one trial's TorchTrainer and report how it ended."""
+    """Tune function trainable: run one trial in this process and report how it ended."""
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     config = Config.model_validate(config_json)
     cell = params["cell"]
-    resources = config.train.trial
-    gpus = {"GPU": resources.num_gpus} if resources.num_gpus else {}
-    storage_path, filesystem = ray_storage(run_folder.train(config))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config_json, **cell, "crash_after_step": crash_after_step},
-        scaling_config=ScalingConfig(
-            num_workers=1,
-            use_gpu=resources.num_gpus > 0,
-            resources_per_worker={"CPU": resources.num_cpus, **gpus},
-        ),
-        run_config=RunConfig(
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            name=trial_name(**cell),
-            # A failed trial is reported, not retried: re-running the grid resumes it from its
-            # last checkpoint.
-            failure_config=FailureConfig(max_failures=0),
-            # Every checkpoint carries the best-so-far LoRA too, so the latest is all a resume
-            # or a reader needs; one older one is kept in case the latest is unreadable.
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
+    condition = next(c for c in config.train.conditions if c.name == cell["condition"])
     started = time.perf_counter()
     try:
-        trainer.fit()
+        run_stored_trial(config, condition, cell["seed"], crash_after_step)
         outcome = {"status": "ok", "error": ""}
     except Exception as exc:  # noqa: BLE001 - one trial's failure must not stop the grid
         detail = describe(exc)
@@ -181,7 +154,8 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
     trainable = ray.tune.with_parameters(
         fit_trial, config_json=config.model_dump(mode="json"), crash_after_step=crash_after_step
     )
-    trainable = ray.tune.with_resources(trainable, {"cpu": DRIVER_CPUS})
+    trial = config.train.trial
+    trainable = ray.tune.with_resources(trainable, {"cpu": trial.num_cpus, "gpu": trial.num_gpus})
     tuner = ray.tune.Tuner(
         trainable,
         param_space={"cell": ray.tune.grid_search([{"condition": c.name, "seed": s} for c, s in cells])},

@@ -1,9 +1,10 @@
-"""The training loop of one trial (one condition × seed), and its Ray Train entry point.
+"""The training loop of one trial (one condition × seed).
 
 ``run_trial`` is plain PyTorch: it takes a ``report(metrics, checkpoint_folder)`` callback and an
-optional folder to resume from, so tests run it in-process. ``train_loop_per_worker`` wires it to
-Ray Train V2 (``ray.train.report`` / ``ray.train.get_checkpoint``). A trial is one worker: the
-fine-tunes are small, and the grid gets its parallelism from running many trials at once.
+optional folder to resume from, so tests run it in-process. ``run_stored_trial`` keeps its
+checkpoints in the trial's folder and resumes from them; each Tune trial of the grid runs it in
+its own process (``grid.py``). A trial is one process: the fine-tunes are small, and the grid
+gets its parallelism from running many trials at once.
 
 Per step: loss = λ·CE(real) + (1-λ)·CE(synthetic), λ = ``train.real_weight``, an empty half adding
 0 (reference ``main.py:232-307``); plain CE when the condition trains on one kind only.
@@ -32,6 +33,8 @@ from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.checkpoint import TrialState, load_checkpoint, save_checkpoint
+from varireal_ray.train.checkpoint import fetch as fetch_checkpoint
+from varireal_ray.train.checkpoint import store as store_checkpoint
 from varireal_ray.train.evaluate import evaluate
 from varireal_ray.train.lora import load_lora_state_dict, lora_state_dict
 from varireal_ray.train.model import build_classifier, load_clip
@@ -249,26 +252,21 @@ def write_history(out_uri: str, history: list[dict]) -> None:
     storage.write_bytes(storage.join(out_uri, "metrics.jsonl"), body.encode())
 
 
-# ------------------------------------------------------------------------------------ Ray Train
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train V2 entry: ``loop_config`` = {config (JSON dict), condition, seed, crash_after_step}.
-    Resumes from ``ray.train.get_checkpoint()`` when this run (storage_path, name) has one."""
-    import ray.train
-    import ray.train.torch
-
-    config = Config.model_validate(loop_config["config"])
-    condition = next(c for c in config.train.conditions if c.name == loop_config["condition"])
+# ------------------------------------------------------------------------------- stored trials
+def run_stored_trial(config: Config, condition: Condition, seed: int, crash_after_step: int | None = None) -> dict:
+    """``run_trial`` with its checkpoints in the trial's folder (``checkpoint.store``), resuming
+    from the latest one there: what each Tune trial runs, on the GPU its trial was granted."""
+    out = trial_uri(config, condition.name, seed)
 
     def report(metrics: dict, folder: Path | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        if folder is not None:
+            store_checkpoint(out, folder, metrics["step"])
 
-    checkpoint = ray.train.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restore:
-        run_trial(
-            config, condition, loop_config["seed"],
-            device=ray.train.torch.get_device(),
-            report=report,
-            restore=Path(restore) if restore else None,
-            crash_after_step=loop_config.get("crash_after_step"),
-        )
+    gpu = config.train.trial.num_gpus > 0 and torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="varireal-restore-") as tmp:
+        restore = fetch_checkpoint(out, Path(tmp))
+        return run_trial(
+            config, condition, seed,
+            device=torch.device("cuda" if gpu else "cpu"),
+            report=report, restore=restore, crash_after_step=crash_after_step,
+        )  # fmt: skip

@@ -3,7 +3,7 @@
 
 Plain MLflow client calls rather than Ray's ``setup_mlflow``: a trial is one worker, so the
 rank-zero gating that helper adds is moot, and the same code tracks an in-process ``run_trial``
-(tests, benchmarks) and a Ray Train worker alike. One MLflow run per trial, named like the trial
+(tests, benchmarks) and a Tune trial alike. One MLflow run per trial, named like the trial
 and tagged with ``run.output``; a resumed trial continues its own unfinished run instead of
 starting a second one. The client calls go to the tracking URI directly: no global active run.
 """
