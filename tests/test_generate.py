@@ -91,6 +91,17 @@ def test_resume_after_lost_commits_gives_each_id_once(tmp_path, model_cache):
     run_generate(config)
     ids = [r["id"] for r in rows_of(config)]
     assert sorted(ids) == sorted(expected)  # exactly the expected set, each once
+    # Once finished, the same command has nothing to do and starts no stage actor (no model loads).
+    before = edit_actors_ever()
+    assert run_generate(config)["rows"] == len(expected)
+    assert edit_actors_ever() == before
+
+
+def edit_actors_ever() -> int:
+    """EditStage actors this Ray cluster has started, alive or not (the GCS actor table)."""
+    from ray._private import state
+
+    return sum(a["ActorClassName"] == "MapWorker(MapBatches(EditStage))" for a in state.actors().values())
 
 
 def test_bad_images_become_error_rows_and_budget_applies(tmp_path, model_cache):

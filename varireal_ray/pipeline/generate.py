@@ -125,6 +125,15 @@ def _progress(out: str) -> tuple[set[str], dict[str, int]]:
     return done, next_attempt
 
 
+def _due(config: Config, attempt: int, done: set[str], next_attempt: dict[str, int]) -> int:
+    """How many items round ``attempt`` has to run: retried ones in later rounds; in round 0
+    every item of every train source that was never committed, dropped or retried."""
+    if attempt > 0:
+        return sum(1 for a in next_attempt.values() if a == attempt)
+    train = train_sources(config, sources.ensure_manifest(config))["source_id"].to_pylist()
+    return sum(1 for s in train for i in work_items.source_item_ids(config, s) if i not in done and i not in next_attempt)
+
+
 def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
     from varireal_ray.stages.edit import EditStage
@@ -132,6 +141,8 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
 
     gen = config.generate
     done, next_attempt = _progress(out)
+    if _due(config, attempt, done, next_attempt) == 0:
+        return Counter()  # nothing to do: no actor pool (and no model) is started
     ds = masked_sources(config, out, attempt)
     if ds is None:
         return Counter()

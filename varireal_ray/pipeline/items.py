@@ -21,6 +21,17 @@ def item_id(dataset: str, source_id: str, attribute: str, feasibility: str, slot
     return _digest(dataset, source_id, attribute, feasibility, slot).hex()[:24]
 
 
+def source_item_ids(config: Config, source_id: str) -> list[str]:
+    """The ids of every item of one source (``expand`` makes exactly these, the bank covering it)."""
+    gen = config.generate
+    return [
+        item_id(config.dataset.name, source_id, attribute, feasibility, slot)
+        for attribute in gen.attributes
+        for feasibility in gen.feasibility
+        for slot in range(gen.images_per_real)
+    ]
+
+
 def attempt_seed(run_seed: int, item: str, attempt: int) -> int:
     """A fresh seed per (item, attempt): a retry never repeats the rejected image."""
     return int.from_bytes(_digest(run_seed, item, attempt)[:4], "little") & 0x7FFFFFFF
