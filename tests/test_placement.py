@@ -92,8 +92,9 @@ def test_on_logical_gpus_every_stage_runs_at_once(tmp_path, model_cache, gpus, e
     """The real configuration's GPU asks (mask 0.25, edit 1, judge 0.5) on 1 and on 4 GPUs. As
     set, one GPU cannot hold the edit actor beside either other stage, and in a streaming pass a
     pool that waits for another pool to end waits forever: the run cannot finish. Planned, it
-    finishes with every stage on a GPU share, and on 4 GPUs the two edit actors each had a GPU
-    of their own, apart from the judge's."""
+    finishes with every stage on a GPU share, and on 4 GPUs each edit actor had a GPU of its own,
+    apart from the judge's. (Which of the two edit actors gets how many of 8 rows depends on which
+    loads first; the split is measured in BENCHMARKS.md, "Two edit actors".)"""
     run = tmp_path / "run"
     overrides = [
         f"run.output={run}", f"models.cache_dir={model_cache}", "generate.bank=builtin:demo", f"ray.num_gpus={gpus}",
@@ -111,8 +112,9 @@ def test_on_logical_gpus_every_stage_runs_at_once(tmp_path, model_cache, gpus, e
     assert len(rows) == 8  # 4 classes x 1 source x color x 2 feasibilities
     workers = [json.loads(r["workers"]) for r in rows]
     assert all(set(w) == {"mask", "edit", "judge"} and all("gpu" in s for s in w.values()) for w in workers), workers[0]
-    edit_gpus = {w["edit"]["pid"]: w["edit"]["gpu"] for w in workers}
-    assert len(edit_gpus) == edit_actors, edit_gpus  # each edit actor made rows
-    if gpus == 4:
+    edit_gpus = {w["edit"]["pid"]: w["edit"]["gpu"] for w in workers}  # the edit actors that made rows
+    if gpus == 4:  # whole GPUs, as set: one per edit actor, none shared with the judge
         judge_gpus = {w["judge"]["gpu"] for w in workers}
-        assert len(set(edit_gpus.values())) == 2 and not judge_gpus & set(edit_gpus.values())  # whole GPUs, as set
+        assert len(set(edit_gpus.values())) == len(edit_gpus) and not judge_gpus & set(edit_gpus.values()), (edit_gpus, judge_gpus)
+    else:  # one GPU, shared by all three stages
+        assert {s["gpu"] for w in workers for s in w.values()} == {"0"}

@@ -70,3 +70,25 @@ def test_unreachable_endpoint_fails_clearly(s3_server, monkeypatch):
 def test_read_missing_file_says_which(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.bin"):
         storage.read_bytes(str(tmp_path / "nope.bin"))
+
+
+def test_trial_checkpoints_are_stored_whole_fetched_back_and_pruned(root, tmp_path):
+    """``train.checkpoint.store``/``fetch`` on local disk and S3: a folder with a subfolder goes up
+    whole, the latest comes back byte for byte, and only the newest two are kept."""
+    from varireal_ray.train import checkpoint
+
+    trial = storage.join(root, "train", "trials", "mix__seed0")
+    assert checkpoint.fetch(trial, tmp_path / "none") is None  # a trial that never checkpointed
+    for step in (10, 20, 30):
+        folder = tmp_path / f"ckpt{step}"
+        (folder / "best").mkdir(parents=True)
+        (folder / "state.json").write_text(f'{{"step": {step}}}')
+        (folder / "best" / "lora.safetensors").write_bytes(bytes([step]) * 1000)
+        checkpoint.store(trial, folder, step)
+    back = checkpoint.fetch(trial, tmp_path / "back")
+    assert (back / "state.json").read_text() == '{"step": 30}'
+    assert (back / "best" / "lora.safetensors").read_bytes() == bytes([30]) * 1000
+    latest = storage.read_json(storage.join(trial, "checkpoints", "latest.json"))
+    assert latest == {"step": 30, "folder": "step-00000030", "kept": ["step-00000030", "step-00000020"]}
+    fs, path = storage.filesystem(storage.join(trial, "checkpoints"))
+    assert sorted(p.rstrip("/").rsplit("/", 1)[1] for p in fs.ls(path, detail=False)) == ["latest.json", "step-00000020", "step-00000030"]
