@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -300,15 +301,18 @@ class CpuSampler(ProcessSampler):
 
 
 class RssSampler(ProcessSampler):
-    """The peaks of resident memory: the driver's, the largest single Ray worker's (``ray::...``),
-    the workers' sum at one instant, and the Ray system processes' sum.
+    """The peaks of resident memory: the driver's, the largest single Ray worker's (``ray::...``,
+    with its title: which stage it was), the workers' sum at one instant, the Ray system
+    processes' sum, and the object store's use (the pages Ray's plasma file holds in /dev/shm).
     RSS counts shared pages (the object store's mapped memory, shared libraries) in every process
     that touched them, so the sum over-counts; the peaks are comparable between runs."""
 
     def __init__(self, interval: float = 0.2):
         super().__init__(interval)
-        self.peak = {"driver": 0, "worker_max": 0, "workers_sum": 0, "ray_system_sum": 0}
+        self.peak = {"driver": 0, "worker_max": 0, "workers_sum": 0, "ray_system_sum": 0, "object_store": 0}
         self.workers_seen: set[int] = set()
+        self.worker_max_title = ""
+        self.shm_base = shm_used()
 
     def sample(self) -> None:
         psutil = self.psutil
@@ -327,14 +331,26 @@ class RssSampler(ProcessSampler):
             if worker:
                 workers += rss
                 self.workers_seen.add(child.pid)
-                self.peak["worker_max"] = max(self.peak["worker_max"], rss)
+                if rss > self.peak["worker_max"]:
+                    self.peak["worker_max"], self.worker_max_title = rss, process_title(child.cmdline())
             else:
                 system += rss
         self.peak["workers_sum"] = max(self.peak["workers_sum"], workers)
         self.peak["ray_system_sum"] = max(self.peak["ray_system_sum"], system)
+        self.peak["object_store"] = max(self.peak["object_store"], shm_used() - self.shm_base)
 
     def figures_mib(self) -> dict:
-        return {f"peak_rss_{k}_mib": round(v / 2**20, 1) for k, v in self.peak.items()} | {"worker_processes": len(self.workers_seen)}
+        return {f"peak_rss_{k}_mib": round(v / 2**20, 1) for k, v in self.peak.items()} | {
+            "worker_processes": len(self.workers_seen), "largest_worker": self.worker_max_title}
+
+
+def shm_used() -> int:
+    """Bytes in use on /dev/shm (where Ray's object store keeps its objects on Linux); 0 elsewhere."""
+    try:
+        usage = shutil.disk_usage("/dev/shm")
+    except OSError:
+        return 0
+    return usage.used
 
 
 # ---------------------------------------------------------------------------------- reporting

@@ -92,7 +92,7 @@ def main() -> None:
             raise SystemExit(f"scale {scale}x failed:\n{done.stderr[-3000:]}")
         runs[f"{scale}x"] = json.loads(done.stdout.strip().splitlines()[-1])
     one, many = runs["1x"], runs[f"{args.factor}x"]
-    keys = ("peak_rss_driver_mib", "peak_rss_worker_max_mib", "peak_rss_workers_sum_mib", "peak_rss_ray_system_sum_mib")
+    keys = ("peak_rss_driver_mib", "peak_rss_worker_max_mib", "peak_rss_workers_sum_mib", "peak_rss_ray_system_sum_mib", "peak_rss_object_store_mib")
     figures = {
         "benchmark": "streaming_memory",
         "runs": runs,

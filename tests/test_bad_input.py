@@ -260,6 +260,7 @@ def _batches(*plans):
         ((["E", "E"], ["F", "F"]), False),  # two different errors: the rows, not the stage
         ((["E", ""], ["E", "E"], ["E", "E"]), False),  # one row succeeded: never watched again
         ((["E: a.png", "E: b.png"], ["E: c.png", "E: d.png"]), False),  # errors naming their rows
+        ((["E: 112 tokens", "E: 112 tokens"], ["E: 96 tokens", "E: 96 tokens"]), True),  # the same error up to its sizes
     ],
 )
 def test_fail_fast_stops_only_on_one_error_in_every_row(tiny_config, plans, stops):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 import numpy as np
@@ -28,8 +29,9 @@ class SystematicFailure(UserError, RuntimeError):
 
 class FailFast:
     """A stage, watched: when each of the first ``run.fail_fast_batches`` batches an actor runs
-    fails every row that entered it healthy, all with one and the same error (an error naming its
-    row, as a bad input's does, differs from row to row), the cause is the model or the settings, and the actor raises ``SystematicFailure`` with that
+    fails every row that entered it healthy, all with one and the same error, up to the numbers in
+    it (an error naming its row, as a bad input's does, differs from row to row), the cause is the
+    model or the settings, and the actor raises ``SystematicFailure`` with that
     error, which stops the job (``collect``). One success, or two different errors, and the actor
     stops watching: rows that fail one by one stay error rows."""
 
@@ -50,7 +52,7 @@ class FailFast:
         return out
 
     def _watch(self, errors: list[str], stages: list[str]) -> None:
-        if not all(errors) or len(set(errors + self.failures[:1])) != 1:
+        if not all(errors) or len({_shape(e) for e in errors + self.failures[:1]}) != 1:
             self.batches = 0  # the rows fail (or not) one by one: stop watching
             return
         self.failures.append(errors[0])
@@ -61,6 +63,12 @@ class FailFast:
                 "(fix the model or setting it names and re-run; committed work is kept; run.fail_fast_batches=0 "
                 "turns this check off)"
             )
+
+
+def _shape(error: str) -> str:
+    """An error with its numbers blanked: a model that fails every batch says the same thing up to
+    the sizes in it (a judge's token counts follow each batch's image shapes)."""
+    return re.sub(r"\d+", "#", error)
 
 
 def worker_info() -> dict:

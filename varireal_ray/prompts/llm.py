@@ -107,6 +107,8 @@ class ValueWriter:
     instruction-tuned model gets ``instruction`` through its chat template and answers in JSON.
     """
 
+    name = "llm"  # the stage as rows and errors name it
+
     def __init__(self, config: Config):
         self.config = config
         self.model, self.tokenizer, self.device = load_causal_lm(config)
@@ -129,7 +131,7 @@ class ValueWriter:
             texts, done = self._generate(prompts, seeds)
         except Exception as exc:  # noqa: BLE001 - a failed batch becomes error rows; the job retries them
             for i in rows:
-                fail_row(batch, i, "llm", exc)
+                fail_row(batch, i, self.name, exc)
             return batch
         for i, text, ended in zip(rows, texts, done):
             # The list prompt ended with "1."; put it back so the reply reads as a whole list.
@@ -172,6 +174,8 @@ class FeasibilityScorer:
     ``templates.question``) with ``margin`` = log p(yes) - log p(no) at the next token, scored as
     the judge scores (``models/yes_no.py``)."""
 
+    name = "feasibility_score"
+
     def __init__(self, config: Config):
         self.model, self.tokenizer, self.device = load_causal_lm(config)
         self.answers = YesNo(self.tokenizer, "llm")
@@ -186,7 +190,7 @@ class FeasibilityScorer:
             scores = self._margins([str(batch["question"][i]) for i in rows])
         except Exception as exc:  # noqa: BLE001 - scoring is optional; the entry keeps margin None
             for i in rows:
-                fail_row(batch, i, "feasibility_score", exc)
+                fail_row(batch, i, self.name, exc)
             return batch
         for i, m in zip(rows, scores):
             margin[i] = m
