@@ -86,21 +86,22 @@ def _totals(summary: list[dict]) -> Counter:
     return total
 
 
-def masked_sources(config: Config, out: str, attempt: int) -> ray.data.Dataset | None:
-    """Every source row with its mask: the committed masks, and (in round 0) the missing ones
-    computed on the way (load -> MaskStage -> commit, a batch at a time). None: no source."""
+def masked_sources(config: Config, out: str, train: list[dict] | None) -> ray.data.Dataset | None:
+    """Every source row with its mask: the committed masks, and the missing ones of ``train``
+    (round 0's sources; None in later rounds) computed on the way (load -> MaskStage -> commit, a
+    batch at a time). None: no source."""
     from varireal_ray.stages.mask import MaskStage
 
     masks = storage.join(out, "masks")
+    records = storage.commits(masks)
     parts = []
-    shards = storage.dataset_shards(masks)
-    if shards:
-        parts.append(ray.data.from_items([{"shard": u} for u in shards]).flat_map(mask_rows, num_cpus=0.25))
-    if attempt == 0:
-        train = train_sources(config, sources.ensure_manifest(config))
-        done = storage.committed_ids(masks)
-        todo = [{**r, "error": "", "error_stage": ""} for r in train.to_pylist() if r["source_id"] not in done]
-        log.info("masks: %d source images, %d already committed, %d to compute", train.num_rows, len(done), len(todo))
+    if records:
+        shards = [{"shard": storage.join(masks, r["shard"])} for r in records]
+        parts.append(ray.data.from_items(shards).flat_map(mask_rows, num_cpus=0.25))
+    if train is not None:
+        done = {i for r in records for i in r["ids"]}
+        todo = [{**r, "error": "", "error_stage": ""} for r in train if r["source_id"] not in done]
+        log.info("masks: %d source images, %d already committed, %d to compute", len(train), len(done), len(todo))
         if todo:
             batch = config.generate.mask_stage.batch_size
             ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / batch))  # a batch per block
@@ -125,13 +126,13 @@ def _progress(out: str) -> tuple[set[str], dict[str, int]]:
     return done, next_attempt
 
 
-def _due(config: Config, attempt: int, done: set[str], next_attempt: dict[str, int]) -> int:
+def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str], next_attempt: dict[str, int]) -> int:
     """How many items round ``attempt`` has to run: retried ones in later rounds; in round 0
     every item of every train source that was never committed, dropped or retried."""
-    if attempt > 0:
+    if train is None:
         return sum(1 for a in next_attempt.values() if a == attempt)
-    train = train_sources(config, sources.ensure_manifest(config))["source_id"].to_pylist()
-    return sum(1 for s in train for i in work_items.source_item_ids(config, s) if i not in done and i not in next_attempt)
+    ids = (i for r in train for i in work_items.source_item_ids(config, r["source_id"]))
+    return sum(1 for i in ids if i not in done and i not in next_attempt)
 
 
 def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
@@ -141,9 +142,10 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
 
     gen = config.generate
     done, next_attempt = _progress(out)
-    if _due(config, attempt, done, next_attempt) == 0:
+    train = train_sources(config, sources.ensure_manifest(config)).to_pylist() if attempt == 0 else None
+    if _due(config, attempt, train, done, next_attempt) == 0:
         return Counter()  # nothing to do: no actor pool (and no model) is started
-    ds = masked_sources(config, out, attempt)
+    ds = masked_sources(config, out, train)
     if ds is None:
         return Counter()
     final = attempt == gen.judge.max_attempts - 1 or not gen.judge.enabled

@@ -52,7 +52,7 @@ class Node:
     cpus: float
     gpus: int
     memory_gb: float | None = None
-    gpu_free: list[float] = field(default_factory=list)
+    gpu_free: list[float] = field(init=False)  # each GPU's unassigned share, as packing goes
 
     def __post_init__(self):
         self.gpu_free = [1.0] * self.gpus
@@ -122,12 +122,10 @@ def check_fits_a_node(setting: str, ask: StageResources, nodes: list[Node]) -> N
         raise PlacementError("the Ray cluster has no alive node")
     gpus_needed = math.ceil(ask.num_gpus) if ask.num_gpus > 1 else (1 if ask.num_gpus > 0 else 0)
     most_gpus = max(n.gpus for n in nodes)
-    if gpus_needed > most_gpus:
-        fix = "0 to run it on CPUs (slow), or join a cluster with GPUs" if most_gpus == 0 else f"at most {most_gpus}"
+    if gpus_needed > most_gpus:  # (a cluster without any GPU is reported by ``plan`` for every stage at once)
         raise PlacementError(
-            f"{setting}.num_gpus={ask.num_gpus:g} per actor, but "
-            + ("the cluster has no GPU" if most_gpus == 0 else f"no node has more than {most_gpus} GPUs")
-            + f": set {setting}.num_gpus to {fix} (on an autoscaling cluster that adds GPU nodes on demand: "
+            f"{setting}.num_gpus={ask.num_gpus:g} per actor, but no node has more than {most_gpus} GPUs: set "
+            f"{setting}.num_gpus to at most {most_gpus} (on an autoscaling cluster that adds GPU nodes on demand: "
             "generate.placement=as_set)"
         )
     hosts = [n for n in nodes if n.gpus >= gpus_needed]
