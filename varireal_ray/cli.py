@@ -24,7 +24,7 @@ RUN_FOLDER_GUIDE = """\
                               mask, class, attribute, feasibility, value, prompt, seed, judge scores)
   generate/masks|attempts|errors   masks per source, every judged attempt, failed rows with reasons
   train/results.json          one result per condition x seed (val-selected and final test accuracy)
-  train/trials/*/             per-trial metrics.jsonl and result.json; Ray checkpoints beside them
+  train/trials/*/             per-trial metrics.jsonl, result.json and checkpoints/ (resume)
   report/index.html           open this: results table, feasible vs infeasible tests, plots, gallery
 """
 
