@@ -34,6 +34,24 @@ def init_ray(config: Config, progress: bool = True) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
+    bound_queues()
+
+
+def bound_queues() -> None:
+    """Hold each operator's queued output to ``downstream_capacity_backpressure_ratio`` (2) times
+    what its consumers have in flight, always.
+
+    Ray Data applies that bound only once an operator has used half of its object-store budget,
+    and the budget is a share of the whole object store: a fast stage (masks, image loading)
+    ahead of a slow one (edits) then runs ahead by gigabytes, so the object store's peak grows
+    with the input until the budget is reached. Bounded always, the queue is a few batches of the
+    slow stage, whatever the input's size. Ray reads the threshold from
+    ``RAY_DATA_DOWNSTREAM_CAPACITY_OBJECT_STORE_BUDGET_UTIL_THRESHOLD`` once, at import; a user's
+    own setting of that variable wins."""
+    from ray.data._internal.execution.backpressure_policy import DownstreamCapacityBackpressurePolicy as policy
+
+    if "RAY_DATA_DOWNSTREAM_CAPACITY_OBJECT_STORE_BUDGET_UTIL_THRESHOLD" not in os.environ:
+        policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD = 0.0
 
 
 def worker_env() -> dict[str, str]:
