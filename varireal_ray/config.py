@@ -411,6 +411,19 @@ class LoraConfig(Section):
     towers: list[Literal["visual", "text"]] = ["visual", "text"]
 
 
+class TrainViewConfig(Section):
+    """The training view (``train/view.py``): every image the trials read, written once per run
+    beside the full-resolution shards (which stay the product), resized so that its shorter side
+    is ``short_side`` px. Trials on one node share one local copy under ``cache_dir`` (default:
+    ``<models.cache_dir>/views``). A change here, or to ``train.accepted_only``, makes a new view."""
+
+    short_side: int = Field(256, ge=16)
+    format: Literal["jpeg", "png"] = "jpeg"
+    quality: int = Field(95, ge=1, le=100)  # JPEG only
+    row_group_rows: int = Field(16, ge=1)  # the unit a sample is read in: small keeps reads near the sample
+    cache_dir: Location | None = None
+
+
 class TrainConfig(Section):
     """``conditions`` lists cells by hand; each ``grid`` block (``configs/grids/``) adds the cells it
     expands to. After loading, ``conditions`` holds them all, in order (the explicit ones first,
@@ -442,6 +455,7 @@ class TrainConfig(Section):
     mixed_precision: bool = True  # on GPU only
     max_concurrent_trials: int = Field(2, ge=1)
     trial: StageResources = StageResources(num_cpus=0.5, batch_size=16)
+    view: TrainViewConfig = TrainViewConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @field_validator("conditions")
@@ -452,6 +466,13 @@ class TrainConfig(Section):
         if dupes:
             raise ValueError(f"condition names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _view_covers_input(self) -> TrainConfig:
+        if self.view.short_side < self.image_size:
+            raise ValueError(f"view.short_side ({self.view.short_side}) is below image_size ({self.image_size}): "
+                             "the trials would upsample every image; raise train.view.short_side")
+        return self
 
     @model_validator(mode="after")
     def _expand_grid(self) -> TrainConfig:

@@ -7,6 +7,7 @@
       bank/                        the prompt bank `varireal prompts` writes (unless generate.bank)
       generate/                    the synthetic dataset, with masks/, attempts/ and errors/
       train/results.json           one result per condition x seed
+      train/views/<key>/           the training view: every image the trials read, resized once
       train/trials/<trial>/        one trial's checkpoints and metrics
       train/_tune/                 Ray Tune's experiment state (resume)
       report/                      report.html and its figures
@@ -51,6 +52,10 @@ def train(config: Config) -> str:
 
 def train_results(config: Config) -> str:
     return storage.join(train(config), "results.json")
+
+
+def train_views(config: Config) -> str:
+    return storage.join(train(config), "views")
 
 
 def trial(config: Config, name: str) -> str:

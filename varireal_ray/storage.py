@@ -86,6 +86,11 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    return int(fs.size(path))
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:

@@ -96,18 +96,20 @@ def watched(stage_cls: type) -> type:
     return type(stage_cls.__name__, (FailFast,), {"stage_cls": stage_cls, "__qualname__": stage_cls.__qualname__})
 
 
-def collect(ds: ray.data.Dataset) -> list[dict]:
-    """``ds.take_all()``; a ``SystematicFailure`` raised in an actor comes out as itself, one line
-    the CLI prints. (Ray Data re-raises a UDF's exception as a ``UserCodeException`` that keeps
-    only the worker's traceback text, so the message is read back from there.)"""
+def collect(ds: ray.data.Dataset, *passed: type[Exception]) -> list[dict]:
+    """``ds.take_all()``; a ``SystematicFailure`` (or one of the ``passed`` error classes) raised
+    in a worker comes out as itself, one line the CLI prints. (Ray Data re-raises a UDF's
+    exception as a ``UserCodeException`` that keeps only the worker's traceback text, so the
+    message is read back from there.)"""
     try:
         return ds.take_all()
     except Exception as exc:
-        marker = f"{SystematicFailure.__module__}.{SystematicFailure.__qualname__}: "
         text = str(exc)
-        if marker not in text:
-            raise
-        raise SystematicFailure(text.split(marker, 1)[1].splitlines()[0]) from None
+        for cls in (SystematicFailure, *passed):
+            marker = f"{cls.__module__}.{cls.__qualname__}: "
+            if marker in text:
+                raise cls(text.split(marker, 1)[1].splitlines()[0]) from None
+        raise
 
 
 def in_rows(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:

@@ -7,14 +7,14 @@
 - val: the manifest's ``val`` split. The best checkpoint is chosen on it, never on test.
 - test: the manifest's ``test`` split, evaluated once at the end.
 
-Image bytes are read once into memory (real images: one read per file; synthetic: one pass over
-the shards, keeping only the selected rows) and decoded lazily, per sample, in the loader.
+Images come from the run's training view (``train/view.py``): the trial selects its rows from
+the view's index and reads each sample, in the loader, from the row group that holds it. A trial
+holds ids and locations, never its images: its memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +30,7 @@ from varireal_ray.errors import UserError
 from varireal_ray.sources import manifest
 from varireal_ray.sources.manifest import class_names
 from varireal_ray.stages.common import decode_image
+from varireal_ray.train import view
 
 SOURCE_COLUMNS = ["source_id", "class_name", "label", "split", "image_uri"]
 SYNTHETIC_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
@@ -103,46 +104,27 @@ def select_synthetic(meta: pa.Table, condition: Condition, seed: int, accepted_o
     return selected.sort_by("id")
 
 
-def read_synthetic_images(dataset_uri: str, ids: list[str]) -> dict[str, bytes]:
-    """The edited images of ``ids``, reading one shard at a time so memory holds only the selection."""
-    wanted = pa.array(ids)
-    found: dict[str, bytes] = {}
-    for shard in storage.read_manifest(dataset_uri)["shards"]:
-        table = storage.read_parquet(storage.join(dataset_uri, shard["path"]), columns=["id", "edited"])
-        table = table.filter(pc.is_in(table["id"], wanted))
-        found.update(zip(table["id"].to_pylist(), table["edited"].to_pylist()))
-    missing = sorted(set(ids) - found.keys())
-    if missing:
-        raise DataError(f"{dataset_uri}: selected rows have no image bytes: {missing[:5]}")
-    return found
-
-
-def read_files(uris: list[str], threads: int = 16) -> list[bytes]:
-    """Read many files concurrently (object stores reward parallel GETs)."""
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(storage.read_bytes, uris))
-
-
 # --------------------------------------------------------------------------------- torch datasets
 class ImageDataset(Dataset):
-    """Encoded images, decoded and transformed per sample. Items are ``(image, label, is_real)``.
+    """Images of the training view, read and decoded and transformed per sample. Items are
+    ``(image, label, is_real)``; ``where[i]`` is sample i's (file, row group, offset) in ``reader``.
 
     Indexed by ``i`` (deterministic transforms) or ``(i, seed)``: the transform then runs with
     torch's RNG seeded by ``seed`` and restored after, so augmentation is a function of the seed."""
 
-    def __init__(self, images: list[bytes], labels: list[int], is_real: list[bool], transform: Callable):
-        if not len(images) == len(labels) == len(is_real):
-            raise ValueError("images, labels and is_real must have one entry per sample")
-        self.images, self.transform = images, transform
+    def __init__(self, reader: view.RowGroups, where: np.ndarray, labels: list[int], is_real: list[bool], transform: Callable):
+        if not len(where) == len(labels) == len(is_real):
+            raise ValueError("where, labels and is_real must have one entry per sample")
+        self.reader, self.where, self.transform = reader, where, transform
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.is_real = torch.as_tensor(is_real, dtype=torch.bool)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.where)
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = decode_image(self.images[index])
+        image = decode_image(self.reader.image(*(int(v) for v in self.where[index])))
         if seed is None:
             tensor = self.transform(image)
         else:
@@ -193,6 +175,8 @@ class TrialData:
     test_ids: list[str]
     n_real: int  # distinct real training images (before repetition)
     n_synthetic: int
+    bytes_selected: int  # the view's bytes of every image this trial uses (each once)
+    bytes_read: int  # of the view's files this trial reads (local) or fetched (remote)
 
 
 def split_rows(sources: pa.Table, split: str) -> pa.Table:
@@ -202,43 +186,55 @@ def split_rows(sources: pa.Table, split: str) -> pa.Table:
 def build_trial_data(
     config: Config, condition: Condition, seed: int, train_tf: Callable, eval_tf: Callable
 ) -> TrialData:
-    sources = read_sources(config)
-    names = class_names(sources)
-    splits = {s: split_rows(sources, s) for s in ("train", "val", "test")}
+    names = class_names(read_sources(config))
+    opened = view.TrialView.open(config)
+    index = opened.index
+    real = index.filter(pc.equal(index["kind"], "real"))
+    splits = {s: real.filter(pc.equal(real["split"], s)) for s in ("train", "val", "test")}
     for split in ("val", "test") + (("train",) if condition.use_real else ()):
         if splits[split].num_rows == 0:
             raise DataError(f"{run_folder.sources_manifest(config)} has no {split!r} rows: every split needs images (check dataset.split_file or the dataset's folders)")
 
-    images: list[bytes] = []
-    labels: list[int] = []
-    n_synthetic = 0
+    parts = []
     if condition.attribute is not None:
-        selected = select_synthetic(read_synthetic_meta(config), condition, seed, config.train.accepted_only)
-        by_id = read_synthetic_images(run_folder.generated(config), selected["id"].to_pylist())
-        images += [by_id[i] for i in selected["id"].to_pylist()]
-        labels += selected["label"].to_pylist()
-        n_synthetic = selected.num_rows
+        synthetic = index.filter(pc.equal(index["kind"], "synthetic"))
+        parts.append(select_synthetic(synthetic, condition, seed, config.train.accepted_only))
+    n_synthetic = parts[0].num_rows if parts else 0
     n_real = splits["train"].num_rows if condition.use_real else 0
     if n_real:
+        parts.append(splits["train"])
+    used = pa.concat_tables(parts + [splits["val"], splits["test"]])
+    paths = opened.local_files(config, used)
+    files, _ = view.locate(used, paths)
+    reader = view.RowGroups(files)
+
+    def located(rows: pa.Table) -> np.ndarray:
+        return view.locate(rows, paths)[1]
+
+    where = [located(parts[0])] if n_synthetic else []
+    labels = parts[0]["label"].to_pylist() if n_synthetic else []
+    if n_real:
         repeats = max(1, round(n_synthetic / n_real)) if n_synthetic else 1
-        real = read_files(splits["train"]["image_uri"].to_pylist())
-        images += real * repeats
+        where.append(np.tile(located(splits["train"]), (repeats, 1)))
         labels += splits["train"]["label"].to_pylist() * repeats
-    is_real = [False] * n_synthetic + [True] * (len(images) - n_synthetic)
+    where_all = np.concatenate(where) if where else np.zeros((0, 3), np.int32)
+    is_real = [False] * n_synthetic + [True] * (len(where_all) - n_synthetic)
 
     def eval_set(split: str) -> ImageDataset:
         rows = splits[split]
-        images = read_files(rows["image_uri"].to_pylist())
-        return ImageDataset(images, rows["label"].to_pylist(), [True] * rows.num_rows, eval_tf)
+        return ImageDataset(reader, located(rows), rows["label"].to_pylist(), [True] * rows.num_rows, eval_tf)
 
+    read = sum(opened.info["files"][n]["bytes"] for n in paths) if not storage.is_remote(opened.uri) else opened.bytes_fetched
     return TrialData(
         class_names=names,
-        train=ImageDataset(images, labels, is_real, train_tf),
+        train=ImageDataset(reader, where_all, labels, is_real, train_tf),
         val=eval_set("val"),
         test=eval_set("test"),
         test_ids=splits["test"]["source_id"].to_pylist(),
         n_real=n_real,
         n_synthetic=n_synthetic,
+        bytes_selected=int(pc.sum(used["nbytes"]).as_py() or 0),
+        bytes_read=int(read),
     )
 
 

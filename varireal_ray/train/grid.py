@@ -25,6 +25,7 @@ import time
 from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
 from varireal_ray.train import data as trial_data
+from varireal_ray.train import view
 from varireal_ray.train.loop import run_stored_trial, trial_name, trial_uri
 from varireal_ray.train.tracking import require_mlflow
 
@@ -203,6 +204,8 @@ def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dic
     todo = [(c, s) for c, s in runnable if finished_result(config, c.name, s) is None]
     log.info("train: %d trials: %d to run, %d already done, %d without data",
              len(cells), len(todo), len(runnable) - len(todo), len(cells) - len(runnable))
+    if todo:
+        view.ensure(config)  # once per run, before any trial: each trial reads its images from it
     failures = run_trials(config, todo, crash_after_step) if todo else {}
 
     results = []

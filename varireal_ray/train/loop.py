@@ -233,6 +233,8 @@ class Trial:
             "use_real": condition.use_real,
             "n_real": data.n_real,
             "n_synthetic": data.n_synthetic,
+            "view_bytes_selected": data.bytes_selected,
+            "view_bytes_read": data.bytes_read,
             "iterations": self.config.train.iterations,
             "selected_step": state.best_step,
             "val_top1_selected": state.best_val_top1,
