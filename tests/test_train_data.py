@@ -14,7 +14,6 @@ from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, load_config
 from varireal_ray.sources.manifest import SourceError
 from varireal_ray.train import data as trial_data
-from varireal_ray.train import view
 from varireal_ray.train.transforms import eval_transform, train_transform
 
 from train_fixtures import CLASSES, SPLITS, synthetic_rows, write_sources, write_synthetic
@@ -95,7 +94,6 @@ def config_for(run_output: str, model_cache):
 
 
 def build(config, condition: Condition, seed: int = 0) -> trial_data.TrialData:
-    view.ensure(config)  # no Ray here: the pieces are built in this process
     return trial_data.build_trial_data(
         config, condition, seed, train_transform(32, MEAN, STD), eval_transform(32, MEAN, STD)
     )

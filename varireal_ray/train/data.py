@@ -187,6 +187,7 @@ def build_trial_data(
     config: Config, condition: Condition, seed: int, train_tf: Callable, eval_tf: Callable
 ) -> TrialData:
     names = class_names(read_sources(config))
+    view.ensure(config)  # built by the train job before its trials; here when a trial runs alone
     opened = view.TrialView.open(config)
     index = opened.index
     real = index.filter(pc.equal(index["kind"], "real"))
