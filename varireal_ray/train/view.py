@@ -108,8 +108,9 @@ def _write_file(uri: str, ids: list[str], labels: list[int], images: list[bytes]
     table = pa.table({"id": [ids[i] for i in order], "label": pa.array([labels[i] for i in order], pa.int64()),
                       "image": pa.array([images[i] for i in order], pa.binary())})
     buf = io.BytesIO()
-    # JPEG/PNG bytes do not compress; statistics of image bytes would copy them into the footer
-    pq.write_table(table, buf, row_group_size=row_group_rows, compression="none", write_statistics=["id", "label"])
+    # Image bytes neither compress nor repeat; their statistics would copy them into the footer.
+    pq.write_table(table, buf, row_group_size=row_group_rows, compression="none",
+                   use_dictionary=["id", "label"], write_statistics=["id", "label"])
     storage.write_bytes(uri, buf.getvalue())
     where = [(0, 0)] * len(ids)
     for position, i in enumerate(order):
