@@ -5,17 +5,17 @@
 
 A run folder is written as the sources and generate jobs would (4 classes; 4 train, 2 val and 2
 test source images per class; synthetic rows in four groups, background and color x feasible
-and infeasible; ``--image-size`` px JPEGs), then, at 1x and at ``--factor``x the synthetic rows,
-each in a fresh process:
+and infeasible; ``--image-size`` px JPEGs), then, at 1x and at ``--factor``x the synthetic rows:
 
-- the training view is built (``train/view.py``, in the process: no Ray), timed;
-- a trial's data is built for a pure condition (background, feasible) and a mixed one (half
+- in one process, the run folder is written and the training view built (``train/view.py``, in
+  the process: no Ray), timed;
+- in a fresh process (so its peak RSS is the trial's alone), a trial's data is built for a pure condition (background, feasible) and a mixed one (half
   feasible), and the bytes it read from the view are set against the bytes of its own selection;
 - the trial's data path alone (read, decode, the reference's augmentation at ``--crop`` px,
   collate; one process, no loader workers) runs ``--batches`` batches: samples/s per CPU;
 - the training step alone (the config's CLIP + LoRA classifier, on batches already in memory)
   runs the same batches: the samples/s the data path has to keep up with;
-- the process's peak RSS (``ru_maxrss``) is read after all of it.
+- that process's peak RSS (``ru_maxrss``) is read after all of it.
 
 Goal: peak RSS at ``--factor``x within 1.2x of 1x; bytes read / selection <= 1.2. Prints one JSON
 line (``--json FILE`` also writes it).
@@ -93,25 +93,46 @@ def write_run(output: str, rows_per_group: int, size: int, seed: int = 0) -> Non
     storage.write_manifest(dataset)
 
 
-def child(args) -> None:
-    import torch
+def run_config(args, rows_per_group: int):
+    from varireal_ray.config import load_config
 
-    from varireal_ray.config import Condition, load_config
-    from varireal_ray.train import data as trial_data
-    from varireal_ray.train import view
-    from varireal_ray.train.loop import Trial, torch_threads
-
-    output = str(Path(args.workdir) / f"rows{args.child}")
-    write_run(output, args.child, args.image_size)
-    config = load_config([harness.DEMO_CONFIG], [
+    output = str(Path(args.workdir) / f"rows{rows_per_group}")
+    return load_config([harness.DEMO_CONFIG], [
         f"run.output={output}", f"train.image_size={args.crop}", f"train.view.short_side={args.short_side}",
         "train.batch_size=16", *(["models.cache_dir=" + args.cache_dir] if args.cache_dir else [])])
-    torch.set_num_threads(1)
+
+
+def peak_rss_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def build_child(args) -> None:
+    """Write the run folder, then build its view (timed; this process's peak RSS is the build's)."""
+    from varireal_ray.train import view
+
+    config = run_config(args, args.build)
+    write_run(config.run.output, args.build, args.image_size)
+    written = peak_rss_mib()
     started = time.perf_counter()
     root = view.ensure(config)
     build_s = time.perf_counter() - started
     info = json.loads(Path(root, "view.json").read_text())
+    print(json.dumps({"synthetic_rows": args.build * len(GROUPS), "view_images": info["rows"],
+                      "view_mb": round(info["bytes"] / 1e6, 2), "view_kb_per_image": round(info["bytes"] / info["rows"] / 1e3, 1),
+                      "view_build_s": round(build_s, 1), "view_images_per_s_1_cpu": round(info["rows"] / build_s, 1),
+                      "peak_rss_writer_and_build_mib": peak_rss_mib(), "peak_rss_after_writing_mib": written}))
 
+
+def trial_child(args) -> None:
+    """One trial's data, its data path and its step, in a fresh process (its peak RSS is the trial's)."""
+    import torch
+
+    from varireal_ray.config import Condition
+    from varireal_ray.train import data as trial_data
+    from varireal_ray.train.loop import Trial, torch_threads
+
+    config = run_config(args, args.trial)
+    torch.set_num_threads(1)
     trial = Trial(config, Condition(name="pure", attribute="background", feasible_fraction=1.0), 0, torch.device("cpu"), None)
     mixed = trial_data.build_trial_data(config, Condition(name="mixed", attribute="background", feasible_fraction=0.5),
                                         0, trial.data.train.transform, trial.data.val.transform)
@@ -125,18 +146,25 @@ def child(args) -> None:
         for batch in batches[1:]:
             trial.step(*batch)
         step_s = time.perf_counter() - started
-    samples = 16 * args.batches
     print(json.dumps({
-        "synthetic_rows": args.child * len(GROUPS), "view_images": info["rows"], "view_mb": round(info["bytes"] / 1e6, 2),
-        "view_build_s": round(build_s, 1), "view_images_per_s": round(info["rows"] / build_s, 1),
         "pure": {"n_synthetic": trial.data.n_synthetic, "bytes_selected": trial.data.bytes_selected,
                  "bytes_read": trial.data.bytes_read, "ratio": round(trial.data.bytes_read / trial.data.bytes_selected, 3)},
         "mixed": {"n_synthetic": mixed.n_synthetic, "bytes_selected": mixed.bytes_selected,
                   "bytes_read": mixed.bytes_read, "ratio": round(mixed.bytes_read / mixed.bytes_selected, 3)},
-        "data_path_samples_per_s_per_cpu": round(samples / data_s, 1),
+        "data_path_samples_per_s_per_cpu": round(16 * args.batches / data_s, 1),
         "step_samples_per_s_1_thread": round(16 * (args.batches - 1) / step_s, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_trial_mib": peak_rss_mib(),
     }))
+
+
+def run_child(args, flag: str, rows: int) -> dict:
+    cmd = [sys.executable, __file__, flag, str(rows), "--image-size", str(args.image_size),
+           "--short-side", str(args.short_side), "--crop", str(args.crop), "--batches", str(args.batches),
+           "--workdir", args.workdir] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{flag} {rows} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -150,26 +178,22 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="models.cache_dir (default: the config's)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None)
-    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--build", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--trial", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-train-data-")
-    if args.child is not None:
+    if args.build is not None or args.trial is not None:
         harness.quiet_logs()
-        child(args)
+        build_child(args) if args.build is not None else trial_child(args)
         return
     runs = {}
     for scale in (1, args.factor):
-        cmd = [sys.executable, __file__, "--child", str(args.rows * scale), "--image-size", str(args.image_size),
-               "--short-side", str(args.short_side), "--crop", str(args.crop), "--batches", str(args.batches),
-               "--workdir", args.workdir] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"scale {scale}x failed:\n{done.stderr[-3000:]}")
-        runs[f"{scale}x"] = json.loads(done.stdout.strip().splitlines()[-1])
+        rows = args.rows * scale
+        runs[f"{scale}x"] = run_child(args, "--build", rows) | run_child(args, "--trial", rows)
     one, many = runs["1x"], runs[f"{args.factor}x"]
     harness.emit({
         "benchmark": "train_data", "runs": runs, "image_size": args.image_size, "short_side": args.short_side,
-        "crop": args.crop, "peak_rss_growth": round(many["peak_rss_mib"] / one["peak_rss_mib"], 3),
+        "crop": args.crop, "peak_rss_trial_growth": round(many["peak_rss_trial_mib"] / one["peak_rss_trial_mib"], 3),
         "goal": f"peak RSS at {args.factor}x within 1.2x of 1x; bytes read / selection <= 1.2",
         "machine": harness.machine(),
     }, args.json)

@@ -118,3 +118,18 @@ def test_on_logical_gpus_every_stage_runs_at_once(tmp_path, model_cache, gpus, e
         assert len(set(edit_gpus.values())) == len(edit_gpus) and not judge_gpus & set(edit_gpus.values()), (edit_gpus, judge_gpus)
     else:  # one GPU, shared by all three stages
         assert {s["gpu"] for w in workers for s in w.values()} == {"0"}
+
+
+def test_queues_are_bounded_from_the_first_block_unless_the_user_says_otherwise(monkeypatch):
+    from ray.data._internal.execution.backpressure_policy import DownstreamCapacityBackpressurePolicy as policy
+
+    from varireal_ray import ray_utils
+
+    monkeypatch.setattr(policy, "OBJECT_STORE_BUDGET_UTIL_THRESHOLD", 0.5)  # Ray's default
+    monkeypatch.delenv("RAY_DATA_DOWNSTREAM_CAPACITY_OBJECT_STORE_BUDGET_UTIL_THRESHOLD", raising=False)
+    ray_utils.bound_queues()
+    assert policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD == 0.0
+    monkeypatch.setattr(policy, "OBJECT_STORE_BUDGET_UTIL_THRESHOLD", 0.7)
+    monkeypatch.setenv("RAY_DATA_DOWNSTREAM_CAPACITY_OBJECT_STORE_BUDGET_UTIL_THRESHOLD", "0.7")
+    ray_utils.bound_queues()
+    assert policy.OBJECT_STORE_BUDGET_UTIL_THRESHOLD == 0.7

@@ -181,7 +181,16 @@ def write_parquet(uri: str, table: pa.Table) -> None:
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
+    """A Parquet file, or only ``columns`` of it: then only the footer and those column chunks
+    are read (ranged reads on object storage), so metadata reads skip the image bytes."""
+    if columns is None:
+        return pq.read_table(io.BytesIO(read_bytes(uri)))
+    fs, path = filesystem(uri)
+    try:
+        with (fs.open(path, "rb", cache_type="none") if is_remote(uri) else open(path, "rb")) as f:
+            return pq.read_table(f, columns=columns, pre_buffer=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} does not exist") from None
 
 
 def _check_bucket(fs, bucket: str, uri: str) -> None:
