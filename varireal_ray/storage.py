@@ -264,14 +264,24 @@ def commit_shard(dataset_uri: str, table: pa.Table, id_column: str = "id", name:
     return record
 
 
+def concurrently(fn, items: list, threads: int = 16) -> list:
+    """``[fn(x) for x in items]``, ``threads`` at a time: object stores reward parallel requests
+    (thousands of small reads one at a time are minutes of round trips)."""
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(fn, items))
+
+
 def commits(dataset_uri: str) -> list[dict]:
-    """Every commit record of a dataset, read concurrently (a long run has thousands; from object
-    storage one at a time that is minutes of round trips)."""
-    uris = list_files(join(dataset_uri, COMMITS), ".json")
-    if len(uris) < 2:
-        return [read_json(u) for u in uris]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(read_json, uris))
+    """Every commit record of a dataset, read concurrently (a long run has thousands)."""
+    return concurrently(read_json, list_files(join(dataset_uri, COMMITS), ".json"))
+
+
+def commit_record(dataset_uri: str, shard: str) -> dict | None:
+    """The commit record of one shard (``shards/<name>.parquet``, as the manifest lists it), or None."""
+    uri = join(dataset_uri, COMMITS, f"{posixpath.splitext(posixpath.basename(shard))[0]}.json")
+    return read_json(uri) if exists(uri) else None
 
 
 def committed_ids(dataset_uri: str) -> set[str]:

@@ -187,8 +187,8 @@ def build_trial_data(
     config: Config, condition: Condition, seed: int, train_tf: Callable, eval_tf: Callable
 ) -> TrialData:
     names = class_names(read_sources(config))
-    view.ensure(config)  # built by the train job before its trials; here when a trial runs alone
-    opened = view.TrialView.open(config)
+    # Built by the train job before its trials; here when a trial runs alone.
+    opened = view.TrialView.open(config, view.ensure(config))
     index = opened.index
     real = index.filter(pc.equal(index["kind"], "real"))
     splits = {s: real.filter(pc.equal(real["split"], s)) for s in ("train", "val", "test")}
@@ -206,31 +206,27 @@ def build_trial_data(
         parts.append(splits["train"])
     used = pa.concat_tables(parts + [splits["val"], splits["test"]])
     paths = opened.local_files(config, used)
-    files, _ = view.locate(used, paths)
+    files, where = view.locate(used, paths)  # rows in ``used`` order: synthetic, real train, val, test
     reader = view.RowGroups(files)
+    real_train = where[n_synthetic:n_synthetic + n_real]
+    val, test = np.split(where[n_synthetic + n_real:], [splits["val"].num_rows])
 
-    def located(rows: pa.Table) -> np.ndarray:
-        return view.locate(rows, paths)[1]
-
-    where = [located(parts[0])] if n_synthetic else []
     labels = parts[0]["label"].to_pylist() if n_synthetic else []
-    if n_real:
-        repeats = max(1, round(n_synthetic / n_real)) if n_synthetic else 1
-        where.append(np.tile(located(splits["train"]), (repeats, 1)))
-        labels += splits["train"]["label"].to_pylist() * repeats
-    where_all = np.concatenate(where) if where else np.zeros((0, 3), np.int32)
-    is_real = [False] * n_synthetic + [True] * (len(where_all) - n_synthetic)
+    repeats = (max(1, round(n_synthetic / n_real)) if n_synthetic else 1) if n_real else 0
+    train_where = np.concatenate([where[:n_synthetic], np.tile(real_train, (repeats, 1))])
+    labels += splits["train"]["label"].to_pylist() * repeats
+    is_real = [False] * n_synthetic + [True] * (len(train_where) - n_synthetic)
 
-    def eval_set(split: str) -> ImageDataset:
+    def eval_set(split: str, located: np.ndarray) -> ImageDataset:
         rows = splits[split]
-        return ImageDataset(reader, located(rows), rows["label"].to_pylist(), [True] * rows.num_rows, eval_tf)
+        return ImageDataset(reader, located, rows["label"].to_pylist(), [True] * rows.num_rows, eval_tf)
 
     read = sum(opened.info["files"][n]["bytes"] for n in paths) if not storage.is_remote(opened.uri) else opened.bytes_fetched
     return TrialData(
         class_names=names,
-        train=ImageDataset(reader, where_all, labels, is_real, train_tf),
-        val=eval_set("val"),
-        test=eval_set("test"),
+        train=ImageDataset(reader, train_where, labels, is_real, train_tf),
+        val=eval_set("val", val),
+        test=eval_set("test", test),
         test_ids=splits["test"]["source_id"].to_pylist(),
         n_real=n_real,
         n_synthetic=n_synthetic,

@@ -31,8 +31,7 @@ import json
 import logging
 import math
 import os
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,12 +130,13 @@ def build_piece(piece: dict, config_json: dict) -> dict:
     config = Config.model_validate(config_json)
     root, rows_per_group = piece["root"], config.train.view.row_group_rows
     if piece["kind"] == "synthetic":
+        shard = storage.join(piece["dataset"], piece["path"])
         try:
-            table = storage.read_parquet(piece["shard"], columns=META_COLUMNS + ["edited"])
+            table = storage.read_parquet(shard, columns=META_COLUMNS + ["edited"])
         except Exception as exc:  # noqa: BLE001 - any read failure is this shard's
             raise ViewError(
-                f"generated shard {piece['shard']} cannot be read ({type(exc).__name__}: {exc}); it holds "
-                f"{piece['rows']} rows ({piece['ids_hint']}); restore the file, or re-run `varireal generate` "
+                f"generated shard {shard} cannot be read ({type(exc).__name__}: {exc}); it holds "
+                f"{piece['rows']} rows ({_ids_hint(piece)}); restore the file, or re-run `varireal generate` "
                 "after removing it from generate/manifest.json and its commit record"
             ) from None
         table = _usable(table, config.train.accepted_only)
@@ -158,7 +158,7 @@ def build_piece(piece: dict, config_json: dict) -> dict:
             try:
                 views.append(resize(images[i], config))
             except BadImage as exc:
-                where = piece.get("shard") or meta[i].get("image_uri")
+                where = storage.join(piece["dataset"], piece["path"]) if "path" in piece else meta[i]["image_uri"]
                 raise ViewError(f"{where}: row {meta[i]['id']!r}: {exc}; fix or remove that image") from None
         rel = f"{group}/{piece['name']}.parquet"
         where = _write_file(storage.join(root, rel), [meta[i]["id"] for i in rows], [meta[i]["label"] for i in rows], views, rows_per_group)
@@ -170,6 +170,12 @@ def build_piece(piece: dict, config_json: dict) -> dict:
     return {"piece": piece["name"], "rows": len(out)}
 
 
+def _ids_hint(piece: dict) -> str:
+    """The first ids of a generated shard, from its commit record (read only when it is needed)."""
+    ids = (storage.commit_record(piece["dataset"], piece["path"]) or {}).get("ids", [])
+    return f"ids {ids[:3]}{' ...' if len(ids) > 3 else ''}" if ids else "ids in its commit record"
+
+
 def _read_all(uris: list[str], piece: dict) -> list[bytes]:
     def read(uri: str) -> bytes:
         try:
@@ -178,8 +184,7 @@ def _read_all(uris: list[str], piece: dict) -> list[bytes]:
             raise ViewError(f"source image {uri} ({piece['split']} split) cannot be read ({type(exc).__name__}: {exc}); "
                             "restore it, or remove it from the dataset and re-run") from None
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(read, uris))
+    return storage.concurrently(read, uris)
 
 
 def index_schema() -> pa.Schema:
@@ -194,14 +199,9 @@ def pieces(config: Config, root: str) -> list[dict]:
     """The build tasks: one per generated shard, one per ``REAL_ROWS_PER_FILE`` sources of a split."""
     from varireal_ray.sources import manifest
 
-    out = []
     dataset = run_folder.generated(config)
-    records = {r["shard"]: r for r in storage.commits(dataset)} if generated_shards(config) else {}
-    for shard in generated_shards(config):
-        ids = records.get(shard["path"], {}).get("ids", [])
-        hint = f"ids {ids[:3]}{' ...' if len(ids) > 3 else ''}" if ids else "ids in its commit record"
-        out.append({"kind": "synthetic", "shard": storage.join(dataset, shard["path"]), "rows": shard["rows"],
-                    "ids_hint": hint, "name": Path(shard["path"]).stem, "root": root})
+    out = [{"kind": "synthetic", "dataset": dataset, "path": shard["path"], "rows": shard["rows"],
+            "name": Path(shard["path"]).stem, "root": root} for shard in generated_shards(config)]
     sources = manifest.read(config).select(["source_id", "class_name", "label", "split", "image_uri"]).sort_by("source_id")
     for split in ("train", "val", "test"):
         rows = sources.filter(pc.equal(sources["split"], split)).to_pylist()
@@ -212,8 +212,8 @@ def pieces(config: Config, root: str) -> list[dict]:
 
 
 def ensure(config: Config) -> str:
-    """Build this run's view unless it exists (resuming a partial build); return its URI. Ray
-    must be initialised: the pieces are Ray tasks, one CPU each."""
+    """Build this run's view unless it exists (resuming a partial build); return its URI. With
+    Ray initialised the pieces are Ray tasks, one CPU each; without, they run here in turn."""
     import ray
 
     from varireal_ray.pipeline.wiring import collect
@@ -232,13 +232,14 @@ def ensure(config: Config) -> str:
     else:  # no cluster (a notebook, a unit test): the same pieces, one after the other, here
         for piece in todo:
             build_piece(piece, config_json)
-    index = pa.concat_tables([storage.read_parquet(u) for u in storage.list_files(storage.join(root, "pieces"), ".parquet")]
-                             or [index_schema().empty_table()])
+    fragments = storage.concurrently(storage.read_parquet, storage.list_files(storage.join(root, "pieces"), ".parquet"))
+    index = pa.concat_tables(fragments or [index_schema().empty_table()])
     index = index.sort_by([("group", "ascending"), ("id", "ascending")])
     storage.write_parquet(storage.join(root, "index.parquet"), index)
-    files = {}
-    for name, table in _by_file(index):
-        files[name] = {"rows": table.num_rows, "bytes": storage.size(storage.join(root, name))}
+    rows = Counter(index["file"].to_pylist())
+    names = sorted(rows)
+    sizes = storage.concurrently(storage.size, [storage.join(root, n) for n in names])
+    files = {n: {"rows": rows[n], "bytes": b} for n, b in zip(names, sizes)}
     storage.write_json(storage.join(root, "view.json"), {
         "settings": settings(config), "rows": index.num_rows, "files": files,
         "bytes": sum(f["bytes"] for f in files.values()),
@@ -246,12 +247,6 @@ def ensure(config: Config) -> str:
     })
     log.info("training view written: %d images, %.1f MB", index.num_rows, sum(f["bytes"] for f in files.values()) / 1e6)
     return root
-
-
-def _by_file(index: pa.Table):
-    names = index["file"].to_pylist()
-    for name in sorted(set(names)):
-        yield name, index.filter(pc.equal(index["file"], name))
 
 
 # ----------------------------------------------------------------------------------------- read
@@ -265,8 +260,9 @@ class TrialView:
     bytes_fetched: int = 0  # from object storage into this node's copy, by this trial
 
     @classmethod
-    def open(cls, config: Config) -> TrialView:
-        uri = storage.join(run_folder.train_views(config), key(config))
+    def open(cls, config: Config, uri: str | None = None) -> TrialView:
+        """The view at ``uri`` (what ``ensure`` returned), by default this config's."""
+        uri = uri or storage.join(run_folder.train_views(config), key(config))
         if not storage.exists(storage.join(uri, "view.json")):
             raise ViewError(f"{uri} has no view.json: the training view was not built for this run's data; "
                             "run `varireal train` (it builds the view before the trials start)")
@@ -305,8 +301,7 @@ class TrialView:
             (folder / name.split("/", 1)[1]).write_bytes(data)
             return len(data)
 
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            self.bytes_fetched += sum(pool.map(fetch, names))
+        self.bytes_fetched += sum(storage.concurrently(fetch, names))
 
     def _missing(self, name: str, rows: pa.Table):
         ids = rows.filter(pc.equal(rows["file"], name))["id"].to_pylist()
