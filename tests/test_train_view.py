@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -35,7 +36,7 @@ def make_run(output: str, model_cache, tmp_path: Path, *overrides: str):
 def config_for(output, model_cache, tmp_path, *overrides):
     return load_config([REPO / "configs" / "demo.yaml"], [
         f"run.output={output}", f"models.cache_dir={model_cache}", f"train.view.cache_dir={tmp_path / 'node-cache'}",
-        "train.image_size=16", "train.view.row_group_rows=4", *overrides])
+        "train.image_size=16", *overrides])
 
 
 def build(config, condition=PURE, seed=0) -> trial_data.TrialData:
@@ -43,7 +44,7 @@ def build(config, condition=PURE, seed=0) -> trial_data.TrialData:
 
 
 def test_view_holds_every_trainable_image_resized_and_indexed(tmp_path, model_cache):
-    config = make_run(str(tmp_path / "run"), model_cache, tmp_path, "train.view.short_side=24")
+    config = make_run(str(tmp_path / "run"), model_cache, tmp_path, "train.view.short_side=24", "train.view.row_group_rows=4")
     root = view.ensure(config)
     info = storage.read_json(storage.join(root, "view.json"))
     index = storage.read_parquet(storage.join(root, "index.parquet"))
@@ -63,7 +64,7 @@ def test_view_holds_every_trainable_image_resized_and_indexed(tmp_path, model_ca
     # A second call finds it; another resolution is another view.
     assert view.ensure(config) == root
     other = config_for(config.run.output, model_cache, tmp_path, "train.view.short_side=32")
-    assert view.key(config_for(config.run.output, model_cache, tmp_path, "train.view.short_side=24")) == view.key(config)
+    assert view.key(config_for(config.run.output, model_cache, tmp_path, "train.view.short_side=24", "train.view.row_group_rows=4")) == view.key(config)
     assert view.key(other) != view.key(config)
 
 
@@ -82,6 +83,16 @@ def test_a_trial_reads_only_the_groups_of_its_rows_and_holds_no_image(tmp_path, 
     # Every sample of every split decodes to its own label.
     for dataset in (data.train, data.val, data.test):
         assert [int(dataset[i][1]) for i in range(len(dataset))] == dataset.labels.tolist()
+    # A mixed condition takes a seeded half of each pool, scattered over both pools' files: it
+    # still reads only its own images (one row a group), not the pools whole.
+    mixed = build(config, Condition(name="mix", attribute="background", feasible_fraction=0.5))
+    index = view.TrialView.open(config).index
+    pools = index.filter(pc.is_in(index["group"], pa.array(["background-feasible", "background-infeasible"])))
+    real = index.filter(pc.equal(index["kind"], "real"))
+    assert 0 < mixed.n_synthetic < pools.num_rows
+    assert mixed.bytes_selected <= mixed.bytes_read <= 1.2 * mixed.bytes_selected
+    whole_pools = pc.sum(pools["nbytes"]).as_py() + pc.sum(real["nbytes"]).as_py()
+    assert mixed.bytes_read < 0.9 * whole_pools
 
 
 def test_a_partial_build_resumes_and_a_missing_shard_is_named(tmp_path, model_cache):

@@ -176,7 +176,7 @@ class TrialData:
     n_real: int  # distinct real training images (before repetition)
     n_synthetic: int
     bytes_selected: int  # the view's bytes of every image this trial uses (each once)
-    bytes_read: int  # of the view's files this trial reads (local) or fetched (remote)
+    bytes_read: int  # of the view that one pass over its samples reads (local) or that it fetched into the node's copy (remote)
 
 
 def split_rows(sources: pa.Table, split: str) -> pa.Table:
@@ -221,7 +221,7 @@ def build_trial_data(
         rows = splits[split]
         return ImageDataset(reader, located, rows["label"].to_pylist(), [True] * rows.num_rows, eval_tf)
 
-    read = sum(opened.info["files"][n]["bytes"] for n in paths) if not storage.is_remote(opened.uri) else opened.bytes_fetched
+    read = opened.bytes_fetched if storage.is_remote(opened.uri) else reader.bytes_to_read(where)
     return TrialData(
         class_names=names,
         train=ImageDataset(reader, train_where, labels, is_real, train_tf),

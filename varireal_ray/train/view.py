@@ -15,8 +15,9 @@ every trainable image, its shorter side ``train.view.short_side`` px:
                                          the usable generated rows, one file per generated shard
       pieces/<piece>.parquet             what each build task wrote (the resume record)
 
-Rows are sorted by id and stored in row groups of ``train.view.row_group_rows``: a sample is read
-as its row group, not its file. ``key`` hashes the view's settings, ``train.accepted_only``, the
+Rows are sorted by id and stored in row groups of ``train.view.row_group_rows`` (1 by default): a
+sample is read as its row group, not its file, so any selection of rows, a seeded part of a pool
+included, reads its own images and not their neighbours. ``key`` hashes the view's settings, ``train.accepted_only``, the
 source manifest and the generated dataset's shard list, so a changed resolution or a regenerated
 dataset makes a new view. A trial (``TrialView``) reads the index, selects its rows, and reads
 only the groups (folders) that hold them: from the run folder in place when it is local, else
@@ -49,7 +50,7 @@ from varireal_ray.stages.common import BadImage, decode_image
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # of the layout; part of the key
+VERSION = 2  # of the layout; part of the key
 REAL_ROWS_PER_FILE = 256
 META_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
 INDEX_COLUMNS = ["kind", "split", "group", *META_COLUMNS, "file", "row_group", "offset", "nbytes"]
@@ -101,15 +102,14 @@ def resize(data: bytes, config: Config) -> bytes:
     return buf.getvalue()
 
 
-def _write_file(uri: str, ids: list[str], labels: list[int], images: list[bytes], row_group_rows: int) -> list[tuple[int, int]]:
+def _write_file(uri: str, ids: list[str], images: list[bytes], row_group_rows: int) -> list[tuple[int, int]]:
     """One view file, rows sorted by id; returns each row's (row group, offset) in input order."""
     order = sorted(range(len(ids)), key=ids.__getitem__)
-    table = pa.table({"id": [ids[i] for i in order], "label": pa.array([labels[i] for i in order], pa.int64()),
-                      "image": pa.array([images[i] for i in order], pa.binary())})
+    table = pa.table({"id": [ids[i] for i in order], "image": pa.array([images[i] for i in order], pa.binary())})
     buf = io.BytesIO()
-    # Image bytes neither compress nor repeat; their statistics would copy them into the footer.
-    pq.write_table(table, buf, row_group_size=row_group_rows, compression="none",
-                   use_dictionary=["id", "label"], write_statistics=["id", "label"])
+    # Image bytes neither compress nor repeat, and statistics would copy them into the footer; the
+    # index, not this file, is what a trial searches, so no column needs either.
+    pq.write_table(table, buf, row_group_size=row_group_rows, compression="none", use_dictionary=False, write_statistics=False)
     storage.write_bytes(uri, buf.getvalue())
     where = [(0, 0)] * len(ids)
     for position, i in enumerate(order):
@@ -161,7 +161,7 @@ def build_piece(piece: dict, config_json: dict) -> dict:
                 where = storage.join(piece["dataset"], piece["path"]) if "path" in piece else meta[i]["image_uri"]
                 raise ViewError(f"{where}: row {meta[i]['id']!r}: {exc}; fix or remove that image") from None
         rel = f"{group}/{piece['name']}.parquet"
-        where = _write_file(storage.join(root, rel), [meta[i]["id"] for i in rows], [meta[i]["label"] for i in rows], views, rows_per_group)
+        where = _write_file(storage.join(root, rel), [meta[i]["id"] for i in rows], views, rows_per_group)
         for i, (rg, offset), data in zip(rows, where, views):
             entry = {c: meta[i].get(c) for c in INDEX_COLUMNS if c in meta[i]}
             out.append(entry | {"group": group, "file": rel, "row_group": rg, "offset": offset, "nbytes": len(data)})
@@ -310,12 +310,14 @@ class TrialView:
 
 
 class RowGroups:
-    """Reads one image by (file, row group, offset), keeping the last row groups it read (a small,
-    bounded cache per loader worker). Holds no file handle when pickled to a worker."""
+    """Reads one image by (file, row group, offset). Keeps each file's footer once read, and the
+    last row groups it read (a small, bounded cache per loader worker, for views with more than one
+    row a group). Holds no file handle, and pickles without its caches, to a loader worker."""
 
     def __init__(self, paths: list[str], keep: int = 16):
         self.paths, self.keep = paths, keep
         self._groups: OrderedDict = OrderedDict()
+        self._footers: dict[int, pq.FileMetaData] = {}
 
     def __getstate__(self):
         return {"paths": self.paths, "keep": self.keep}
@@ -323,17 +325,36 @@ class RowGroups:
     def __setstate__(self, state):
         self.__init__(state["paths"], state["keep"])
 
+    def _file(self, file: int) -> pq.ParquetFile:
+        footer = self._footers.get(file)
+        opened = pq.ParquetFile(self.paths[file], metadata=footer)
+        if footer is None:
+            self._footers[file] = opened.metadata
+        return opened
+
     def image(self, file: int, row_group: int, offset: int) -> bytes:
         k = (file, row_group)
         column = self._groups.get(k)
         if column is None:
-            column = pq.ParquetFile(self.paths[file]).read_row_group(row_group, columns=["image"])["image"]
+            column = self._file(file).read_row_group(row_group, columns=["image"])["image"]
             self._groups[k] = column
             if len(self._groups) > self.keep:
                 self._groups.popitem(last=False)
         else:
             self._groups.move_to_end(k)
         return column[offset].as_py()
+
+    def bytes_to_read(self, where: np.ndarray) -> int:
+        """What reading every sample at ``where`` once costs: the image chunks of the row groups
+        they are in, and the footer of each file they are in."""
+        image = 1  # the column's position in every view file (id, image)
+        total = 0
+        for file in np.unique(where[:, 0]) if len(where) else []:
+            footer = self._file(int(file)).metadata
+            total += footer.serialized_size + 8  # the footer and its length + magic
+            for group in np.unique(where[where[:, 0] == file, 1]):
+                total += footer.row_group(int(group)).column(image).total_compressed_size
+        return total
 
 
 def locate(rows: pa.Table, paths: dict[str, str]) -> tuple[list[str], np.ndarray]:
