@@ -14,7 +14,7 @@ from varireal_ray.config import Condition, load_config
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.evaluate import evaluate
 from varireal_ray.train.grid import ray_storage, run_grid, root_cause
-from varireal_ray.train.loop import InjectedCrash, run_trial, trial_uri
+from varireal_ray.train.loop import InjectedCrash, LoaderClock, run_trial, trial_uri
 from varireal_ray.train.model import build_classifier, load_clip
 from varireal_ray.train.transforms import eval_transform
 
@@ -73,11 +73,34 @@ def test_fine_tuning_learns_the_task(config, reference):
     assert result["test"]["selected"]["top1"] >= 0.8
     assert [m["step"] for m in keep.metrics] == [20, 40]
     assert result["n_synthetic"] == 18 and result["n_real"] == 12
+    # The loader's share of training is measured: start-up apart, waits within the loop's time.
+    assert result["loader_workers"] == trial_data.loader_workers(config.train.trial.num_cpus)
+    assert result["loader_startup_s"] > 0 and 0 <= result["loader_wait_s"] <= result["train_loop_s"] < result["wall_s"]
+    assert result["loader_wait_fraction"] == pytest.approx(result["loader_wait_s"] / result["train_loop_s"], abs=1e-3)
     assert len(result["test_correct_selected"]) == len(result["test_ids"]) == 12
     assert sum(result["test_correct_selected"]) / 12 == pytest.approx(result["test"]["selected"]["top1"])
     assert [(m["split"], m["step"]) for m in metrics_lines(config, "mix_reference")] == [
         ("val", 20), ("val", 40), ("test", result["selected_step"]), ("test", 40)
     ]
+
+
+def test_the_loader_clock_tells_a_slow_data_path_from_a_slow_step():
+    import time
+
+    def batches(n, delay):
+        for i in range(n):
+            time.sleep(delay)
+            yield i
+
+    slow_data = LoaderClock(batches(6, 0.05))
+    assert list(slow_data) == list(range(6))  # every batch, in order
+    assert slow_data.startup_s >= 0.05 and slow_data.wait_s >= 0.25  # the first batch is start-up, not waiting
+    assert slow_data.summary(1)["loader_wait_fraction"] > 0.8
+
+    slow_step = LoaderClock(batches(6, 0.0))
+    for _ in slow_step:
+        time.sleep(0.05)
+    assert slow_step.total_s >= 0.25 and slow_step.summary(1)["loader_wait_fraction"] < 0.2
 
 
 def test_a_killed_trial_resumes_to_the_same_result(config, reference, tmp_path):

@@ -118,7 +118,8 @@ def run_trial(
         started, started_at = time.perf_counter(), time.time()
         trial = Trial(config, condition, seed, device, restore)
         train = config.train
-        for images, labels, is_real in trial.loader():
+        batches = LoaderClock(trial.loader())
+        for images, labels, is_real in batches:
             trial.step(images, labels, is_real)
             step, last = trial.state.step, trial.state.step == train.iterations
             evaluated = step % train.eval_every == 0 or last
@@ -136,9 +137,48 @@ def run_trial(
         result = trial.finish()
         # When this attempt ran (epoch seconds): shows which trials overlapped on the cluster.
         result.update(wall_s=round(time.perf_counter() - started, 2), started_at=started_at, finished_at=time.time())
+        result.update(batches.summary(trial.workers))
+        if result["loader_wait_fraction"] > LOADER_BOUND:
+            log.warning("%s waited on its loader for %.0f%% of training (%d loader workers): the data path, not the "
+                        "step, set its speed; give trials more CPUs (train.trial.num_cpus)",
+                        name, 100 * result["loader_wait_fraction"], trial.workers)
         storage.write_json(storage.join(trial.out_uri, "result.json"), result)
         tracking.finish(result)
         return result
+
+
+LOADER_BOUND = 0.2  # a trial that waits on its loader longer than this share of training is loader-bound
+
+
+class LoaderClock:
+    """Iterates a loader and times training in three parts: the first batch (the loader workers
+    starting), waiting for each later batch (the data path not keeping up), and everything else
+    (the steps, evaluations, checkpoints)."""
+
+    def __init__(self, loader):
+        self.loader, self.startup_s, self.wait_s, self.total_s = loader, 0.0, 0.0, 0.0
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        started = time.perf_counter()
+        first = True
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited = time.perf_counter() - asked
+            if first:
+                self.startup_s, first, started = waited, False, time.perf_counter()
+            else:
+                self.wait_s += waited
+            if batch is None:
+                break
+            yield batch
+        self.total_s = time.perf_counter() - started
+
+    def summary(self, workers: int) -> dict:
+        return {"loader_workers": workers, "loader_startup_s": round(self.startup_s, 2),
+                "loader_wait_s": round(self.wait_s, 2), "train_loop_s": round(self.total_s, 2),
+                "loader_wait_fraction": round(self.wait_s / self.total_s, 3) if self.total_s > 0 else 0.0}
 
 
 @contextlib.contextmanager
