@@ -93,9 +93,10 @@ def cmd_prompts(config: Config) -> str:
     from varireal_ray.prompts.job import run_prompts
     from varireal_ray.sources.manifest import class_names
 
-    uri = run_prompts(config, class_names(sources.ensure_manifest(config)))
-    print(f"bank: {uri}")
-    return uri
+    result = run_prompts(config, class_names(sources.ensure_manifest(config)))
+    print(result.summary())
+    print(f"bank: {result.uri}")
+    return result.uri
 
 
 def cmd_generate(config: Config) -> dict:

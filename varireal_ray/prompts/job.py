@@ -39,8 +39,21 @@ class PromptsError(UserError, RuntimeError):
     """The prompts job cannot produce a usable bank; says which list and what to change."""
 
 
-def run_prompts(config: Config, class_names: list[str]) -> str:
-    """Write the attribute bank for ``class_names`` under ``<run.output>/bank``; returns its URI."""
+@dataclasses.dataclass
+class PromptsResult:
+    """What the prompts job wrote: the bank's URI, the bank, and what a person reads of it."""
+
+    uri: str
+    bank: Bank
+    lists: int
+    seconds: float
+
+    def summary(self) -> str:
+        return summary(self.bank, self.lists, self.seconds)
+
+
+def run_prompts(config: Config, class_names: list[str]) -> PromptsResult:
+    """Write the attribute bank for ``class_names`` under ``<run.output>/bank``."""
     started = time.perf_counter()
     _check_classes(class_names)
     load.check_roles(config.models, ["llm", "embedder"])
@@ -73,8 +86,7 @@ def run_prompts(config: Config, class_names: list[str]) -> str:
         },
     )
     uri = bank.save(run_folder.written_bank(config))
-    print(summary(bank, len(keys), time.perf_counter() - started))
-    return uri
+    return PromptsResult(uri, bank, len(keys), time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------ requests
