@@ -60,11 +60,19 @@ def test_missing_bucket_fails_clearly(s3_server):
         storage.check_writable("s3://no-such-bucket/run")
 
 
-def test_unreachable_endpoint_fails_clearly(s3_server, monkeypatch):
+def test_unreachable_endpoint_fails_clearly_and_fast(s3_server, monkeypatch):
+    """The preflight does not retry a refused connection (the job's own client does, for a
+    minute, to ride out an outage mid-run: that is S3_RETRIES, unchanged)."""
+    import time
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    with pytest.raises(storage.StorageError, match="127.0.0.1:9"):
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=r"cannot write to s3://some-bucket/run: .*127\.0\.0\.1:9.*check AWS_ENDPOINT_URL"):
         storage.check_writable("s3://some-bucket/run")
+    assert time.monotonic() - started < 10  # was 74 s with the job's retries
+    patient, _ = storage.filesystem("s3://some-bucket/run")
+    assert patient.retries > 1 and storage.filesystem("s3://some-bucket/run", patient=False)[0].retries == 1
 
 
 def test_read_missing_file_says_which(tmp_path):

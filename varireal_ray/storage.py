@@ -43,13 +43,15 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for ``uri`` and the path inside it."""
+def filesystem(uri: str, patient: bool = True) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for ``uri`` and the path inside it. ``patient``: an S3 client that
+    rides out an outage (``S3_RETRIES``), as a running job needs; else one that gives up on the
+    first refused or timed-out connection, as a preflight wants."""
     if uri.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         # One client per process and endpoint/credentials (making one costs ~0.2 s); keyed on the
         # credentials so that changing them in the environment takes effect.
-        key = (os.getpid(), endpoint, *(os.environ.get(v) for v in _S3_ENV))
+        key = (os.getpid(), endpoint, patient, *(os.environ.get(v) for v in _S3_ENV))
         return _s3(key), uri[len("s3://") :]
     if is_remote(uri):
         return fsspec.core.url_to_fs(uri)
@@ -64,14 +66,23 @@ _S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
 S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
 
 
+# The preflight's client: one attempt, a connection given 5 s (a refused one fails at once).
+S3_PREFLIGHT = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 20}
+
+
 @functools.lru_cache(maxsize=8)
 def _s3(key: tuple) -> fsspec.AbstractFileSystem:
-    endpoint = key[1]
+    endpoint, patient = key[1], key[2]
     kwargs: dict[str, Any] = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    if not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
+    if not patient:
+        kwargs["config_kwargs"] = dict(S3_PREFLIGHT)
+    elif not (os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")):
         kwargs["config_kwargs"] = {"retries": dict(S3_RETRIES)}
     # No listing cache: resume and readers must see shards other processes committed.
-    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **kwargs)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False, **kwargs)
+    if not patient:
+        fs.retries = 1  # s3fs's own retries (5, with backoff, on top of botocore's): off too
+    return fs
 
 
 def join(uri: str, *parts: str) -> str:
@@ -213,8 +224,9 @@ def _check_bucket(fs, bucket: str, uri: str) -> None:
 
 def check_writable(uri: str) -> None:
     """Fail fast, before any model loads, if ``uri`` cannot be written (missing bucket, bad keys,
-    unreachable endpoint). Writes and removes one small probe object."""
-    fs, path = filesystem(uri)
+    unreachable endpoint). Writes and removes one small probe object, without the retries that
+    ride out an outage mid-run: a refused connection fails here in seconds."""
+    fs, path = filesystem(uri, patient=False)
     probe = posixpath.join(path, f"_probe-{uuid.uuid4().hex}")
     try:
         if uri.startswith("s3://"):
