@@ -48,6 +48,7 @@ class RayHead:
     temp_dir: str
     log_path: Path
     token: str  # Ray's token authentication, on as a secured cluster runs it (RAY_AUTH_MODE=token)
+    address: str  # 127.0.0.1:<port>, what `ray.address` joins
 
     def client(self):
         """A ``JobSubmissionClient`` that presents the head's token."""
@@ -83,7 +84,7 @@ def start(num_cpus: int = 4, object_store_mb: int = 256, timeout_s: float = 180)
     ]  # fmt: skip
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    head = RayHead(process, f"http://127.0.0.1:{dash}", temp_dir, log_path, token)
+    head = RayHead(process, f"http://127.0.0.1:{dash}", temp_dir, log_path, token, f"127.0.0.1:{gcs}")
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:

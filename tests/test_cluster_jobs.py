@@ -117,6 +117,30 @@ def test_generate_job_submitted_through_the_jobs_api_writes_to_s3(head, s3_serve
     assert "cannot decode image" in errors[0]["error"]
 
 
+def test_joining_a_token_secured_cluster_without_the_token_says_what_to_set(head, tmp_path):
+    """``ray start`` turns token authentication on (Ray 2.60): a job joining it by ``ray.address``
+    without ``RAY_AUTH_MODE=token`` stops with one line of ours naming the address and the
+    settings, not Ray's traceback; with them it joins. Fresh processes: this one has its own Ray."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "varireal_ray.cli", "prompts", "--set", f"ray.address={head.address}", "--set", f"run.output={tmp_path / 'run'}"],
+        env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the Ray cluster at {head.address} refused this process's token")
+    assert "RAY_AUTH_MODE=token" in last and "RAY_AUTH_TOKEN" in last and "Traceback" not in refused.stderr
+
+    join = ("from varireal_ray import cli, ray_utils; from varireal_ray.config import load_config; "
+            f"ray_utils.init_ray(load_config([cli.DEMO_CONFIG], ['ray.address={head.address}'])); print('joined')")
+    joined = subprocess.run([sys.executable, "-c", join], env=env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": head.token},
+                            capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert joined.returncode == 0 and joined.stdout.strip().endswith("joined"), joined.stderr[-2000:]
+
+
 def test_driver_env_merges_with_the_jobs_runtime_env(monkeypatch):
     """Inside a submitted job, ``init_ray`` must not set again an env var the job's runtime_env
     sets: Ray refuses to merge the two and the job dies at ``ray.init`` (checked with Ray's own

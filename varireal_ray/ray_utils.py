@@ -7,8 +7,13 @@ import logging
 import os
 
 from varireal_ray.config import Config
+from varireal_ray.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class ClusterError(UserError, ConnectionError):
+    """The Ray cluster named by ``ray.address`` (or ``RAY_ADDRESS``) cannot be joined."""
 
 # Passed to every worker so workers behave like the driver (offline hub, quiet tokenizers).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
@@ -29,12 +34,34 @@ def init_ray(config: Config, progress: bool = True) -> None:
             kwargs["include_dashboard"] = False
             if config.ray.object_store_memory_mb:
                 kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as exc:
+            raise join_error(address, exc) from exc
         log.info("Ray resources: %s", ray.cluster_resources())
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     bound_queues()
+
+
+def join_error(address: str | None, exc: BaseException) -> BaseException:
+    """One line of our own for a cluster that refused us: Ray 2.60's clusters ask for a token by
+    default (``ray start`` turns token authentication on), and Ray's own error names neither the
+    address nor that this process needs ``RAY_AUTH_MODE=token`` to present one."""
+    causes = [exc]
+    while causes[-1].__cause__ is not None and len(causes) < 8:
+        causes.append(causes[-1].__cause__)
+    if address and any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in causes):
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        return ClusterError(
+            f"the Ray cluster at {address} refused this process's token (Ray's InvalidAuthToken; RAY_AUTH_MODE is {mode}): "
+            "it uses token authentication, so set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN "
+            "(or the file ~/.ray/auth_token; `ray get-auth-token` on the head prints it), then re-run")
+    if address:
+        return ClusterError(f"cannot join the Ray cluster at {address} ({exc}); check ray.address (or RAY_ADDRESS) "
+                            "and that the head is up (`ray status` on it)")
+    return exc
 
 
 def bound_queues() -> None:
