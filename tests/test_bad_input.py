@@ -137,7 +137,7 @@ def test_a_corpus_of_bad_images_gives_error_rows_and_the_job_finishes(tmp_path, 
     assert {r["class_name"] for r in rows} == set(good)
     for r in rows:
         source = np.asarray(decode_image(storage.read_bytes(r["image_uri"])))
-        assert np.asarray(Image.open(io.BytesIO(r["edited"]))).shape[:2] == source.shape[:2]
+        assert np.asarray(Image.open(io.BytesIO(r["edited"]["bytes"]))).shape[:2] == source.shape[:2]
     errors = storage.read_commits_table(storage.join(out, "errors")).to_pylist()
     reasons = {e["image_uri"].rsplit("/", 2)[1] + "/" + e["image_uri"].rsplit("/", 1)[1]: e["error"] for e in errors}
     assert len(errors) == 4 and all(e["error_stage"] == "mask" for e in errors)

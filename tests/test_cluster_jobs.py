@@ -107,8 +107,8 @@ def test_generate_job_submitted_through_the_jobs_api_writes_to_s3(head, s3_serve
     assert sorted((r["class_name"], r["image_uri"]) for r in rows) == [("cat", uris["cat"]), ("rocket", uris["rocket"])]
     for r in rows:  # the edit was made from the photo in the bucket: its object pixels are kept
         source = np.asarray(decode_image(storage.read_bytes(r["image_uri"])))
-        edited = np.asarray(Image.open(io.BytesIO(r["edited"])).convert("RGB"))
-        mask = decode_mask(r["mask"])
+        edited = np.asarray(Image.open(io.BytesIO(r["edited"]["bytes"])).convert("RGB"))
+        mask = decode_mask(r["mask"]["bytes"])
         assert edited.shape == source.shape and np.array_equal(edited[mask], source[mask])
         assert not np.array_equal(edited, source)
     # The corrupt object was read by a worker, in its own row, and failed alone, named.

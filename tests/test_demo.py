@@ -51,7 +51,7 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
     assert table.num_rows == manifest["rows"] == n_train * per_source
     assert len(set(table["id"].to_pylist())) == table.num_rows
     assert set(table["bank_hash"].to_pylist()) == {bank["hash"]}
-    assert all(len(b) > 0 for b in table["edited"].to_pylist())
+    assert all(len(b) > 0 for b in storage.image_bytes(table["edited"]))
 
     # Training: every condition of the grid finished, selected on val and tested.
     results = json.loads((out / "train" / "results.json").read_text())

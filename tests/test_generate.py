@@ -52,8 +52,8 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
     }
     for r in rows:
         source = np.asarray(decode_image(storage.read_bytes(r["image_uri"])))
-        edited = np.asarray(Image.open(io.BytesIO(r["edited"])).convert("RGB"))
-        mask = decode_mask(r["mask"])
+        edited = np.asarray(Image.open(io.BytesIO(r["edited"]["bytes"])).convert("RGB"))
+        mask = decode_mask(r["mask"]["bytes"])
         assert edited.shape == source.shape and mask.shape == source.shape[:2]
         keep = mask if r["attribute"] == "background" else ~mask
         assert np.array_equal(edited[keep], source[keep]), f"{r['id']}: untouched region changed"
@@ -66,6 +66,29 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
         assert len({w["pid"] for w in workers.values()}) == 3  # three actors, three processes
     attempts = storage.read_commits_table(storage.join(config.run.output, "generate", "attempts")).to_pylist()
     assert {a["id"] for a in attempts} == {r["id"] for r in rows}  # every attempt is on record
+    _opens_as_images_with_datasets(config, rows, tmp_path)
+
+
+def _opens_as_images_with_datasets(config, rows, tmp_path):
+    """The shards open in Hugging Face datasets with ``Image`` features for the edit and the mask
+    (the schema's own metadata says so), holding the very bytes the pipeline wrote; the masks
+    dataset too."""
+    import datasets
+    from datasets import Image as ImageFeature
+
+    out = storage.join(config.run.output, "generate")
+    shards = [storage.join(out, s["path"]) for s in storage.read_manifest(out)["shards"]]
+    loaded = datasets.load_dataset("parquet", data_files=shards, split="train", cache_dir=str(tmp_path / "hf-datasets"))
+    assert isinstance(loaded.features["edited"], ImageFeature) and isinstance(loaded.features["mask"], ImageFeature)
+    assert loaded.num_rows == len(rows)
+    by_id = {r["id"]: r for r in rows}
+    first = loaded[0]
+    assert first["edited"].size == Image.open(io.BytesIO(by_id[first["id"]]["edited"]["bytes"])).size
+    raw = loaded.cast_column("edited", ImageFeature(decode=False))
+    assert all(row["edited"]["bytes"] == by_id[row["id"]]["edited"]["bytes"] for row in raw)  # not re-encoded
+    masks = storage.dataset_shards(storage.join(out, "masks"))
+    assert isinstance(datasets.load_dataset("parquet", data_files=masks, split="train",
+                                            cache_dir=str(tmp_path / "hf-datasets")).features["mask"], ImageFeature)
 
 
 def test_same_config_same_rows(tmp_path, model_cache):

@@ -246,6 +246,53 @@ def check_writable(uri: str) -> None:
         raise StorageError(f"cannot write to {uri}: {type(exc).__name__}: {exc}{hint}") from None
 
 
+# ------------------------------------------------------------------------------- image columns
+# An image column of a shard is laid out as Hugging Face ``datasets`` lays out its ``Image``
+# feature: struct<bytes, path>, the encoded file's bytes as they are and no path. The schema's
+# ``huggingface`` metadata names those columns, so ``datasets.load_dataset("parquet", ...)`` gives
+# images; pandas sees {"bytes", "path"} dicts and duckdb a struct (``edited.bytes``).
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def image_column(images: pa.Array | pa.ChunkedArray | list) -> pa.StructArray:
+    """Encoded images (binary; None: no image) as an image column, the bytes not copied."""
+    if isinstance(images, list):
+        images = pa.array([None if b is None else bytes(b) for b in images], pa.binary())
+    data = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
+    data = data.cast(pa.binary())
+    return pa.StructArray.from_arrays([data, pa.nulls(len(data), pa.string())], fields=list(IMAGE_TYPE), mask=data.is_null())
+
+
+def with_images(table: pa.Table, names: tuple[str, ...] | list[str]) -> pa.Table:
+    """``table`` with its binary columns ``names`` (those present) as image columns, named as
+    ``Image`` features in the schema metadata."""
+    present = [n for n in names if n in table.column_names]
+    for name in present:
+        if table.schema.field(name).type != IMAGE_TYPE:
+            table = table.set_column(table.column_names.index(name), pa.field(name, IMAGE_TYPE), image_column(table[name]))
+    if not present:
+        return table
+    features = {"info": {"features": {n: {"_type": "Image", "decode": True} for n in present}}}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"huggingface": json.dumps(features).encode()})
+
+
+def image_bytes(column: pa.ChunkedArray | pa.Array) -> list[bytes | None]:
+    """The encoded images of an image column, in either layout (struct, or plain binary as
+    datasets written before the struct layout hold them)."""
+    if column.type == IMAGE_TYPE:
+        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        return column.field("bytes").to_pylist()
+    return column.to_pylist()
+
+
+def plain_images(table: pa.Table) -> pa.Table:
+    """``table`` with each image column replaced by its bytes: what the code that decodes works on."""
+    for i, field in enumerate(table.schema):
+        if field.type == IMAGE_TYPE:
+            table = table.set_column(i, field.name, pa.array(image_bytes(table.column(i)), pa.binary()))
+    return table
+
+
 # -------------------------------------------------------------------------- committed datasets
 SHARDS, COMMITS, MANIFEST = "shards", "commits", "manifest.json"
 

@@ -75,8 +75,8 @@ class ExpandItems:
 
 
 def mask_rows(row: dict) -> list[dict]:
-    """The source rows of one committed mask shard."""
-    return storage.read_parquet(row["shard"]).to_pylist()
+    """The source rows of one committed mask shard, the mask as its encoded bytes."""
+    return storage.plain_images(storage.read_parquet(row["shard"])).to_pylist()
 
 
 def _totals(summary: list[dict]) -> Counter:

@@ -28,8 +28,13 @@ ERROR_COLUMNS = ("id", "source_id", "image_uri", "attempt", "error_stage", "erro
 ATTEMPT_COLUMNS = ("id", "source_id", "attempt", "seed", "judge_score", "judge_answers", "outcome")
 
 
+# Encoded images, stored in Hugging Face datasets' Image layout (``storage.image_column``).
+IMAGE_COLUMNS = ("edited", "mask")
+
+
 def _table(batch: Batch, rows: np.ndarray, columns: list[str] | tuple[str, ...]) -> pa.Table:
-    return pa.table({c: [_plain(batch[c][i]) for i in rows] for c in columns if c in batch})
+    table = pa.table({c: [_plain(batch[c][i]) for i in rows] for c in columns if c in batch})
+    return storage.with_images(table, IMAGE_COLUMNS)
 
 
 def _plain(value):

@@ -12,7 +12,7 @@ from PIL import Image
 from varireal_ray import storage
 from varireal_ray.config import Config
 
-THUMB = 160
+THUMB = 140  # source, mask and six edits side by side fit a 1400-px window
 COLUMNS = ("source_id", "class_name", "image_uri", "attribute", "feasibility", "slot", "value", "edited", "mask", "judge_score", "accepted")
 
 
@@ -37,7 +37,8 @@ def gallery_rows(config: Config, dataset_uri: str) -> list[dict]:
     wanted = set(sorted(ids)[: config.report.gallery_sources])
     rows = []
     for uri in shards:
-        rows += [r for r in storage.read_parquet(uri, list(COLUMNS)).to_pylist() if r["slot"] == 0 and r["source_id"] in wanted]
+        table = storage.plain_images(storage.read_parquet(uri, list(COLUMNS)))
+        rows += [r for r in table.to_pylist() if r["slot"] == 0 and r["source_id"] in wanted]
     return rows
 
 

@@ -140,7 +140,7 @@ def build_piece(piece: dict, config_json: dict) -> dict:
                 "after removing it from generate/manifest.json and its commit record"
             ) from None
         table = _usable(table, config.train.accepted_only)
-        images = table["edited"].to_pylist()
+        images = storage.image_bytes(table["edited"])
         meta = table.drop_columns(["edited"]).to_pylist()
         for row in meta:
             row.update(kind="synthetic", split="train")
