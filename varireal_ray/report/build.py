@@ -16,8 +16,42 @@ from varireal_ray.report import gallery
 from varireal_ray.report.stats import compare, mean_interval
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}.gallery img{display:block}
-.cap{font-size:11px;max-width:160px}.empty{width:160px;height:60px;background:#eee}.headline{font-size:1.3em}"""
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.scroll{max-width:100%;overflow-x:auto}
+summary{cursor:pointer;margin:.5em 0;color:#1a5fb4}p img{max-width:100%;height:auto}.gallery img{display:block}
+.cap{font-size:11px;max-width:140px;overflow-wrap:anywhere}.empty{width:140px;height:60px;background:#eee}.headline{font-size:1.3em}"""
+
+# The results table as a person reads it: what each condition is and how it scored. Every column
+# (results.csv) is one click away, under it.
+SUMMARY_COLUMNS = {"condition": "condition", "attribute": "attribute", "feasible_fraction": "feasible share",
+                   "use_real": "real data", "seeds": "seeds", "test_top1_selected": "test top-1 %",
+                   "interval": "95% interval", "test_top1_final": "final-step top-1 %", "val_top1_selected": "val top-1 %"}
+
+
+def summary_html(table: pd.DataFrame) -> str:
+    """The compact results table (fits a 1400-px window), then every column behind a click."""
+    if table.empty:
+        return "<p>No finished trials.</p>"
+
+    def cell(column: str, value) -> str:
+        if column == "interval":
+            return "–" if pd.isna(value[0]) else f"[{value[0]:.2f}, {value[1]:.2f}]"
+        if column == "feasible_fraction":
+            return "–" if pd.isna(value) else f"{100 * value:.0f}%"
+        if column == "use_real":
+            return "yes" if value else "no"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in SUMMARY_COLUMNS.values())
+    rows = []
+    for row in table.to_dict("records"):
+        row["interval"] = (row["ci_low"], row["ci_high"])
+        rows.append("<tr>" + "".join(
+            f"<td class='{'num' if c not in ('condition', 'attribute') else ''}'>{cell(c, row[c])}</td>" for c in SUMMARY_COLUMNS
+        ) + "</tr>")
+    full = table.to_html(index=False, na_rep="–")
+    return (f"<div class='scroll'><table class='results'><tr>{head}</tr>{''.join(rows)}</table></div>"
+            f"<details><summary>Every column (as in results.csv)</summary><div class='scroll'>{full}</div></details>")
 
 
 def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
@@ -107,10 +141,12 @@ def _errors(rows: pd.DataFrame):
 
 
 def _bar_plot(table: pd.DataFrame) -> str:
-    fig, ax = _pyplot().subplots(figsize=(max(4, 1.1 * len(table)), 3.5))
+    # At most 12 inches (1320 px at 110 dpi): a large grid's bars narrow instead of the page widening.
+    fig, ax = _pyplot().subplots(figsize=(min(12, max(4, 0.8 * len(table))), 4))
     ax.bar(table["condition"], table["test_top1_selected"], yerr=_errors(table), capsize=4, color="#4c78a8")
     ax.set_ylabel("test top-1 (%), val-selected")
-    ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="x", rotation=40)
+    _pyplot().setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     return _png(fig)
 
 
@@ -167,15 +203,16 @@ def build_report(config: Config) -> str:
         f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",
         f"<p class='headline'>{headline(comp)}</p>",
         "<h2>Results (test top-1 of the val-selected checkpoint; mean ± 95% interval over seeds)</h2>",
-        table.to_html(index=False, na_rep="–"),
+        summary_html(table),
         f"<p><img src='{_bar_plot(table)}'></p>" if not table.empty else "",
         ("<h2>Accuracy against the feasible:infeasible mix</h2>"
          f"<p><img src='{_mixing_plot(series)}'></p>") if series else "",
         "<h2>Feasible vs infeasible (paired over test images; bootstrap interval, exact McNemar)</h2>",
-        comp.to_html(index=False) if not comp.empty else "<p>No pairs.</p>",
+        f"<div class='scroll'>{comp.to_html(index=False)}</div>" if not comp.empty else "<p>No pairs.</p>",
         ("<h2>Failed trials</h2><ul>" + "".join(f"<li>{html.escape(str(r['condition']))} seed {r['seed']}: {html.escape(str(r.get('error')))}</li>" for r in failed) + "</ul>") if failed else "",
         "<h2>Edit gallery</h2>",
-        gallery.render(config, dataset_uri) if storage.exists(storage.join(dataset_uri, "manifest.json")) else "<p>No generated dataset.</p>",
+        (f"<div class='scroll'>{gallery.render(config, dataset_uri)}</div>"
+         if storage.exists(storage.join(dataset_uri, "manifest.json")) else "<p>No generated dataset.</p>"),
     ]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>varireal-ray report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     uri = storage.join(out, "index.html")
