@@ -20,7 +20,11 @@ from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row
 # actor whose process or node dies is restarted and its in-flight batches are retried; a task
 # whose worker dies is rerun. Reruns are safe because shards are named by their rows' keys
 # (storage.shard_name): a rerun writer replaces its shard instead of adding one.
-RETRIES = {"actor": {"max_restarts": -1, "max_task_retries": -1}, "task": {"max_retries": -1}}
+# Fault tolerance is Ray Data's own (and passing it again is deprecated in Ray 2.60): an actor
+# pool's actors restart without limit and their tasks are retried without limit (a node lost
+# mid-run costs its in-flight batches, not the job); a task is retried 3 times when its worker
+# dies (a lost node), and not forever, so a batch that kills its worker every time (out of
+# memory) fails the job instead of looping. tests/test_faults.py kills a node mid-round.
 
 
 class SystematicFailure(UserError, RuntimeError):
@@ -134,7 +138,6 @@ def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources
         compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
         batch_format="numpy",
         zero_copy_batch=False,
-        **RETRIES["actor"],
     )
 
 
@@ -153,4 +156,4 @@ def load_images(batch: Batch) -> Batch:
 
 def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, **fn_kwargs) -> ray.data.Dataset:
     """A light CPU step as stateless tasks (fractional CPU: never starves the actor pools)."""
-    return ds.map_batches(fn, fn_kwargs=fn_kwargs, batch_size=batch_size, num_cpus=0.25, batch_format="numpy", zero_copy_batch=False, **RETRIES["task"])
+    return ds.map_batches(fn, fn_kwargs=fn_kwargs, batch_size=batch_size, num_cpus=0.25, batch_format="numpy", zero_copy_batch=False)
