@@ -88,6 +88,31 @@ def test_diffusers_checkpoints_load_their_fp16_variant_in_half_precision(tmp_pat
         load.load("refine_vae", config.models, load.device("cpu"))
 
 
+def test_a_loaded_vae_moved_between_dtypes_logs_no_empty_float32_warning(model_cache):
+    """The SDXL pipelines move their VAE with ``.to(dtype)`` on every call; diffusers then warns
+    about float32 modules even when the list is empty. A loaded model does not; a warning that
+    names modules still shows. (diffusers' loggers do not propagate: a handler of our own.)"""
+    import logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logger, keep = logging.getLogger("diffusers.models.modeling_utils"), Keep()
+    vae = load.load("refine_vae", _config(model_cache).models, load.device("cpu")).model
+    logger.addHandler(keep)
+    try:
+        vae.to(torch.float16).to(dtype=torch.float32)
+        logger.warning("There are modules in UNet that should be kept in float32: ['norm']. Casting directly ...")
+    finally:
+        logger.removeHandler(keep)
+    assert keep.messages == ["There are modules in UNet that should be kept in float32: ['norm']. Casting directly ..."]
+
+
 def test_auto_dtype_is_float32_on_cpu_and_each_roles_own_on_a_gpu():
     ref = ModelRef(id="x/y")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

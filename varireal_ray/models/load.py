@@ -159,10 +159,29 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     return Loaded(model, processor, label(models, role))
 
 
+class _NoEmptyFp32Warning(logging.Filter):
+    """diffusers warns "There are modules in AutoencoderKL that should be kept in float32: []" on
+    every ``.to(dtype)`` of a model whose list of float32 modules is empty, not absent: the SDXL
+    pipelines move their VAE so on every call, and the warning names no module. Only that empty
+    case is dropped; a warning that names modules still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("There are modules in ") and "should be kept in float32: []" in message)
+
+
+def _quiet_diffusers() -> None:
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _NoEmptyFp32Warning) for f in logger.filters):
+        logger.addFilter(_NoEmptyFp32Warning())
+
+
 def _from_pretrained_diffusers(cls, resolved: registry.Resolved, dtype, kwargs: dict, components: dict):
     """diffusers' ``from_pretrained``, with the fp16 weight files when loading in float16 and the
     checkpoint has them (RealVisXL's UNet: 5 GB instead of 10)."""
     import torch
+
+    _quiet_diffusers()
 
     if dtype == torch.float16:
         has = _has_fp16_variant(resolved.path, kwargs.get("subfolder"))
