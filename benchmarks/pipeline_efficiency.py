@@ -93,7 +93,7 @@ def main() -> None:
 
     warm = prepare(overrides("warmup"))
     harness.Stages(warm)  # builds the tiny models into the cache once, untimed
-    _, ray_init_s = harness.timed(lambda: init_ray(warm, progress=False))
+    _, ray_init_s = harness.timed(lambda: init_ray(warm))
 
     pairs = []
     for k in range(args.repeats):

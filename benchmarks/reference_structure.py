@@ -91,7 +91,7 @@ def main() -> None:
 
     warm = prepare(overrides("warmup"))
     harness.Stages(warm)  # tiny models built into the cache once, untimed
-    init_ray(warm, progress=False)
+    init_ray(warm)
     prepare(overrides("reference"))
     prepare(overrides("pipeline"))
     reference = run_reference_structure(overrides("reference"))

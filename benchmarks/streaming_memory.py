@@ -57,7 +57,7 @@ def child(args: argparse.Namespace) -> None:
     if args.slow_writer:
         generate.write_edits = slow(generate.write_edits, args.slow_writer)
     config = prepare(overrides)
-    init_ray(config, progress=False)
+    init_ray(config)
     with harness.RssSampler() as sampler:
         result = run_pipeline(overrides)
     print(json.dumps({"sources": len(harness.train_rows(config)), "rows": result["rows"],

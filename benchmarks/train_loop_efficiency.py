@@ -111,7 +111,7 @@ def main() -> None:
     config = load_config([harness.DEMO_CONFIG], overrides)
     harness.train_rows(config)  # builds the demo sources once
     timed_loop(config.model_dump(mode="json"), 2, torch.device("cpu"), lambda m: None)  # warm model cache
-    init_ray(config, progress=False)
+    init_ray(config)
 
     # Where the cores go in each variant: the loop's own process against everything else running.
     with harness.CpuSampler() as bare_cpu:

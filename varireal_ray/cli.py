@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p, demo_default if name == "demo" else None)
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="ignore --config/--set and print the built-in defaults")
-        if name in ("generate", "train", "report", "demo"):
-            p.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
+        if name != "config":
+            p.add_argument("--no-progress", action="store_true", help="hide the job's progress view")
+            p.add_argument("--verbose", "-v", action="store_true",
+                           help="show Ray's own output too: Ray Data progress bars, worker logs, Ray's INFO lines")
     return parser
 
 
@@ -80,12 +82,13 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _start(config: Config, args: argparse.Namespace) -> None:
-    from varireal_ray import run_folder, storage
+    from varireal_ray import progress, run_folder, storage
     from varireal_ray.ray_utils import init_ray
 
     storage.check_writable(config.run.output)
     storage.write_bytes(run_folder.config_file(config), dump_config(config).encode())
-    init_ray(config, progress=not getattr(args, "no_progress", False))
+    progress.enable(not args.no_progress)
+    init_ray(config, verbose=args.verbose)
 
 
 def cmd_prompts(config: Config) -> str:

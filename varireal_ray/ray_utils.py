@@ -19,12 +19,21 @@ class ClusterError(UserError, ConnectionError):
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 
 
-def init_ray(config: Config, progress: bool = True) -> None:
-    """Join ``ray.address`` (or ``RAY_ADDRESS``), else start a local cluster sized by ``ray.num_cpus``."""
+def init_ray(config: Config, verbose: bool = False) -> None:
+    """Join ``ray.address`` (or ``RAY_ADDRESS``), else start a local cluster sized by ``ray.num_cpus``.
+
+    By default the console shows the jobs' own progress view and nothing of Ray's: no Ray Data
+    progress bars, no worker output (it stays in Ray's log folder, named in one log line), no Ray
+    INFO lines. ``verbose`` brings all of them back."""
+    import logging as logging_
+
     import ray
 
+    if not verbose:
+        quiet_ray()
     if not ray.is_initialized():
-        kwargs: dict = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": True}
+        kwargs: dict = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": verbose,
+                        "logging_level": logging_.INFO if verbose else logging_.WARNING}
         address = config.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
             kwargs["address"] = address
@@ -35,14 +44,33 @@ def init_ray(config: Config, progress: bool = True) -> None:
             if config.ray.object_store_memory_mb:
                 kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
         try:
-            ray.init(**kwargs)
+            context = ray.init(**kwargs)
         except ConnectionError as exc:
             raise join_error(address, exc) from exc
         log.info("Ray resources: %s", ray.cluster_resources())
+        if not verbose:
+            session = getattr(context, "address_info", {}).get("session_dir")
+            log.info("Ray's own logs and the workers' output: %s (--verbose shows them here)",
+                     os.path.join(session, "logs") if session else "the session's logs folder on each node")
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
+    ctx.enable_progress_bars = verbose
     ctx.print_on_execution_start = False
     bound_queues()
+
+
+def quiet_ray() -> None:
+    """Ray's console lines off, its log files kept: Ray Data's console handler (dataset started,
+    finished, "progress bars disabled") raised to errors only, its ``ray-data.log`` in the session's
+    logs untouched; the notice that token authentication is on (Ray 2.60's default) kept from the
+    console."""
+    import logging as logging_
+
+    import ray.data  # noqa: F401 - configures the ray.data logger and its handlers
+
+    for handler in logging_.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging_.FileHandler):
+            handler.setLevel(logging_.ERROR)
+    logging_.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging_.ERROR)
 
 
 def join_error(address: str | None, exc: BaseException) -> BaseException:

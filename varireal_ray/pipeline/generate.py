@@ -33,10 +33,14 @@ from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline import placement
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images
 from varireal_ray.pipeline.writer import commit_masks, write_edits
+from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
 
 log = logging.getLogger(__name__)
+
+# What a writer batch reports of its items: each item ends the round in exactly one of these.
+ITEM_OUTCOMES = ("rows", "errors", "retry", "dropped")
 
 
 class GenerationFailed(UserError, RuntimeError):
@@ -143,7 +147,8 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     gen = config.generate
     done, next_attempt = _progress(out)
     train = train_sources(config, sources.ensure_manifest(config)).to_pylist() if attempt == 0 else None
-    if _due(config, attempt, train, done, next_attempt) == 0:
+    due = _due(config, attempt, train, done, next_attempt)
+    if due == 0:
         return Counter()  # nothing to do: no actor pool (and no model) is started
     ds = masked_sources(config, out, train)
     if ds is None:
@@ -159,7 +164,11 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     ds = actor_stage(ds, EditStage, gen.edit_stage, config)
     ds = actor_stage(ds, JudgeStage, gen.judge_stage, config)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
-    return _totals(collect(ds))
+    with Progress(f"generate, round {attempt}", due, "items") as progress:
+        def written(summary: dict) -> None:  # one writer batch: its items' outcomes
+            progress.update(done=sum(int(summary.get(k, 0)) for k in ITEM_OUTCOMES), errors=int(summary.get("errors", 0)))
+
+        return _totals(collect(ds, on_row=written))
 
 
 def error_summary(out: str, limit: int = 5) -> str:

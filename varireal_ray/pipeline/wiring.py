@@ -100,13 +100,19 @@ def watched(stage_cls: type) -> type:
     return type(stage_cls.__name__, (FailFast,), {"stage_cls": stage_cls, "__qualname__": stage_cls.__qualname__})
 
 
-def collect(ds: ray.data.Dataset, *passed: type[Exception]) -> list[dict]:
-    """``ds.take_all()``; a ``SystematicFailure`` (or one of the ``passed`` error classes) raised
-    in a worker comes out as itself, one line the CLI prints. (Ray Data re-raises a UDF's
-    exception as a ``UserCodeException`` that keeps only the worker's traceback text, so the
-    message is read back from there.)"""
+def collect(ds: ray.data.Dataset, *passed: type[Exception], on_row=None) -> list[dict]:
+    """Every row of ``ds``, each handed to ``on_row`` as it arrives (a progress view); a
+    ``SystematicFailure`` (or one of the ``passed`` error classes) raised in a worker comes out as
+    itself, one line the CLI prints. (Ray Data re-raises a UDF's exception as a
+    ``UserCodeException`` that keeps only the worker's traceback text, so the message is read
+    back from there.)"""
     try:
-        return ds.take_all()
+        rows = []
+        for row in ds.iter_rows():
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+        return rows
     except Exception as exc:
         text = str(exc)
         for cls in (SystematicFailure, *passed):
