@@ -19,11 +19,13 @@ run.output, not in place.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
 from varireal_ray import run_folder, storage
 from varireal_ray.config import Condition, Config
+from varireal_ray.progress import Progress
 from varireal_ray.train import data as trial_data
 from varireal_ray.train import view
 from varireal_ray.train.loop import run_stored_trial, trial_name, trial_uri
@@ -124,14 +126,26 @@ def fit_trial(params: dict, config_json: dict, crash_after_step: int | None) -> 
     ray.tune.report({**outcome, "wall_s": round(time.perf_counter() - started, 2)})
 
 
-def _progress_callback():
+def _progress_callback(total: int):
     import ray.tune
 
-    class Progress(ray.tune.Callback):
-        """Logs each trial's start and end on the driver."""
+    class TrialProgress(ray.tune.Callback):
+        """Logs each trial's start and end on the driver, and keeps the job's progress view
+        (trials done of ``total``, failures so far). The view is made at the first trial, so that
+        the callback Tune pickles with its run config holds no stream."""
+
+        view: Progress | None = None
+
+        def _done(self, failed: bool) -> None:
+            self.view = self.view or Progress("train", total, "trials")
+            self.view.update(done=1, errors=int(failed))
+            if self.view.done >= total:
+                self.view.close()
 
         def on_trial_start(self, iteration, trials, trial, **info):
             log.info("train: %s started", trial_name(**trial.config["cell"]))
+            if self.view is None:
+                self.view = Progress("train", total, "trials").__enter__()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             name = trial_name(**trial.config["cell"])
@@ -139,11 +153,13 @@ def _progress_callback():
                 log.info("train: %s finished in %.0f s", name, result["wall_s"])
             else:
                 log.warning("train: %s failed after %.0f s: %s", name, result["wall_s"], result["error"])
+            self._done(result.get("status") != "ok")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             log.warning("train: %s crashed: %s", trial_name(**trial.config["cell"]), trial.error_file)
+            self._done(True)
 
-    return Progress()
+    return TrialProgress()
 
 
 def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_step: int | None) -> dict:
@@ -172,10 +188,13 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
             name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            callbacks=[_progress_callback()],
+            callbacks=[_progress_callback(len(cells))],
             verbose=0,
         ),
     )
+    # Tune's own console output off (the view above says what it would): its new reporter prints
+    # an experiment box and result paths even at verbose=0, the legacy one at 0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     failures = {}
     for result in tuner.fit():
         cell = result.config["cell"]

@@ -46,6 +46,7 @@ from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models.cache import build_once, cache_root
+from varireal_ray.progress import Progress
 from varireal_ray.stages.common import BadImage, decode_image
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,8 @@ def ensure(config: Config) -> str:
     if todo and ray.is_initialized():
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
             build_piece, fn_kwargs={"config_json": config_json}, num_cpus=1)
-        collect(ds, ViewError)
+        with Progress("training view", len(todo), "pieces") as progress:
+            collect(ds, ViewError, on_row=lambda _: progress.update(done=1))
     else:  # no cluster (a notebook, a unit test): the same pieces, one after the other, here
         for piece in todo:
             build_piece(piece, config_json)
