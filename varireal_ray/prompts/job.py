@@ -26,6 +26,7 @@ from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline.wiring import actor_stage, collect
+from varireal_ray.progress import Progress
 from varireal_ray.prompts import templates
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError, list_label
 from varireal_ray.prompts.embed import TextEmbedder
@@ -136,7 +137,7 @@ def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, cl
             "prompts round %d/%d: asking %s for %d of %d lists",
             round_, config.prompts.max_rounds, config.models.llm.id, len(short), len(keys),
         )
-        replies = _ask(config, [request(k, round_, class_names, config) for k in short])
+        replies = _ask(config, [request(k, round_, class_names, config) for k in short], f"prompts, round {round_}")
         for key, reply in zip(short, replies):
             if reply["error"]:
                 builder.reject(key, Problem("", "llm_error", reply["error"]), round_, "llm")
@@ -149,10 +150,12 @@ def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, cl
     return rounds
 
 
-def _ask(config: Config, requests: list[dict]) -> list[dict]:
+def _ask(config: Config, requests: list[dict], label: str) -> list[dict]:
     """Run the requests through the ValueWriter pool; replies in request order."""
     ds = actor_stage(ray.data.from_items(requests), ValueWriter, config.prompts.resources, config)
-    by_id = {row["request_id"]: row for row in collect(ds)}
+    with Progress(label, len(requests), "lists") as progress:
+        rows = collect(ds, on_row=lambda row: progress.update(done=1, errors=int(bool(row["error"]))))
+    by_id = {row["request_id"]: row for row in rows}
     return [by_id[r["request_id"]] for r in requests]
 
 
@@ -212,7 +215,9 @@ def score_feasibility(config: Config, entries: list[BankEntry], class_names: lis
     log.info("scoring feasibility of %d values (%d questions)", len(entries), len(rows))
     ds = actor_stage(ray.data.from_items(rows), FeasibilityScorer, config.prompts.resources, config)
     margins: dict[int, list[float]] = {}
-    for row in collect(ds):
+    with Progress("feasibility scores", len(rows), "questions") as progress:
+        scored = collect(ds, on_row=lambda row: progress.update(done=1, errors=int(bool(row["error"]))))
+    for row in scored:
         if not row["error"] and np.isfinite(row["margin"]):
             margins.setdefault(int(row["entry"]), []).append(float(row["margin"]))
     return [
