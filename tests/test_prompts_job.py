@@ -57,6 +57,32 @@ def test_sampling_is_reproducible_per_row_whatever_the_batch():
     assert greedy.argmax(dim=1).tolist() == logits.argmax(dim=1).tolist()
 
 
+def test_the_nucleus_found_among_the_likeliest_tokens_is_the_one_a_full_sort_finds():
+    """The sampler looks for the top-p nucleus among the 256, then 4096 likeliest tokens before
+    sorting a row whole: the token it draws is the one the full sort draws with the same seed,
+    for peaked, wide and flat rows of a Gemma-sized vocabulary."""
+    from varireal_ray.prompts.llm import CANDIDATES
+
+    def full_sort_pick(row, seed, temperature=0.8, top_p=0.95):  # the sampler before the shortcut
+        probs = torch.softmax(row / temperature, dim=-1)
+        sorted_probs, order = probs.sort(descending=True)
+        keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p
+        return int(order[torch.multinomial(sorted_probs * keep, 1, generator=torch.Generator().manual_seed(seed))])
+
+    torch.manual_seed(1)
+    vocab = 262_144
+    rows = torch.randn(3, vocab)
+    rows[0, :50] += 14.0  # peaked: the nucleus within the first candidates
+    rows[1, :2000] += 7.0  # wide: within the second
+    # rows[2] flat: sorted whole
+    mass = [float(torch.softmax(r / 0.8, -1).topk(CANDIDATES[0]).values.sum()) for r in rows]
+    assert mass[0] >= 0.95 > mass[1] and mass[2] < 0.95
+    for seed in range(6):
+        seeds = [seed, seed + 100, seed + 200]
+        forced = PerRowSampler(seeds, temperature=0.8, top_p=0.95, device=torch.device("cpu"))(None, rows)
+        assert forced.argmax(dim=1).tolist() == [full_sort_pick(rows[i], seeds[i]) for i in range(3)]
+
+
 # ------------------------------------------------------------------------------ the real LLM job
 @pytest.fixture
 def job_config(tiny_config):

@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not getattr(args, "verbose", False):  # the job's own view is the progress shown
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # hub and transformers bars ("Loading weights")
     from varireal_ray.errors import UserError
 
     try:

@@ -51,6 +51,9 @@ def load_causal_lm(config: Config) -> tuple[torch.nn.Module, object, torch.devic
     return loaded.model, tokenizer, device
 
 
+CANDIDATES = (256, 4096)  # how many most likely tokens the nucleus is looked for in, in turn (PerRowSampler)
+
+
 class PerRowSampler(LogitsProcessor):
     """Temperature + top-p sampling with one ``torch.Generator`` per row.
 
@@ -71,12 +74,24 @@ class PerRowSampler(LogitsProcessor):
             chosen = scores.argmax(dim=-1)
         else:
             probs = torch.softmax(scores / self.temperature, dim=-1)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p
-            sorted_probs = sorted_probs * keep
-            picks = [torch.multinomial(sorted_probs[r], 1, generator=g) for r, g in enumerate(self.generators)]
-            chosen = order.gather(1, torch.stack(picks)).squeeze(1)
+            # The nucleus from the most likely CANDIDATES tokens, sorted; a row whose candidates
+            # hold less than top_p of the mass even then is sorted whole. Sorting every row whole cost 0.26 s
+            # a token for 18 rows of Gemma's 262k vocabulary, half of a prompts round on a CPU.
+            top, order = probs.topk(min(CANDIDATES[0], probs.shape[-1]), dim=-1)
+            picks = []
+            for r, generator in enumerate(self.generators):
+                row_probs, row_order = top[r], order[r]
+                for k in CANDIDATES[1:]:
+                    if float(row_probs.sum()) >= self.top_p:
+                        break
+                    row_probs, row_order = probs[r].topk(min(k, probs.shape[-1]))
+                if float(row_probs.sum()) < self.top_p:
+                    row_probs, row_order = probs[r].sort(descending=True)
+                # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+                keep = (row_probs.cumsum(dim=-1) - row_probs) < self.top_p
+                pick = torch.multinomial(row_probs * keep, 1, generator=generator)
+                picks.append(row_order[pick])
+            chosen = torch.cat(picks)
         forced = torch.full_like(scores, float("-inf"))
         forced.scatter_(1, chosen.unsqueeze(1), 0.0)
         return forced
