@@ -136,16 +136,20 @@ def _progress_callback(total: int):
 
         view: Progress | None = None
 
+        def _view(self) -> Progress:
+            if self.view is None:
+                self.view = Progress("train", total, "trials").__enter__()
+            return self.view
+
         def _done(self, failed: bool) -> None:
-            self.view = self.view or Progress("train", total, "trials")
-            self.view.update(done=1, errors=int(failed))
-            if self.view.done >= total:
-                self.view.close()
+            view = self._view()
+            view.update(done=1, errors=int(failed))
+            if view.done >= total:
+                view.close()
 
         def on_trial_start(self, iteration, trials, trial, **info):
             log.info("train: %s started", trial_name(**trial.config["cell"]))
-            if self.view is None:
-                self.view = Progress("train", total, "trials").__enter__()
+            self._view()
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             name = trial_name(**trial.config["cell"])
