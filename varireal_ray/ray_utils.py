@@ -25,15 +25,13 @@ def init_ray(config: Config, verbose: bool = False) -> None:
     By default the console shows the jobs' own progress view and nothing of Ray's: no Ray Data
     progress bars, no worker output (it stays in Ray's log folder, named in one log line), no Ray
     INFO lines. ``verbose`` brings all of them back."""
-    import logging as logging_
-
     import ray
 
     if not verbose:
         quiet_ray()
     if not ray.is_initialized():
         kwargs: dict = {"runtime_env": {"env_vars": worker_env()}, "log_to_driver": verbose,
-                        "logging_level": logging_.INFO if verbose else logging_.WARNING}
+                        "logging_level": logging.INFO if verbose else logging.WARNING}
         address = config.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
             kwargs["address"] = address
@@ -62,15 +60,15 @@ def quiet_ray() -> None:
     """Ray's console lines off, its log files kept: Ray Data's console handler (dataset started,
     finished, "progress bars disabled") raised to errors only, its ``ray-data.log`` in the session's
     logs untouched; the notice that token authentication is on (Ray 2.60's default) kept from the
-    console."""
-    import logging as logging_
-
+    console; Tune's console reporter off (its new one prints an experiment box and result paths even
+    at verbose=0, the legacy one at 0 prints nothing: the train job's own view says what they would)."""
     import ray.data  # noqa: F401 - configures the ray.data logger and its handlers
 
-    for handler in logging_.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging_.FileHandler):
-            handler.setLevel(logging_.ERROR)
-    logging_.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging_.ERROR)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def join_error(address: str | None, exc: BaseException) -> BaseException:

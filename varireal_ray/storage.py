@@ -254,10 +254,8 @@ def check_writable(uri: str) -> None:
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
-def image_column(images: pa.Array | pa.ChunkedArray | list) -> pa.StructArray:
+def image_column(images: pa.Array | pa.ChunkedArray) -> pa.StructArray:
     """Encoded images (binary; None: no image) as an image column, the bytes not copied."""
-    if isinstance(images, list):
-        images = pa.array([None if b is None else bytes(b) for b in images], pa.binary())
     data = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
     data = data.cast(pa.binary())
     return pa.StructArray.from_arrays([data, pa.nulls(len(data), pa.string())], fields=list(IMAGE_TYPE), mask=data.is_null())

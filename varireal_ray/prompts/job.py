@@ -153,10 +153,14 @@ def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, cl
 def _ask(config: Config, requests: list[dict], label: str) -> list[dict]:
     """Run the requests through the ValueWriter pool; replies in request order."""
     ds = actor_stage(ray.data.from_items(requests), ValueWriter, config.prompts.resources, config)
-    with Progress(label, len(requests), "lists") as progress:
-        rows = collect(ds, on_row=lambda row: progress.update(done=1, errors=int(bool(row["error"]))))
-    by_id = {row["request_id"]: row for row in rows}
+    by_id = {row["request_id"]: row for row in _collect_counted(ds, label, len(requests), "lists")}
     return [by_id[r["request_id"]] for r in requests]
+
+
+def _collect_counted(ds: ray.data.Dataset, label: str, total: int, unit: str) -> list[dict]:
+    """Every row of an LLM stage, counted in the job's progress view (error rows as errors)."""
+    with Progress(label, total, unit) as progress:
+        return collect(ds, on_row=lambda row: progress.update(done=1, errors=int(bool(row["error"]))))
 
 
 # ------------------------------------------------------------------------------------ fallback
@@ -215,9 +219,7 @@ def score_feasibility(config: Config, entries: list[BankEntry], class_names: lis
     log.info("scoring feasibility of %d values (%d questions)", len(entries), len(rows))
     ds = actor_stage(ray.data.from_items(rows), FeasibilityScorer, config.prompts.resources, config)
     margins: dict[int, list[float]] = {}
-    with Progress("feasibility scores", len(rows), "questions") as progress:
-        scored = collect(ds, on_row=lambda row: progress.update(done=1, errors=int(bool(row["error"]))))
-    for row in scored:
+    for row in _collect_counted(ds, "feasibility scores", len(rows), "questions"):
         if not row["error"] and np.isfinite(row["margin"]):
             margins.setdefault(int(row["entry"]), []).append(float(row["margin"]))
     return [

@@ -19,7 +19,6 @@ run.output, not in place.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 
@@ -196,9 +195,6 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
             verbose=0,
         ),
     )
-    # Tune's own console output off (the view above says what it would): its new reporter prints
-    # an experiment box and result paths even at verbose=0, the legacy one at 0 prints nothing.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     failures = {}
     for result in tuner.fit():
         cell = result.config["cell"]

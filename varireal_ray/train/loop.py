@@ -160,19 +160,15 @@ class LoaderClock:
 
     def __iter__(self):
         batches = iter(self.loader)
+        asked = time.perf_counter()
+        batch = next(batches, None)
         started = time.perf_counter()
-        first = True
-        while True:
+        self.startup_s = started - asked
+        while batch is not None:
+            yield batch
             asked = time.perf_counter()
             batch = next(batches, None)
-            waited = time.perf_counter() - asked
-            if first:
-                self.startup_s, first, started = waited, False, time.perf_counter()
-            else:
-                self.wait_s += waited
-            if batch is None:
-                break
-            yield batch
+            self.wait_s += time.perf_counter() - asked
         self.total_s = time.perf_counter() - started
 
     def summary(self, workers: int) -> dict:

@@ -350,12 +350,10 @@ class RowGroups:
         """What reading every sample at ``where`` once costs: the image chunks of the row groups
         they are in, and the footer of each file they are in."""
         image = 1  # the column's position in every view file (id, image)
-        total = 0
-        for file in np.unique(where[:, 0]) if len(where) else []:
-            footer = self._file(int(file)).metadata
-            total += footer.serialized_size + 8  # the footer and its length + magic
-            for group in np.unique(where[where[:, 0] == file, 1]):
-                total += footer.row_group(int(group)).column(image).total_compressed_size
+        footers = {int(f): self._file(int(f)).metadata for f in np.unique(where[:, 0])}
+        total = sum(footer.serialized_size + 8 for footer in footers.values())  # each footer, its length and magic
+        for file, group in np.unique(where[:, :2], axis=0):
+            total += footers[int(file)].row_group(int(group)).column(image).total_compressed_size
         return total
 
 
