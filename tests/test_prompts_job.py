@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -119,6 +120,8 @@ def test_run_prompts_with_gemma_writes_a_bank_that_covers_every_list(ray_cluster
     for r in bank.rejected:
         assert r["reason"] and r["attribute"] == "color" and r["class_name"] in ("cat", "rocket")
     assert bank.meta["classes"] == ["cat", "rocket"] and 1 <= bank.meta["rounds"] <= 2
+    # One actor (concurrency 1) loaded the LLM once and served every round and the scoring.
+    assert len(bank.meta["llm_workers"]) == 1 and bank.meta["llm_workers"][0]["pid"] != os.getpid()
 
 
 @pytest.fixture
@@ -160,3 +163,57 @@ def test_templates_name_the_subject_of_a_dataset_wide_list():
     assert templates.subject("", ["x"], prefix="car ")[0] == "a car"
     assert templates.subject("Abyssinian", [], prefix="pet ")[0] == "a pet Abyssinian"
     assert templates.subject("owl", [])[0] == "an owl"
+
+
+# ------------------------------------------------------------------------------- actor killed
+def test_a_killed_llm_actor_is_replaced_and_its_batch_is_asked_again(ray_cluster, job_config, caplog):
+    """The pool's actor dies mid-round (as on an OOM kill): Ray restarts it, the restarted actor
+    loads the model again and runs the batch the dead one had, and the bank comes out whole."""
+    import logging
+    import signal
+    import threading
+
+    from fault_helpers import alive_actors, wait_for
+
+    job_config.prompts.score_feasibility = False
+    job_config.prompts.resources.batch_size = 1  # four batches one after another: a long round
+    asked = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "prompts round 1/" in record.getMessage():
+                asked.set()
+
+    watch = Watch(logging.INFO)
+    logging.getLogger("varireal_ray.prompts.job").addHandler(watch)
+    caplog.set_level(logging.INFO, "varireal_ray.prompts.job")
+    result: dict = {}
+
+    def job():
+        try:
+            result["bank"] = run_prompts(job_config, ["cat", "rocket"]).bank
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        # ALIVE once its constructor (the model load) returned; the log line comes just before
+        # round 1's batches go out.
+        victim = wait_for(lambda: (asked.is_set() and alive_actors("LLMWorker")) or not thread.is_alive(), 300, "round 1 on a live LLMWorker")
+        assert thread.is_alive(), f"the job ended before the actor could be killed: {result}"
+        bank_folder = storage.join(job_config.run.output, "bank")
+        assert not storage.exists(bank_folder), "the bank was written before the kill"
+        os.kill(victim[0]["Pid"], signal.SIGKILL)
+    finally:
+        thread.join(600)
+        logging.getLogger("varireal_ray.prompts.job").removeHandler(watch)
+    assert "error" not in result, f"the job failed after its LLM actor was killed: {result.get('error')!r}"
+    from ray._private import state
+
+    assert state.actors()[victim[0]["ActorID"]]["NumRestarts"] >= 1
+    bank = result["bank"]
+    assert all(len(values) == 2 for values in bank.lists().values()) and len(bank.lists()) == 4
+    # Every batch, the one in flight at the kill included, was answered by the restarted actor.
+    (worker,) = bank.meta["llm_workers"]
+    assert worker["pid"] != victim[0]["Pid"]

@@ -16,15 +16,13 @@ from varireal_ray.errors import UserError
 from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row, new_column
 
 
-# Fault tolerance, stated rather than left to Ray Data's defaults (which are the same today): an
-# actor whose process or node dies is restarted and its in-flight batches are retried; a task
-# whose worker dies is rerun. Reruns are safe because shards are named by their rows' keys
-# (storage.shard_name): a rerun writer replaces its shard instead of adding one.
 # Fault tolerance is Ray Data's own (and passing it again is deprecated in Ray 2.60): an actor
 # pool's actors restart without limit and their tasks are retried without limit (a node lost
 # mid-run costs its in-flight batches, not the job); a task is retried 3 times when its worker
 # dies (a lost node), and not forever, so a batch that kills its worker every time (out of
-# memory) fails the job instead of looping. tests/test_faults.py kills a node mid-round.
+# memory) fails the job instead of looping. Reruns are safe because shards are named by their
+# rows' keys (storage.shard_name): a rerun writer replaces its shard instead of adding one.
+# tests/test_faults.py kills a node mid-round.
 
 
 class SystematicFailure(UserError, RuntimeError):
@@ -41,8 +39,8 @@ class FailFast:
 
     stage_cls: type  # set per stage by ``watched``
 
-    def __init__(self, config: Config):
-        self.stage = self.stage_cls(config)
+    def __init__(self, config: Config, **stage_kwargs):
+        self.stage = self.stage_cls(config, **stage_kwargs)
         self.batches = config.run.fail_fast_batches
         self.failures: list[str] = []
         self.worker = worker_info()

@@ -1,4 +1,4 @@
-"""The prompts job: class names -> LLM actor pool -> validation -> a saved attribute bank.
+"""The prompts job: class names -> LLM actor pool (``pool.py``) -> validation -> a saved attribute bank.
 
 One list per (class, attribute, feasibility) for ``prompts.per_class`` attributes, one
 dataset-wide list per (attribute, feasibility) for the others. Each round asks the LLM again
@@ -19,18 +19,16 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
-import ray
 
 from varireal_ray import run_folder
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
-from varireal_ray.pipeline.wiring import actor_stage, collect
-from varireal_ray.progress import Progress
 from varireal_ray.prompts import templates
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError, list_label
 from varireal_ray.prompts.embed import TextEmbedder
 from varireal_ray.prompts.llm import FeasibilityScorer, ValueWriter
+from varireal_ray.prompts.pool import LLMPool
 from varireal_ray.prompts.validate import BankBuilder, Candidate, ListKey, Problem, parse_response
 
 log = logging.getLogger(__name__)
@@ -61,14 +59,15 @@ def run_prompts(config: Config, class_names: list[str]) -> PromptsResult:
     # Load the fallback first: a bad prompts.fallback_bank fails before any LLM work.
     fallback = Bank.load(config.prompts.fallback_bank) if config.prompts.fallback_bank else None
     keys = plan_lists(config, class_names)
-    builder = BankBuilder(class_names, config.prompts, TextEmbedder(config.models))
-
-    rounds = _ask_in_rounds(config, keys, builder, class_names)
-    topped_up = _top_up(builder, keys, fallback, config.prompts.fallback_bank)
-    _check_not_empty(builder, keys, config)
-    entries = builder.entries(keys)
-    if config.prompts.score_feasibility:
-        entries = score_feasibility(config, entries, class_names)
+    with LLMPool(config) as pool:  # its actors load the LLM while the driver loads the embedder
+        builder = BankBuilder(class_names, config.prompts, TextEmbedder(config.models))
+        rounds = _ask_in_rounds(pool, config, keys, builder, class_names)
+        topped_up = _top_up(builder, keys, fallback, config.prompts.fallback_bank)
+        _check_not_empty(builder, keys, config)
+        entries = builder.entries(keys)
+        if config.prompts.score_feasibility:
+            entries = score_feasibility(pool, config, entries, class_names)
+        workers = pool.workers()
 
     bank = Bank(
         dataset=config.dataset.name,
@@ -82,6 +81,7 @@ def run_prompts(config: Config, class_names: list[str]) -> PromptsResult:
             "prompts": config.prompts.model_dump(mode="json"),
             "run_seed": config.run.seed,
             "rounds": rounds,
+            "llm_workers": workers,
             "lists_topped_up": topped_up,
             "surplus_values": builder.surplus,
         },
@@ -125,7 +125,7 @@ def request(key: ListKey, round_: int, class_names: list[str], config: Config) -
     }
 
 
-def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, class_names: list[str]) -> int:
+def _ask_in_rounds(pool: LLMPool, config: Config, keys: list[ListKey], builder: BankBuilder, class_names: list[str]) -> int:
     """Ask the LLM for every short list, round after round; returns the number of rounds run."""
     rounds = 0
     for round_ in range(1, config.prompts.max_rounds + 1):
@@ -137,7 +137,8 @@ def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, cl
             "prompts round %d/%d: asking %s for %d of %d lists",
             round_, config.prompts.max_rounds, config.models.llm.id, len(short), len(keys),
         )
-        replies = _ask(config, [request(k, round_, class_names, config) for k in short], f"prompts, round {round_}")
+        requests = [request(k, round_, class_names, config) for k in short]
+        replies = pool.map(ValueWriter.name, requests, f"prompts, round {round_}", "lists")
         for key, reply in zip(short, replies):
             if reply["error"]:
                 builder.reject(key, Problem("", "llm_error", reply["error"]), round_, "llm")
@@ -148,19 +149,6 @@ def _ask_in_rounds(config: Config, keys: list[ListKey], builder: BankBuilder, cl
         accepted = sum(builder.count(k) for k in keys)
         log.info("prompts round %d: %d values accepted in all, %d lists still short", round_, accepted, still_short)
     return rounds
-
-
-def _ask(config: Config, requests: list[dict], label: str) -> list[dict]:
-    """Run the requests through the ValueWriter pool; replies in request order."""
-    ds = actor_stage(ray.data.from_items(requests), ValueWriter, config.prompts.resources, config)
-    by_id = {row["request_id"]: row for row in _collect_counted(ds, label, len(requests), "lists")}
-    return [by_id[r["request_id"]] for r in requests]
-
-
-def _collect_counted(ds: ray.data.Dataset, label: str, total: int, unit: str) -> list[dict]:
-    """Every row of an LLM stage, counted in the job's progress view (error rows as errors)."""
-    with Progress(label, total, unit) as progress:
-        return collect(ds, on_row=lambda row: progress.update(done=1, errors=int(bool(row["error"]))))
 
 
 # ------------------------------------------------------------------------------------ fallback
@@ -208,7 +196,7 @@ def _check_classes(class_names: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------- feasibility
-def score_feasibility(config: Config, entries: list[BankEntry], class_names: list[str]) -> list[BankEntry]:
+def score_feasibility(pool: LLMPool, config: Config, entries: list[BankEntry], class_names: list[str]) -> list[BankEntry]:
     """Each entry with its ``feasibility_margin``: log p(yes) - log p(no) from the LLM, averaged
     over the dataset's classes for a dataset-wide entry."""
     rows = []
@@ -217,9 +205,8 @@ def score_feasibility(config: Config, entries: list[BankEntry], class_names: lis
             subject, _ = templates.subject(cls, class_names, config.dataset.prefix)
             rows.append({"entry": index, "question": templates.question(entry.attribute, subject, entry.name)})
     log.info("scoring feasibility of %d values (%d questions)", len(entries), len(rows))
-    ds = actor_stage(ray.data.from_items(rows), FeasibilityScorer, config.prompts.resources, config)
     margins: dict[int, list[float]] = {}
-    for row in _collect_counted(ds, "feasibility scores", len(rows), "questions"):
+    for row in pool.map(FeasibilityScorer.name, rows, "feasibility scores", "questions"):
         if not row["error"] and np.isfinite(row["margin"]):
             margins.setdefault(int(row["entry"]), []).append(float(row["margin"]))
     return [

@@ -33,15 +33,18 @@ from varireal_ray.stages.common import Batch, ensure_error_columns, fail_row, ne
 log = logging.getLogger(__name__)
 
 
-
 def request_seed(run_seed: int, request_id: str, round_: int) -> int:
     """The sampling seed of one request in one round (a later round samples afresh)."""
     digest = hashlib.sha256(f"{run_seed}\x1f{request_id}\x1f{round_}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def load_causal_lm(config: Config) -> tuple[torch.nn.Module, object, torch.device]:
-    """The configured LLM and its tokenizer (left padding, for batched generation), on the GPU if any."""
+LoadedLLM = tuple[torch.nn.Module, object, torch.device]  # model, tokenizer, device
+
+
+def load_causal_lm(config: Config) -> LoadedLLM:
+    """The configured LLM and its tokenizer (left padding, for batched generation), on the GPU if any.
+    Both stages take one already loaded (``llm=``), so one actor serves both (``pool.py``)."""
     device = load.device()
     loaded = load.load("llm", config.models, device)
     tokenizer = loaded.processor
@@ -124,9 +127,9 @@ class ValueWriter:
 
     name = "llm"  # the stage as rows and errors name it
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, llm: LoadedLLM | None = None):
         self.config = config
-        self.model, self.tokenizer, self.device = load_causal_lm(config)
+        self.model, self.tokenizer, self.device = llm or load_causal_lm(config)
         self.format = templates.FORMAT_JSON if self.tokenizer.chat_template else templates.FORMAT_LIST
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -191,8 +194,8 @@ class FeasibilityScorer:
 
     name = "feasibility_score"
 
-    def __init__(self, config: Config):
-        self.model, self.tokenizer, self.device = load_causal_lm(config)
+    def __init__(self, config: Config, llm: LoadedLLM | None = None):
+        self.model, self.tokenizer, self.device = llm or load_causal_lm(config)
         self.answers = YesNo(self.tokenizer, "llm")
 
     def __call__(self, batch: Batch) -> Batch:
