@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install varireal-ray and everything it needs into ./.venv, with exact pins.
-#   scripts/install.sh          runtime (the demo)
+#   scripts/install.sh          runtime, and the demo's models made ready (varireal models)
 #   scripts/install.sh --test   runtime + test tools (+ the mlflow extra, which the tests cover)
 # Safe to re-run: an up-to-date venv is checked in seconds.
 set -euo pipefail
@@ -21,4 +21,9 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 # The rest, pinned by the constraints file.
 .venv/bin/pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
+if [[ "${1:-}" != "--test" ]]; then
+  # The demo's models, made ready now (the tiny ones built, Gemma's GGUF dequantised: about a
+  # minute) so that its first run takes as long as every later one. Tests keep their own cache.
+  .venv/bin/varireal models --config configs/demo.yaml
+fi
 echo "installed into .venv ($(.venv/bin/python -c 'import varireal_ray, torch, ray; print(f"torch {torch.__version__}, ray {ray.__version__}")'))"

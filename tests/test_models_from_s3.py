@@ -163,3 +163,22 @@ def test_a_failed_fetch_leaves_nothing_that_looks_finished(tmp_path):
 def test_missing_prefix_says_what_to_upload(s3_bucket, tmp_path):
     with pytest.raises(registry.ModelNotFound, match=r"nothing at this object-storage prefix; upload the model folder there"):
         registry.fetch_prefix(f"{s3_bucket}/models/never-uploaded", tmp_path)
+
+
+def test_the_models_command_makes_every_configured_model_ready_on_the_node(staged_clip, model_cache, capsys):
+    """``varireal models`` (which ``scripts/install.sh`` runs for the demo) builds, converts and
+    fetches what the jobs would load, and fails on a name that resolves to nothing, naming it."""
+    from varireal_ray.cli import main
+
+    _, uri = staged_clip
+    assert main(["models", "-s", f"models.cache_dir={model_cache}", "-s", f"models.clip.id={uri}"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert set(lines) == {"llm", "embedder", "grounding", "segmenter", "judge", "inpaint", "text2image", "refine_base",
+                          "refine_vae", "controlnet", "image_encoder", "ip_adapter", "clip"}
+    fetched = Path(lines["clip"].split("local-dir:")[1].rstrip(")"))  # the S3 CLIP, now a folder on the node
+    assert fetched.is_relative_to(model_cache) and (fetched / ".complete").exists()
+    gemma = Path(lines["llm"].split("(")[1].rstrip(")"))
+    assert (gemma / "config.json").exists() and (gemma / ".complete").exists()
+
+    assert main(["models", "-s", f"models.cache_dir={model_cache}", "-s", "models.judge.id=./no/such/judge"]) == 1
+    assert "models.judge.id" in capsys.readouterr().err

@@ -63,13 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         "report": "results table, feasible-vs-infeasible tests, plots and an edit gallery (-> <run>/report)",
         "demo": "run all four jobs on the embedded default: local Ray, local storage, offline models",
         "config": "print the resolved configuration (every key, with defaults) and exit",
+        "models": "make the configured models ready on this node (build tiny, convert packaged, copy s3:// ones "
+        "into models.cache_dir; check hub ids), so the first job does not wait for it",
     }
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _add_config_args(p, demo_default if name == "demo" else None)
+        _add_config_args(p, demo_default if name in ("demo", "models") else None)
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="ignore --config/--set and print the built-in defaults")
-        if name != "config":
+        if name not in ("config", "models"):
             p.add_argument("--no-progress", action="store_true", help="hide the job's progress view")
             p.add_argument("--verbose", "-v", action="store_true",
                            help="show Ray's own output too: Ray Data progress bars, worker logs, Ray's INFO lines")
@@ -132,6 +134,17 @@ def cmd_report(config: Config) -> str:
     return uri
 
 
+def cmd_models(config: Config) -> None:
+    from varireal_ray.models import load
+
+    started = time.perf_counter()
+    ready = load.prepare(config.models)
+    width = max(len(role) for role, _, _ in ready)
+    for role, model_id, where in ready:
+        print(f"  {role:<{width}}  {model_id}" + (f"  ({where})" if where != model_id else ""))
+    print(f"models: {len(ready)} ready in {time.perf_counter() - started:.0f}s (cache: {config.models.cache_dir})")
+
+
 def cmd_demo(config: Config) -> None:
     timings = {}
     for name, step in (("prompts", cmd_prompts), ("generate", cmd_generate), ("train", cmd_train), ("report", cmd_report)):
@@ -166,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         config = Config() if getattr(args, "defaults", False) else _load(args)
         if args.command == "config":
             print(dump_config(config), end="")
+            return 0
+        if args.command == "models":
+            cmd_models(config)
             return 0
         _start(config, args)
         {"prompts": cmd_prompts, "generate": cmd_generate, "train": cmd_train, "report": cmd_report, "demo": cmd_demo}[args.command](config)

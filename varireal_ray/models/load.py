@@ -121,6 +121,25 @@ def check_roles(models: ModelsConfig, roles: list[str]) -> None:
             registry.resolve(ref, models, role, fetch=False)
 
 
+def prepare(models: ModelsConfig) -> list[tuple[str, str, str]]:
+    """Make every configured model ready on this node, as its first load would: tiny models built,
+    packaged ones converted, ``s3://`` ones copied into ``models.cache_dir``; hub ids and
+    architectures are checked, not downloaded (a hub repository holds more than its loader reads).
+    Returns ``(role, id, where)`` per role. ``scripts/install.sh`` runs it for the demo."""
+    ready = []
+    for role in ROLES:
+        ref = ref_of(models, role)
+        if ref is None:
+            continue
+        if ROLES[role].library == "open_clip":
+            where = clip_source(ref, models).name
+        else:
+            registry.resolve(ref, models, role, fetch=False)  # a hub id: is it there (or cached)?
+            where = registry.resolve(ref, models, role).path
+        ready.append((role, ref.id, where))
+    return ready
+
+
 # ---------------------------------------------------------------------------------------- loading
 def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     """Load ``models.<role>`` with its class, processor, dtype and device; ``components`` go to a
