@@ -53,6 +53,8 @@ def test_no_credentials_in_logs_manifests_or_written_configs(tmp_path, model_cac
     fs, root = storage.filesystem(output)
     written = fs.find(root)
     assert any(p.endswith("config.yaml") for p in written) and any(p.endswith("generate/manifest.json") for p in written)
+    # The cluster this job started left its logs with the run (and they are searched below too).
+    assert any("/logs/ray/session_" in p and "/python-core-driver-" in p for p in written), [p for p in written if "/logs/" in p][:5]
     for path in written:
         assert not leaks(readable_bytes(path, fs.cat_file(path))), f"a credential was written to s3://{path}"
     ray_logs = [p for p in Path(env["RAY_TMPDIR"]).rglob("*") if p.is_file() and p.suffix in ("", ".log", ".out", ".err", ".json", ".txt")]

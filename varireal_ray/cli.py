@@ -26,6 +26,7 @@ RUN_FOLDER_GUIDE = """\
   train/results.json          one result per condition x seed (val-selected and final test accuracy)
   train/trials/*/             per-trial metrics.jsonl, result.json and checkpoints/ (resume)
   report/index.html           open this: results table, feasible vs infeasible tests, plots, gallery
+  logs/ray/                   Ray's own logs and the workers' output (a local cluster's)
 """
 
 log = logging.getLogger("varireal")
@@ -184,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
             cmd_models(config)
             return 0
         _start(config, args)
-        {"prompts": cmd_prompts, "generate": cmd_generate, "train": cmd_train, "report": cmd_report, "demo": cmd_demo}[args.command](config)
+        try:
+            {"prompts": cmd_prompts, "generate": cmd_generate, "train": cmd_train, "report": cmd_report, "demo": cmd_demo}[args.command](config)
+        finally:
+            from varireal_ray.ray_utils import save_logs
+
+            save_logs(config)  # a local cluster's logs go with the run, failed or not
         return 0
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

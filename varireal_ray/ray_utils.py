@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 
@@ -15,8 +16,12 @@ log = logging.getLogger(__name__)
 class ClusterError(UserError, ConnectionError):
     """The Ray cluster named by ``ray.address`` (or ``RAY_ADDRESS``) cannot be joined."""
 
+
 # Passed to every worker so workers behave like the driver (offline hub, quiet tokenizers).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+
+
+_started_logs: str | None = None  # the logs folder of a cluster this process started (None: joined)
 
 
 def init_ray(config: Config, verbose: bool = False) -> None:
@@ -46,14 +51,38 @@ def init_ray(config: Config, verbose: bool = False) -> None:
         except ConnectionError as exc:
             raise join_error(address, exc) from exc
         log.info("Ray resources: %s", ray.cluster_resources())
+        session = getattr(context, "address_info", {}).get("session_dir")
+        global _started_logs
+        _started_logs = os.path.join(session, "logs") if session and not address else None
         if not verbose:
-            session = getattr(context, "address_info", {}).get("session_dir")
-            log.info("Ray's own logs and the workers' output: %s (--verbose shows them here)",
-                     os.path.join(session, "logs") if session else "the session's logs folder on each node")
+            log.info("Ray's own logs and the workers' output: %s%s (--verbose shows them here)",
+                     os.path.join(session, "logs") if session else "the session's logs folder on each node",
+                     f", copied to {run_folder.ray_logs(config)} when the job ends" if _started_logs else "")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = verbose
     ctx.print_on_execution_start = False
     bound_queues()
+
+
+def save_logs(config: Config) -> str | None:
+    """Copy the logs of the local cluster this process started (Ray's own, and its workers'
+    output) into ``<run>/logs/ray/<session>/``; returns where, or None for a joined cluster, whose
+    logs stay on its nodes (``ray logs``). A copy that fails is logged, never raised: the job's own
+    outcome is what the caller reports."""
+    if not _started_logs or not os.path.isdir(_started_logs):
+        return None
+    target = storage.join(run_folder.ray_logs(config), os.path.basename(os.path.dirname(_started_logs)))
+    try:
+        for folder, _, files in os.walk(_started_logs):
+            for name in files:
+                path = os.path.join(folder, name)
+                if os.path.isfile(path) and not os.path.islink(path):
+                    with open(path, "rb") as f:
+                        storage.write_bytes(storage.join(target, os.path.relpath(path, _started_logs)), f.read())
+    except Exception as exc:  # noqa: BLE001 - the logs are a convenience; they stay in the session folder
+        log.warning("could not copy Ray's logs to %s (%s); they are in %s", target, exc, _started_logs)
+        return None
+    return target
 
 
 def quiet_ray() -> None:

@@ -11,6 +11,7 @@
       train/trials/<trial>/        one trial's checkpoints and metrics
       train/_tune/                 Ray Tune's experiment state (resume)
       report/                      report.html and its figures
+      logs/ray/<session>/          Ray's own logs and the workers' output, of a cluster a job started
 
 Local paths and ``s3://`` prefixes alike (``storage.join``).
 """
@@ -68,3 +69,7 @@ def tune_state(config: Config) -> str:
 
 def report(config: Config) -> str:
     return storage.join(config.run.output, "report")
+
+
+def ray_logs(config: Config) -> str:
+    return storage.join(config.run.output, "logs", "ray")
