@@ -10,6 +10,7 @@ from PIL import Image
 from varireal_ray import sources, storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import GenerationFailed, run_generate
+from varireal_ray.stages import named_colors
 from varireal_ray.stages.common import decode_image, decode_mask
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -58,6 +59,11 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
         keep = mask if r["attribute"] == "background" else ~mask
         assert np.array_equal(edited[keep], source[keep]), f"{r['id']}: untouched region changed"
         assert not np.array_equal(edited, source), f"{r['id']}: nothing was edited"
+        # The model-free checks, on every row: the kept region did not change, the edited one did.
+        kept, edited_share = ("changed_inside", "changed_outside") if r["attribute"] == "background" else ("changed_outside", "changed_inside")
+        assert r[kept] == 0.0 and 0.0 < r[edited_share] <= 1.0, (r["id"], r[kept], r[edited_share])
+        known_color = r["attribute"] == "color" and named_colors.lookup(r["value"])[1] != "hash"
+        assert (r["color_delta_e"] is not None) == known_color and (r["color_delta_e_source"] is not None) == known_color
         assert r["bank_hash"] and r["value"] and r["prompt"] and r["error"] == ""
         assert 0.0 <= r["judge_score"] <= 1.0 and r["attempt"] >= 0
         workers = json.loads(r["workers"])  # which process ran each stage, to find a bad node
@@ -66,7 +72,24 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
         assert len({w["pid"] for w in workers.values()}) == 3  # three actors, three processes
     attempts = storage.read_commits_table(storage.join(config.run.output, "generate", "attempts")).to_pylist()
     assert {a["id"] for a in attempts} == {r["id"] for r in rows}  # every attempt is on record
+    _cost_counts_every_attempt(config, manifest, rows, attempts)
     _opens_as_images_with_datasets(config, rows, tmp_path)
+
+
+def _cost_counts_every_attempt(config, manifest, rows, attempts):
+    """manifest.json's cost: each stage's seconds over every attempt (retries included) and every
+    mask, per accepted row; no GPU here, so no GPU-seconds."""
+    cost = manifest["cost"]
+    accepted = sum(bool(r["accepted"]) for r in rows)
+    assert cost["accepted"] == accepted > 0 and cost["attempts"] == len(attempts) and cost["failed"] == 0
+    masks = storage.read_commits_table(storage.join(config.run.output, "generate", "masks")).to_pylist()
+    expected = {"mask": sum(m["t_mask"] for m in masks), "edit": sum(a["t_edit"] for a in attempts), "judge": sum(a["t_judge"] for a in attempts)}
+    for stage, seconds in expected.items():
+        got = cost["stages"][stage]
+        assert seconds > 0 and got["seconds"] == pytest.approx(seconds, abs=1e-3), stage
+        assert got["seconds_per_accepted"] == pytest.approx(seconds / accepted, abs=1e-3) and got["gpu_seconds"] == 0.0
+    assert cost["seconds_per_accepted"] == pytest.approx(sum(expected.values()) / accepted, abs=1e-3)
+    assert all(a["attribute"] and a["feasibility"] and a["class_name"] for a in attempts)
 
 
 def _opens_as_images_with_datasets(config, rows, tmp_path):

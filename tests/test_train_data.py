@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from varireal_ray import run_folder, storage
-from varireal_ray.config import Condition, load_config
+from varireal_ray.config import Condition, TrainConfig, load_config
 from varireal_ray.sources.manifest import SourceError
 from varireal_ray.train import data as trial_data
 from varireal_ray.train.transforms import eval_transform, train_transform
@@ -38,7 +38,7 @@ def usable_ids(meta: pa.Table, attribute: str, feasibility: str, label: int | No
 
 def select(meta, fraction, seed=0, accepted_only=True, attribute="background") -> list[dict]:
     condition = Condition(name="c", attribute=attribute, feasible_fraction=fraction)
-    return trial_data.select_synthetic(meta, condition, seed, accepted_only).to_pylist()
+    return trial_data.select_synthetic(meta, condition, seed, TrainConfig(accepted_only=accepted_only)).to_pylist()
 
 
 @pytest.mark.parametrize("fraction, feasibility", [(1.0, "feasible"), (0.0, "infeasible")])
@@ -155,3 +155,49 @@ def test_stream_sampler_resumes_mid_stream_and_covers_each_epoch():
     other = list(trial_data.StreamBatchSampler(10, 4, seed=4, start_batch=0, num_batches=10))
     assert other != full
     assert np.all([len(b) == 4 for b in full])
+
+
+# --------------------------------------------------------------- selection by margin and checks
+def test_a_margin_range_selects_its_rows_only(meta):
+    """Feasibility as a dose: a condition takes only rows whose margin is in [min, max)."""
+    train = TrainConfig()
+    take = lambda **bounds: trial_data.select_synthetic(meta, Condition(name="c", attribute="color", feasible_fraction=1.0, **bounds), 0, train).to_pylist()  # noqa: E731
+    rows = take(min_margin=2.0, max_margin=2.5)
+    assert rows and {r["feasibility_margin"] for r in rows} == {2.0}  # 2.5 is the open end
+    assert {r["id"] for r in rows} == {r["id"] for r in meta.to_pylist() if r["attribute"] == "color" and r["feasibility_margin"] == 2.0
+                                        and r["accepted"] and not r["error"]}
+    assert {r["feasibility_margin"] for r in take(min_margin=2.25)} == {2.5}
+    with pytest.raises(trial_data.DataError, match=r"feasibility_margin in \[5.0, None\)"):
+        take(min_margin=5.0)
+    with pytest.raises(ValueError, match="must be below"):
+        Condition(name="c", attribute="color", feasible_fraction=1.0, min_margin=1.0, max_margin=1.0)
+
+
+def test_the_edit_filter_leaves_out_edits_that_broke_the_contract_or_missed_the_color(meta):
+    def chosen(attribute, **limits):
+        train = TrainConfig(edit_filter=limits)
+        return {r["source_id"].split("-")[-1] for r in trial_data.select_synthetic(meta, Condition(name="c", attribute=attribute, feasible_fraction=1.0), 0, train).to_pylist()}
+
+    everything = chosen("background")
+    assert "2" in everything and chosen("background", max_changed_kept=0.1) == everything - {"2"}
+    assert chosen("color", max_changed_kept=0.1) == chosen("color") - {"2"}  # the kept region is outside the mask there
+    with pytest.raises(trial_data.DataError, match="within train.edit_filter"):
+        trial_data.select_synthetic(meta, Condition(name="c", attribute="background", feasible_fraction=1.0), 0,
+                                    TrainConfig(edit_filter={"min_changed_edited": 0.6}))
+    # The color distance bounds color edits only: 10 + 5 x source index <= 20 keeps sources 0..2.
+    assert chosen("color", max_color_delta_e=20.0) == {s for s in chosen("color") if int(s) <= 2}
+    assert chosen("background", max_color_delta_e=20.0) == everything
+
+
+def test_shards_written_before_the_selection_columns_read_them_as_null(tmp_path):
+    rows = [{k: v for k, v in r.items() if k not in ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")}
+            for r in synthetic_rows()]
+    output = str(tmp_path / "run")
+    write_synthetic(output, rows)
+    config = load_config([REPO / "configs" / "demo.yaml"], [f"run.output={output}"])
+    meta = trial_data.read_synthetic_meta(config)
+    assert meta.num_rows == len(rows) and meta["feasibility_margin"].null_count == len(rows)
+    plain = Condition(name="c", attribute="color", feasible_fraction=1.0)
+    assert trial_data.select_synthetic(meta, plain, 0, config.train).num_rows > 0
+    with pytest.raises(trial_data.DataError, match="feasibility_margin"):
+        trial_data.select_synthetic(meta, plain.model_copy(update={"min_margin": 0.0}), 0, config.train)

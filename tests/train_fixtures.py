@@ -65,7 +65,9 @@ def write_sources(output: str, seed: int = 0) -> pa.Table:
 
 def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int = 1) -> list[dict]:
     """Per train source × attribute × feasibility × slot: one row. Slot 0 of source 0 of every
-    (class, attribute, feasibility) failed; slot 1 of source 1 was rejected by the judge."""
+    (class, attribute, feasibility) failed; slot 1 of source 1 was rejected by the judge. The
+    selection columns: a feasibility margin of ±2 (+0.5 a slot), edits of source 2 that changed
+    30 % of the region they should keep, and color distances of 10 + 5 × the source's index."""
     rng = np.random.default_rng(seed)
     mask = encode_image(np.pad(np.full((32, 32), 255, np.uint8), 8))  # the object: the centre
     rows = []
@@ -86,8 +88,17 @@ def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int
                             "error": "EditError: diffusion failed" if failed else "",
                             # What the report's gallery shows beside the edit.
                             "slot": slot, "mask": mask, "judge_score": None if failed else (0.2 if rejected else 0.9),
+                            "feasibility_margin": (2.0 if feasibility == "feasible" else -2.0) + 0.5 * slot,
+                            **_changed(attribute, kept=0.3 if i == 2 else 0.0, edited=0.5),
+                            "color_delta_e": 10.0 + 5 * i if attribute == "color" else None,
                         })
     return rows
+
+
+def _changed(attribute: str, kept: float, edited: float) -> dict:
+    """The changed-pixel columns: a background edit keeps the object (inside the mask)."""
+    inside, outside = (kept, edited) if attribute == "background" else (edited, kept)
+    return {"changed_inside": inside, "changed_outside": outside}
 
 
 def write_synthetic(output: str, rows: list[dict] | None = None, shard_rows: int = 40) -> str:

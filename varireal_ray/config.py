@@ -283,6 +283,15 @@ class JudgeConfig(Section):
     max_tokens_per_forward: int = Field(16384, ge=1)
 
 
+class EditChecks(Section):
+    """The model-free checks of every edit (``stages/checks.py``): changed-pixel fractions inside
+    and outside the mask, and a color edit's CIEDE2000 to its named color."""
+
+    enabled: bool = True
+    # A pixel counts as changed above this CIE76 ΔE (CIELAB; about 2.3 is just noticeable).
+    changed_delta_e: float = Field(10.0, gt=0.0)
+
+
 def _non_empty_unique(v: list) -> list:
     """A list setting that must name something, each value once."""
     if not v:
@@ -322,6 +331,7 @@ class GenerateConfig(Section):
         ),
     )
     judge: JudgeConfig = JudgeConfig()
+    checks: EditChecks = EditChecks()
     mask_stage: StageResources = StageResources(batch_size=8)
     edit_stage: StageResources = StageResources(batch_size=8)
     judge_stage: StageResources = StageResources(batch_size=8)
@@ -342,6 +352,11 @@ class Condition(Section):
     attribute: Attribute | None = None  # None: real-only baseline
     feasible_fraction: float | None = Field(None, ge=0.0, le=1.0)  # 1 = all feasible, 0 = all infeasible
     use_real: bool = True
+    # Only synthetic rows whose value's feasibility_margin (the LLM's log p(yes) - log p(no), from
+    # prompts.score_feasibility) lies in [min_margin, max_margin); None: unbounded on that side.
+    # Rows without a margin are left out when either is set. Feasibility as a dose, not a switch.
+    min_margin: float | None = None
+    max_margin: float | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Condition:
@@ -351,6 +366,10 @@ class Condition(Section):
             raise ValueError("a synthetic condition needs feasible_fraction (1.0 feasible, 0.0 infeasible)")
         if self.attribute is None and not self.use_real:
             raise ValueError("a condition with no attribute must use real data")
+        if self.attribute is None and (self.min_margin is not None or self.max_margin is not None):
+            raise ValueError("min_margin/max_margin select synthetic rows: they need an attribute")
+        if self.min_margin is not None and self.max_margin is not None and self.min_margin >= self.max_margin:
+            raise ValueError(f"min_margin ({self.min_margin}) must be below max_margin ({self.max_margin})")
         return self
 
 
@@ -427,6 +446,21 @@ class TrainViewConfig(Section):
     cache_dir: Location | None = None
 
 
+class EditFilter(Section):
+    """Which synthetic rows may train, by the model-free edit checks (``generate.checks``), beyond
+    the judge (``train.accepted_only``). None: no limit. Where a limit is set, a row without the
+    check (generated with the checks off, or before they existed) is left out."""
+
+    # Of the region an edit must keep (the object for a background edit, the rest for color and
+    # texture), the largest share that may have changed: the minimal-edit contract.
+    max_changed_kept: float | None = Field(None, ge=0.0, le=1.0)
+    # Of the edited region, the smallest share that must have changed: an edit that did nothing.
+    min_changed_edited: float | None = Field(None, ge=0.0, le=1.0)
+    # Color edits: the largest CIEDE2000 from the object's mean color to the named color (rows
+    # whose value names no known color have no distance and are left out when this is set).
+    max_color_delta_e: float | None = Field(None, ge=0.0)
+
+
 class TrainConfig(Section):
     """``conditions`` lists cells by hand; each ``grid`` block (``configs/grids/``) adds the cells it
     expands to. After loading, ``conditions`` holds them all, in order (the explicit ones first,
@@ -444,6 +478,7 @@ class TrainConfig(Section):
     lora: LoraConfig = LoraConfig()
     real_weight: float = Field(0.5, ge=0.0, le=1.0)  # lambda: loss weight of the real half
     accepted_only: bool = True  # train on judge-accepted synthetic rows only
+    edit_filter: EditFilter = EditFilter()
     lr: float = Field(5e-4, gt=0.0)
     min_lr: float = Field(1e-8, ge=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)

@@ -191,17 +191,26 @@ def write_parquet(uri: str, table: pa.Table) -> None:
     write_bytes(uri, table_to_parquet_bytes(table))
 
 
-def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(uri: str, columns: list[str] | None = None, optional: dict[str, pa.DataType] | None = None) -> pa.Table:
     """A Parquet file, or only ``columns`` of it: then only the footer and those column chunks
-    are read (ranged reads on object storage), so metadata reads skip the image bytes."""
+    are read (ranged reads on object storage), so metadata reads skip the image bytes.
+    ``optional`` columns (name -> type) are read where the file has them and come back as nulls
+    where it does not (a dataset written before they existed)."""
     if columns is None:
         return pq.read_table(io.BytesIO(read_bytes(uri)))
+    optional = optional or {}
     fs, path = filesystem(uri)
     try:
         with (fs.open(path, "rb", cache_type="none") if is_remote(uri) else open(path, "rb")) as f:
-            return pq.read_table(f, columns=columns, pre_buffer=True)
+            file = pq.ParquetFile(f, pre_buffer=True)
+            have = set(file.schema_arrow.names)
+            table = file.read(columns=[*columns, *(c for c in optional if c in have)])
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} does not exist") from None
+    for name, type_ in optional.items():
+        if name not in have:
+            table = table.append_column(name, pa.nulls(table.num_rows, type_))
+    return table
 
 
 def _check_bucket(fs, bucket: str, uri: str) -> None:
@@ -364,10 +373,10 @@ def read_manifest(dataset_uri: str) -> dict:
     return read_json(uri)
 
 
-def read_dataset(dataset_uri: str, columns: list[str] | None = None) -> pa.Table:
-    """Every row of a committed dataset, as listed by its manifest."""
+def read_dataset(dataset_uri: str, columns: list[str] | None = None, optional: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """Every row of a committed dataset, as listed by its manifest (``read_parquet``'s columns)."""
     manifest = read_manifest(dataset_uri)
-    tables = [read_parquet(join(dataset_uri, s["path"]), columns) for s in manifest["shards"]]
+    tables = [read_parquet(join(dataset_uri, s["path"]), columns, optional) for s in manifest["shards"]]
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="default")

@@ -5,7 +5,7 @@ every item whose next attempt is ``a``:
 
     committed masks ------------------------------------------+
     sources without one -> load -> MaskStage -> commit masks -+-> items -> load -> EditStage
-                                                                  -> JudgeStage -> write shards
+                                                       -> checks (no model) -> JudgeStage -> write shards
 
 Masks are computed once per source image (round 0 computes the missing ones while the edit and
 judge pools already work on the first items) and read back by every later round and resumed run.
@@ -30,9 +30,10 @@ from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
-from varireal_ray.pipeline import placement
+from varireal_ray.pipeline import accounting, placement
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images
 from varireal_ray.pipeline.writer import commit_masks, write_edits
+from varireal_ray.stages.checks import check_edits
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
@@ -162,6 +163,8 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     )
     ds = cpu_task(in_rows(ds, gen.edit_stage.batch_size), load_images, batch_size=gen.edit_stage.batch_size)
     ds = actor_stage(ds, EditStage, gen.edit_stage, config)
+    if gen.checks.enabled:
+        ds = cpu_task(ds, check_edits, batch_size=gen.edit_stage.batch_size, changed_delta_e=gen.checks.changed_delta_e)
     ds = actor_stage(ds, JudgeStage, gen.judge_stage, config)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
     with Progress(f"generate, round {attempt}", due, "items") as progress:
@@ -211,6 +214,7 @@ def run_generate(config: Config) -> dict:
         masks=storage.join(out, "masks"),
         errors=storage.join(out, "errors"),
         attempts=storage.join(out, "attempts"),
+        cost=accounting.cost(config, accounting.tables(out)),  # every run's work on this dataset, retries included
     )
     log.info("generate: %d rows committed in %d shards -> %s", manifest["rows"], len(manifest["shards"]), out)
     attempted = max(expected + counts.get("unmasked", 0), 1)

@@ -72,6 +72,9 @@ def expand(source: dict, bank, config: Config) -> list[dict]:
                         "slot": slot,
                         "value": entry.name,
                         "value_description": entry.description or "",
+                        # The LLM's log p(yes) - log p(no) for the value (prompts.score_feasibility),
+                        # so a condition can select by how feasible an edit is, not only by its label.
+                        "feasibility_margin": entry.feasibility_margin,
                         "bank_hash": bank.hash,
                     }
                 )

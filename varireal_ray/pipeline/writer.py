@@ -24,8 +24,11 @@ TRANSIENT = ("image", "unmasked")
 # ``image_uri`` says where the bad input is.
 # What the edit pass needs of a masked source row (``items.expand`` and ``ExpandItems``).
 MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "workers", "error", "error_stage")
-ERROR_COLUMNS = ("id", "source_id", "image_uri", "attempt", "error_stage", "error")
-ATTEMPT_COLUMNS = ("id", "source_id", "attempt", "seed", "judge_score", "judge_answers", "outcome")
+# Each keeps what its stages' seconds were (``pipeline/accounting.py``), and what the attempt was.
+ERROR_COLUMNS = ("id", "source_id", "image_uri", "class_name", "attribute", "feasibility", "attempt", "error_stage", "error",
+                 "t_edit", "t_judge")
+ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", "attempt", "seed", "judge_score",
+                   "judge_answers", "outcome", "t_edit", "t_judge")
 
 
 # Encoded images, stored in Hugging Face datasets' Image layout (``storage.image_column``).
@@ -38,9 +41,12 @@ def _table(batch: Batch, rows: np.ndarray, columns: list[str] | tuple[str, ...])
 
 
 def _plain(value):
-    """numpy scalars and arrays to Python values Arrow can type."""
+    """numpy scalars and arrays to Python values Arrow can type; a NaN is a null (Ray Data turns
+    a column of floats and Nones into floats and NaNs on its way between stages)."""
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value

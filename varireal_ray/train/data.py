@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from varireal_ray import run_folder, storage
-from varireal_ray.config import Condition, Config
+from varireal_ray.config import Condition, Config, TrainConfig
 from varireal_ray.errors import UserError
 from varireal_ray.sources import manifest
 from varireal_ray.sources.manifest import class_names
@@ -33,7 +33,7 @@ from varireal_ray.stages.common import decode_image
 from varireal_ray.train import view
 
 SOURCE_COLUMNS = ["source_id", "class_name", "label", "split", "image_uri"]
-SYNTHETIC_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
+SYNTHETIC_COLUMNS = view.META_COLUMNS
 
 
 class DataError(UserError, ValueError):
@@ -51,15 +51,26 @@ def read_sources(config: Config) -> pa.Table:
 
 def read_synthetic_meta(config: Config) -> pa.Table:
     """Every synthetic row's metadata (no image bytes)."""
-    return storage.read_dataset(run_folder.generated(config), columns=SYNTHETIC_COLUMNS)
+    return storage.read_dataset(run_folder.generated(config), columns=SYNTHETIC_COLUMNS, optional=view.SELECTION_COLUMNS)
 
 
 # ------------------------------------------------------------------------------ synthetic selection
-def usable_rows(meta: pa.Table, attribute: str, accepted_only: bool) -> pa.Table:
-    """Rows of ``attribute`` that did not fail (empty ``error``) and, if asked, the judge accepted."""
-    keep = pc.and_(pc.equal(meta["attribute"], attribute), pc.equal(pc.fill_null(meta["error"], ""), ""))
-    if accepted_only:
+def usable_rows(meta: pa.Table, condition: Condition, train: TrainConfig) -> pa.Table:
+    """Rows of the condition's attribute that did not fail (empty ``error``), that the judge
+    accepted (``train.accepted_only``), within the condition's feasibility-margin range and
+    within ``train.edit_filter``'s limits on the edit checks."""
+    keep = pc.and_(pc.equal(meta["attribute"], condition.attribute), pc.equal(pc.fill_null(meta["error"], ""), ""))
+    if train.accepted_only:
         keep = pc.and_(keep, pc.fill_null(meta["accepted"], False))
+    limits = [("feasibility_margin", pc.greater_equal, condition.min_margin), ("feasibility_margin", pc.less, condition.max_margin)]
+    checks = train.edit_filter
+    kept, edited = ("changed_inside", "changed_outside") if condition.attribute == "background" else ("changed_outside", "changed_inside")
+    limits += [(kept, pc.less_equal, checks.max_changed_kept), (edited, pc.greater_equal, checks.min_changed_edited)]
+    if condition.attribute == "color":
+        limits.append(("color_delta_e", pc.less_equal, checks.max_color_delta_e))
+    for column, within, bound in limits:
+        if bound is not None:  # a null (no margin, no check) is left out
+            keep = pc.and_(keep, pc.fill_null(within(meta[column], bound), False))
     return meta.filter(keep)
 
 
@@ -74,12 +85,12 @@ def feasibility_counts(n_feasible: int, n_infeasible: int, fraction: float) -> t
     return min(n_feasible, want_feasible), min(n_infeasible, budget - want_feasible)
 
 
-def select_synthetic(meta: pa.Table, condition: Condition, seed: int, accepted_only: bool) -> pa.Table:
+def select_synthetic(meta: pa.Table, condition: Condition, seed: int, train: TrainConfig) -> pa.Table:
     """The synthetic rows a condition trains on, sorted by id. Deterministic in ``seed``: with a
     mixed fraction, which rows of each pool are taken is a seeded draw per class."""
     if meta.num_rows == 0:
         raise DataError(f"condition {condition.name!r}: the synthetic dataset has no rows; run the generate job first")
-    rows = usable_rows(meta, condition.attribute, accepted_only)
+    rows = usable_rows(meta, condition, train)
     chosen: list[str] = []
     for label in sorted(set(rows["label"].to_pylist())):
         in_class = rows.filter(pc.equal(rows["label"], label))
@@ -94,11 +105,17 @@ def select_synthetic(meta: pa.Table, condition: Condition, seed: int, accepted_o
             take = pool if count == len(pool) else [pool[i] for i in sorted(rng.permutation(len(pool))[:count])]
             chosen += take
     if not chosen:
-        usable = "accepted, error-free " if accepted_only else "error-free "
+        usable = "accepted, error-free " if train.accepted_only else "error-free "
+        within = ""
+        if condition.min_margin is not None or condition.max_margin is not None:
+            within += f", feasibility_margin in [{condition.min_margin}, {condition.max_margin})"
+        limits = {k: v for k, v in train.edit_filter.model_dump().items() if v is not None}
+        if limits:
+            within += f", within train.edit_filter {limits}"
         raise DataError(
             f"condition {condition.name!r}: no {usable}synthetic rows with attribute={condition.attribute!r} "
-            f"and feasible_fraction={condition.feasible_fraction} (of {meta.num_rows} rows in the dataset); "
-            "generate that attribute first, or drop the condition"
+            f"and feasible_fraction={condition.feasible_fraction}{within} (of {meta.num_rows} rows in the dataset); "
+            "generate that attribute first, widen the limits, or drop the condition"
         )
     selected = rows.filter(pc.is_in(rows["id"], pa.array(chosen)))
     return selected.sort_by("id")
@@ -199,7 +216,7 @@ def build_trial_data(
     parts = []
     if condition.attribute is not None:
         synthetic = index.filter(pc.equal(index["kind"], "synthetic"))
-        parts.append(select_synthetic(synthetic, condition, seed, config.train.accepted_only))
+        parts.append(select_synthetic(synthetic, condition, seed, config.train))
     n_synthetic = parts[0].num_rows if parts else 0
     n_real = splits["train"].num_rows if condition.use_real else 0
     if n_real:

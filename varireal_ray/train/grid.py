@@ -94,7 +94,7 @@ def preflight(config: Config) -> dict[str, str]:
         return {c.name: describe(exc) for c in synthetic}
     for condition in synthetic:
         try:
-            trial_data.select_synthetic(meta, condition, config.train.seeds[0], config.train.accepted_only)
+            trial_data.select_synthetic(meta, condition, config.train.seeds[0], config.train)
         except trial_data.DataError as exc:
             errors[condition.name] = f"DataError: {exc}"
     return errors

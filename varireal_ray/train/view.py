@@ -51,10 +51,13 @@ from varireal_ray.stages.common import BadImage, decode_image
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # of the layout; part of the key
+VERSION = 3  # of the layout; part of the key
 REAL_ROWS_PER_FILE = 256
 META_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
-INDEX_COLUMNS = ["kind", "split", "group", *META_COLUMNS, "file", "row_group", "offset", "nbytes"]
+# What a condition may select synthetic rows by, beyond the above (``data.select_synthetic``):
+# read where the shards have them, null in shards written before they existed.
+SELECTION_COLUMNS = {name: pa.float64() for name in ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")}
+INDEX_COLUMNS = ["kind", "split", "group", *META_COLUMNS, *SELECTION_COLUMNS, "file", "row_group", "offset", "nbytes"]
 
 
 class ViewError(UserError, ValueError):
@@ -133,7 +136,7 @@ def build_piece(piece: dict, config_json: dict) -> dict:
     if piece["kind"] == "synthetic":
         shard = storage.join(piece["dataset"], piece["path"])
         try:
-            table = storage.read_parquet(shard, columns=META_COLUMNS + ["edited"])
+            table = storage.read_parquet(shard, columns=META_COLUMNS + ["edited"], optional=SELECTION_COLUMNS)
         except Exception as exc:  # noqa: BLE001 - any read failure is this shard's
             raise ViewError(
                 f"generated shard {shard} cannot be read ({type(exc).__name__}: {exc}); it holds "
@@ -192,7 +195,7 @@ def index_schema() -> pa.Schema:
     string = pa.string()
     return pa.schema([("kind", string), ("split", string), ("group", string), ("id", string), ("source_id", string),
                       ("class_name", string), ("label", pa.int64()), ("attribute", string), ("feasibility", string),
-                      ("accepted", pa.bool_()), ("error", string), ("file", string), ("row_group", pa.int32()),
+                      ("accepted", pa.bool_()), ("error", string), *SELECTION_COLUMNS.items(), ("file", string), ("row_group", pa.int32()),
                       ("offset", pa.int32()), ("nbytes", pa.int64())])
 
 

@@ -1,0 +1,76 @@
+"""What the generated dataset cost, and how often the judge accepted, from the committed tables.
+
+Each stage times its own work per row (``t_mask`` per source image in ``masks/``; ``t_edit`` and
+``t_judge`` per attempt in ``attempts/``, and per failed row in ``errors/``), so the cost of an
+accepted image counts every retry and every dropped or failed item, across resumed runs:
+
+    seconds per accepted image of a stage = its seconds over every row it ran / accepted rows
+
+GPU-seconds are those seconds times the stage's ``num_gpus`` share (its actors hold that much of
+a GPU while they work). ``generate/manifest.json`` keeps the totals (``cost``); the report shows
+the table and the judge's acceptance per attempt.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from varireal_ray import storage
+from varireal_ray.config import Config
+
+STAGES = (("mask", "t_mask", "mask_stage"), ("edit", "t_edit", "edit_stage"), ("judge", "t_judge", "judge_stage"))
+
+
+def _sum(table: pa.Table, column: str) -> float:
+    if column not in table.column_names or table.num_rows == 0:
+        return 0.0
+    return float(pc.sum(pc.fill_null(table[column].cast(pa.float64()), 0.0)).as_py() or 0.0)
+
+
+def tables(out: str) -> dict[str, pa.Table]:
+    """The committed tables of a generation run under ``out`` (rows without image bytes)."""
+    return {
+        "masks": storage.read_commits_table(storage.join(out, "masks"), ["source_id", "t_mask"]),
+        "attempts": storage.read_commits_table(storage.join(out, "attempts")),
+        "errors": storage.read_commits_table(storage.join(out, "errors")),
+        "rows": storage.read_commits_table(out, ["id", "accepted"]),
+    }
+
+
+def cost(config: Config, committed: dict[str, pa.Table]) -> dict:
+    """Seconds (and GPU-seconds) per stage in all and per accepted image, with the counts."""
+    accepted = int(pc.sum(pc.fill_null(committed["rows"]["accepted"], False)).as_py() or 0) if committed["rows"].num_rows else 0
+    stages = {}
+    for stage, column, resources in STAGES:
+        seconds = _sum(committed["masks"], column) if stage == "mask" else _sum(committed["attempts"], column) + _sum(committed["errors"], column)
+        gpus = getattr(config.generate, resources).num_gpus
+        stages[stage] = {
+            "seconds": round(seconds, 3),
+            "gpu_seconds": round(seconds * gpus, 3),
+            "seconds_per_accepted": round(seconds / accepted, 4) if accepted else None,
+            "gpu_seconds_per_accepted": round(seconds * gpus / accepted, 4) if accepted else None,
+        }
+    total = sum(s["seconds"] for s in stages.values())
+    return {
+        "accepted": accepted,
+        "attempts": committed["attempts"].num_rows,
+        "failed": committed["errors"].num_rows,
+        "stages": stages,
+        "seconds_per_accepted": round(total / accepted, 4) if accepted else None,
+        "gpu_seconds_per_accepted": round(sum(s["gpu_seconds"] for s in stages.values()) / accepted, 4) if accepted else None,
+    }
+
+
+def acceptance(attempts: pa.Table, by: list[str]) -> pd.DataFrame:
+    """The judge's acceptance per ``by`` group and attempt: ``judged`` attempts, ``accepted`` ones
+    and their share, ``rate``. (Attempts of rows that failed are in ``errors/``, not here.)"""
+    columns = [*by, "attempt", "judged", "accepted", "rate"]
+    if attempts.num_rows == 0 or any(c not in attempts.column_names for c in by):
+        return pd.DataFrame(columns=columns)
+    frame = attempts.select([*by, "attempt", "outcome"]).to_pandas()
+    frame["accepted"] = frame["outcome"] == "accepted"
+    out = frame.groupby([*by, "attempt"], as_index=False).agg(judged=("outcome", "size"), accepted=("accepted", "sum"))
+    out["rate"] = out["accepted"] / out["judged"]
+    return out[columns]

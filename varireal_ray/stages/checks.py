@@ -1,0 +1,73 @@
+"""Model-free checks of every edit: what changed where, and how close a color edit came to its
+named color. No model and no GPU: a light CPU step between the edit and the judge.
+
+- ``changed_inside`` / ``changed_outside``: the fraction of pixels inside / outside the object mask
+  whose color moved by more than ``generate.checks.changed_delta_e`` (CIE76 ΔE in CIELAB, where
+  about 2.3 is just noticeable). The edited region should change and the rest should not: a
+  background edit keeps the object (inside ≈ 0), a color or texture edit keeps the background
+  (outside ≈ 0). The editors composite onto the source's pixels, so the kept region is exactly
+  zero with a lossless ``generate.image_format``; a JPEG shard shows its compression there.
+- ``color_delta_e``: for a color edit whose value names a known color (CSS4 or xkcd), CIEDE2000
+  between the edited object's mean CIELAB and that color; ``color_delta_e_source`` is the same for
+  the source's object, so the difference says how far the edit moved toward the target. Null
+  for other attributes and for names with no known color.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.color import deltaE_ciede2000, rgb2lab
+
+from varireal_ray.stages import common, named_colors
+
+STAGE = "checks"
+COLUMNS = ("changed_inside", "changed_outside", "color_delta_e", "color_delta_e_source")
+
+
+def lab(image) -> np.ndarray:
+    """CIELAB (D65) of an RGB image, H x W x 3 floats."""
+    return rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+
+
+def changed_fractions(before: np.ndarray, after: np.ndarray, mask: np.ndarray, delta_e: float) -> tuple[float, float]:
+    """Of the pixels inside and outside ``mask``, the fractions whose CIE76 ΔE between the two
+    CIELAB images exceeds ``delta_e`` (0.0 for an empty region)."""
+    moved = np.linalg.norm(after - before, axis=-1) > delta_e
+    inside = float(moved[mask].mean()) if mask.any() else 0.0
+    outside = float(moved[~mask].mean()) if (~mask).any() else 0.0
+    return inside, outside
+
+
+def target_lab(value: str) -> np.ndarray | None:
+    """The CIELAB of a named color, or None when the name is in neither table."""
+    rgb, source = named_colors.lookup(value)
+    if source == "hash":
+        return None
+    return rgb2lab(np.array([[rgb]], dtype=np.float64) / 255.0)[0, 0]
+
+
+def delta_e_2000(a: np.ndarray, b: np.ndarray) -> float:
+    return float(deltaE_ciede2000(a, b))
+
+
+def check_edits(batch: common.Batch, changed_delta_e: float) -> common.Batch:
+    """Adds ``COLUMNS`` to every edited row (rows without an edit keep nulls)."""
+    common.ensure_error_columns(batch)
+    for name in COLUMNS:
+        common.new_column(batch, name)
+
+    def check(i: int) -> None:
+        source = common.decode_image(batch["image"][i])
+        edited = common.decode_image(batch["edited"][i])
+        if edited.size != source.size:
+            raise common.BadImage(f"edited image is {edited.size}, its source {source.size}")
+        mask = common.decode_mask(batch["mask"][i])
+        before, after = lab(source), lab(edited)
+        batch["changed_inside"][i], batch["changed_outside"][i] = changed_fractions(before, after, mask, changed_delta_e)
+        target = target_lab(str(batch["value"][i])) if batch["attribute"][i] == "color" and mask.any() else None
+        if target is not None:
+            batch["color_delta_e"][i] = delta_e_2000(after[mask].mean(axis=0), target)
+            batch["color_delta_e_source"][i] = delta_e_2000(before[mask].mean(axis=0), target)
+
+    common.for_each_row(batch, STAGE, check)
+    return batch
