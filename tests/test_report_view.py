@@ -50,7 +50,8 @@ def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def full_grid_report(tmp_path: Path) -> Path:
     """A report of a three-attribute grid (real-only, each attribute x feasibility x with and
-    without real data, a mixing sweep; two seeds) over a generated dataset."""
+    without real data, a mixing sweep, margin bins; two seeds) over a generated dataset (with its
+    cost, edit-check and margin sections)."""
     output = str(tmp_path / "run")
     write_sources(output)
     write_synthetic(output, synthetic_rows(attributes=("background", "color", "texture")))
@@ -61,6 +62,7 @@ def full_grid_report(tmp_path: Path) -> Path:
             conditions.append({"name": f"{attribute}_{label}_synthetic_only", "attribute": attribute,
                                "feasible_fraction": fraction, "use_real": False})
     conditions += [{"name": f"color_mix_{int(100 * f)}", "attribute": "color", "feasible_fraction": f} for f in (0.25, 0.5, 0.75)]
+    conditions += [{"name": f"color_margin{lo}", "attribute": "color", "min_margin": lo, "max_margin": lo + 2} for lo in (-3, -1, 1)]
     config = load_config([], [f"run.output={output}", "generate.attributes=[background, color, texture]", "train.seeds=[0,1]"])
     config.train.conditions = conditions
     results = []

@@ -201,3 +201,29 @@ def test_shards_written_before_the_selection_columns_read_them_as_null(tmp_path)
     assert trial_data.select_synthetic(meta, plain, 0, config.train).num_rows > 0
     with pytest.raises(trial_data.DataError, match="feasibility_margin"):
         trial_data.select_synthetic(meta, plain.model_copy(update={"min_margin": 0.0}), 0, config.train)
+
+
+def test_a_margin_bin_takes_both_labels_and_rows_per_class_caps_each_class_the_same_way(meta):
+    train = TrainConfig()
+    both = Condition(name="c", attribute="color", min_margin=-2.1, max_margin=2.1)  # no fraction: any label
+    rows = trial_data.select_synthetic(meta, both, 0, train).to_pylist()
+    assert {r["feasibility_margin"] for r in rows} == {-2.0, -1.5, 2.0} and {r["feasibility"] for r in rows} == {"feasible", "infeasible"}
+    capped = trial_data.select_synthetic(meta, both.model_copy(update={"rows_per_class": 2}), 0, train).to_pylist()
+    per_class = {label: [r["id"] for r in capped if r["label"] == label] for label in range(len(CLASSES))}
+    assert all(len(ids) == 2 for ids in per_class.values()) and {r["id"] for r in capped} <= {r["id"] for r in rows}
+    again = trial_data.select_synthetic(meta, both.model_copy(update={"rows_per_class": 2}), 0, train).to_pylist()
+    other_seed = trial_data.select_synthetic(meta, both.model_copy(update={"rows_per_class": 2}), 1, train).to_pylist()
+    assert again == capped and [r["id"] for r in other_seed] != [r["id"] for r in capped]
+
+
+def test_a_grid_block_with_margin_bins_makes_one_cell_per_bin():
+    from varireal_ray.config import GridBlock
+
+    block = GridBlock(attributes=["color"], data=["real_plus_synthetic"], margin_bins=[-3, 0, 3], rows_per_class=4)
+    cells = block.expand()
+    assert [c.name for c in cells] == ["real_only", "color_margin-3to0", "color_margin0to3"]
+    assert [(c.min_margin, c.max_margin, c.feasible_fraction, c.rows_per_class) for c in cells[1:]] == [(-3, 0, None, 4), (0, 3, None, 4)]
+    with pytest.raises(ValueError, match="must rise"):
+        GridBlock(margin_bins=[1.0, 1.0])
+    with pytest.raises(ValueError, match="or a margin range"):
+        Condition(name="c", attribute="color")

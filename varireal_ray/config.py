@@ -350,24 +350,33 @@ class Condition(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     attribute: Attribute | None = None  # None: real-only baseline
-    feasible_fraction: float | None = Field(None, ge=0.0, le=1.0)  # 1 = all feasible, 0 = all infeasible
+    # 1 = all feasible, 0 = all infeasible; None (with a margin range only): both labels alike.
+    feasible_fraction: float | None = Field(None, ge=0.0, le=1.0)
     use_real: bool = True
     # Only synthetic rows whose value's feasibility_margin (the LLM's log p(yes) - log p(no), from
     # prompts.score_feasibility) lies in [min_margin, max_margin); None: unbounded on that side.
     # Rows without a margin are left out when either is set. Feasibility as a dose, not a switch.
     min_margin: float | None = None
     max_margin: float | None = None
+    # At most this many synthetic rows per class (a seeded draw): cells that select by margin hold
+    # different amounts of data, and this keeps the amount out of the comparison.
+    rows_per_class: int | None = Field(None, ge=1)
+
+    @property
+    def by_margin(self) -> bool:
+        return self.min_margin is not None or self.max_margin is not None
 
     @model_validator(mode="after")
     def _consistent(self) -> Condition:
         if self.attribute is None and self.feasible_fraction is not None:
             raise ValueError("feasible_fraction needs an attribute")
-        if self.attribute is not None and self.feasible_fraction is None:
-            raise ValueError("a synthetic condition needs feasible_fraction (1.0 feasible, 0.0 infeasible)")
+        if self.attribute is not None and self.feasible_fraction is None and not self.by_margin:
+            raise ValueError("a synthetic condition needs feasible_fraction (1.0 feasible, 0.0 infeasible), "
+                             "or a margin range (min_margin/max_margin) to select by instead")
         if self.attribute is None and not self.use_real:
             raise ValueError("a condition with no attribute must use real data")
-        if self.attribute is None and (self.min_margin is not None or self.max_margin is not None):
-            raise ValueError("min_margin/max_margin select synthetic rows: they need an attribute")
+        if self.attribute is None and (self.by_margin or self.rows_per_class is not None):
+            raise ValueError("min_margin/max_margin/rows_per_class select synthetic rows: they need an attribute")
         if self.min_margin is not None and self.max_margin is not None and self.min_margin >= self.max_margin:
             raise ValueError(f"min_margin ({self.min_margin}) must be below max_margin ({self.max_margin})")
         return self
@@ -376,34 +385,57 @@ class Condition(Section):
 DataMode = Literal["synthetic_only", "real_plus_synthetic"]
 
 
-def condition_name(attribute: str, feasible_fraction: float, use_real: bool) -> str:
-    """The name a grid gives a cell: ``<attribute>_<feasible | infeasible | mix<percent>>``, plus
-    ``_synth_only`` when no real images train with it (e.g. ``color_mix25_synth_only``)."""
-    share = {1.0: "feasible", 0.0: "infeasible"}.get(feasible_fraction, f"mix{feasible_fraction * 100:g}")
+def condition_name(attribute: str, feasible_fraction: float | None, use_real: bool, margin: tuple[float, float] | None = None) -> str:
+    """The name a grid gives a cell: ``<attribute>_<feasible | infeasible | mix<percent>>``, or
+    ``<attribute>_margin<lo>to<hi>`` for a margin bin, plus ``_synth_only`` when no real images
+    train with it (e.g. ``color_mix25_synth_only``, ``color_margin-2to0``)."""
+    if margin is not None:
+        share = f"margin{margin[0]:g}to{margin[1]:g}"
+    else:
+        share = {1.0: "feasible", 0.0: "infeasible"}.get(feasible_fraction, f"mix{feasible_fraction * 100:g}")
     return f"{attribute}_{share}" + ("" if use_real else "_synth_only")
 
 
 class GridBlock(Section):
     """Many conditions in a few lines: the real-only baseline (``baseline``) plus every
     attribute × data setting × feasible fraction, named by ``condition_name``. The defaults are
-    the reference's 13-run grid (spec section 4)."""
+    the reference's 13-run grid (spec section 4).
+
+    With ``margin_bins`` (edges, rising) the cells are margin bins instead of fractions: each
+    [edge, next edge) of the LLM's feasibility margin, both labels alike, ``rows_per_class`` rows a
+    class in each (``configs/grids/dose.yaml``)."""
 
     baseline: bool = True  # include ``real_only``
     attributes: list[Attribute] = list(ATTRIBUTES)
     data: list[DataMode] = ["synthetic_only", "real_plus_synthetic"]
     # Share of feasible rows in the synthetic data: 1.0 feasible only, 0.0 infeasible only.
     feasible_fractions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = [1.0, 0.0]
+    margin_bins: list[float] | None = None
+    rows_per_class: int | None = Field(None, ge=1)
 
     _non_empty_unique = field_validator("attributes", "data", "feasible_fractions")(_non_empty_unique)
+
+    @field_validator("margin_bins")
+    @classmethod
+    def _rising(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) < 2 or any(b <= a for a, b in zip(v, v[1:]))):
+            raise ValueError(f"margin_bins are edges and must rise, at least two of them; got {v}")
+        return v
 
     def expand(self) -> list[Condition]:
         cells = [Condition(name="real_only")] if self.baseline else []
         for attribute in self.attributes:
             for mode in self.data:
                 use_real = mode == "real_plus_synthetic"
+                if self.margin_bins is not None:
+                    for lo, hi in zip(self.margin_bins, self.margin_bins[1:]):
+                        cells.append(Condition(name=condition_name(attribute, None, use_real, (lo, hi)), attribute=attribute,
+                                               use_real=use_real, min_margin=lo, max_margin=hi, rows_per_class=self.rows_per_class))
+                    continue
                 for fraction in self.feasible_fractions:
                     name = condition_name(attribute, fraction, use_real)
-                    cells.append(Condition(name=name, attribute=attribute, feasible_fraction=fraction, use_real=use_real))
+                    cells.append(Condition(name=name, attribute=attribute, feasible_fraction=fraction, use_real=use_real,
+                                           rows_per_class=self.rows_per_class))
         return cells
 
 

@@ -1,24 +1,24 @@
 """The report job: reads ``train/results.json`` and the generated dataset; writes
-``report/results.csv``, ``results.md``, ``comparisons.csv`` and a self-contained ``index.html``
-(table, tests, plots, gallery)."""
+``report/results.csv``, ``results.md``, ``comparisons.csv``, ``acceptance.csv``, ``cost.csv`` and a
+self-contained ``index.html`` (table, tests, plots, what the data cost and how it checked out
+(``dataset.py``), gallery)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import pandas as pd
 
 from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
-from varireal_ray.report import gallery
+from varireal_ray.report import dataset, gallery
+from varireal_ray.report.figures import png, pyplot
 from varireal_ray.report.stats import compare, mean_interval
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f4f4f4}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.scroll{max-width:100%;overflow-x:auto}
-summary{cursor:pointer;margin:.5em 0;color:#1a5fb4}p img{max-width:100%;height:auto}.gallery img{display:block}
+summary{cursor:pointer;margin:.5em 0;color:#1a5fb4}.caveat{background:#fff4ce;padding:.4em .8em}p img{max-width:100%;height:auto}.gallery img{display:block}
 .cap{font-size:11px;max-width:140px;overflow-wrap:anywhere}.empty{width:140px;height:60px;background:#eee}.headline{font-size:1.3em}"""
 
 # The results table as a person reads it: what each condition is and how it scored. Every column
@@ -69,6 +69,8 @@ def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
                 "condition": cond.name,
                 "attribute": cond.attribute or "–",
                 "feasible_fraction": cond.feasible_fraction,
+                "min_margin": cond.min_margin,
+                "max_margin": cond.max_margin,
                 "use_real": cond.use_real,
                 "seeds": sel.n,
                 "test_top1_selected": round(sel.mean * 100, 2),
@@ -116,23 +118,6 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    _pyplot().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _errors(rows: pd.DataFrame):
     """Error bars from the interval columns, or None while any row has a single seed."""
     if not rows["ci_low"].notna().all():
@@ -142,18 +127,18 @@ def _errors(rows: pd.DataFrame):
 
 def _bar_plot(table: pd.DataFrame) -> str:
     # At most 12 inches (1320 px at 110 dpi): a large grid's bars narrow instead of the page widening.
-    fig, ax = _pyplot().subplots(figsize=(min(12, max(4, 0.8 * len(table))), 4))
+    fig, ax = pyplot().subplots(figsize=(min(12, max(4, 0.8 * len(table))), 4))
     ax.bar(table["condition"], table["test_top1_selected"], yerr=_errors(table), capsize=4, color="#4c78a8")
     ax.set_ylabel("test top-1 (%), val-selected")
     ax.tick_params(axis="x", rotation=40)
-    _pyplot().setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
-    return _png(fig)
+    pyplot().setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    return png(fig)
 
 
 def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
     """Per (attribute, use_real): the rows of a mixing sweep, by feasible fraction; only series
     with at least three fractions (two are the feasible-vs-infeasible pair, shown as bars)."""
-    synthetic = table[table["feasible_fraction"].notna()] if not table.empty else table
+    synthetic = table[table["feasible_fraction"].notna() & table["min_margin"].isna() & table["max_margin"].isna()] if not table.empty else table
     series = {}
     for (attribute, use_real), rows in synthetic.groupby(["attribute", "use_real"]):
         if rows["feasible_fraction"].nunique() >= 3:
@@ -162,7 +147,7 @@ def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
 
 
 def _mixing_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
-    fig, ax = _pyplot().subplots(figsize=(5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     for (attribute, use_real), rows in series.items():
         label = f"{attribute} ({'real + synthetic' if use_real else 'synthetic only'})"
         ax.errorbar(100 * rows["feasible_fraction"], rows["test_top1_selected"], yerr=_errors(rows),
@@ -170,7 +155,31 @@ def _mixing_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
     ax.set_xlabel("feasible share of the synthetic data (%)")
     ax.set_ylabel("test top-1 (%), val-selected")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
+
+
+def dose_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
+    """Per (attribute, use_real): the margin-bin cells (both ends set), by bin; two bins or more."""
+    if table.empty:
+        return {}
+    bins = table[table["min_margin"].notna() & table["max_margin"].notna()]
+    series = {}
+    for (attribute, use_real), rows in bins.groupby(["attribute", "use_real"]):
+        if len(rows) >= 2:
+            series[(attribute, bool(use_real))] = rows.assign(mid=(rows["min_margin"] + rows["max_margin"]) / 2).sort_values("mid")
+    return series
+
+
+def _dose_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
+    for (attribute, use_real), rows in series.items():
+        label = f"{attribute} ({'real + synthetic' if use_real else 'synthetic only'})"
+        ax.errorbar(rows["mid"], rows["test_top1_selected"], yerr=_errors(rows), xerr=(rows["max_margin"] - rows["min_margin"]) / 2,
+                    marker="o", capsize=4, label=label)  # fmt: skip
+    ax.set_xlabel("LLM feasibility margin of the synthetic rows (bin)")
+    ax.set_ylabel("test top-1 (%), val-selected")
+    ax.legend(fontsize=8)
+    return png(fig)
 
 
 def headline(comp: pd.DataFrame) -> str:
@@ -193,26 +202,34 @@ def build_report(config: Config) -> str:
     table = results_table(config, results)
     comp = comparisons(config, results)
     series = mixing_series(table)
+    doses = dose_series(table)
     failed = [r for r in results if r.get("status") != "ok"]
     storage.write_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
     storage.write_bytes(storage.join(out, "comparisons.csv"), comp.to_csv(index=False).encode())
     md = f"# Results\n\n{markdown(table)}\n\n# Feasible vs infeasible\n\n{markdown(comp)}\n"
     storage.write_bytes(storage.join(out, "results.md"), md.encode())
     dataset_uri = run_folder.generated(config)
+    generated = storage.exists(storage.join(dataset_uri, "manifest.json"))
+    about_data, csvs = dataset.section(config, dataset_uri) if generated else ("", {})
+    for name, frame in csvs.items():
+        storage.write_bytes(storage.join(out, name), frame.to_csv(index=False).encode())
     parts = [
         f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",
         f"<p class='headline'>{headline(comp)}</p>",
         "<h2>Results (test top-1 of the val-selected checkpoint; mean ± 95% interval over seeds)</h2>",
+        dataset.caveat(config, ("clip",), "These accuracies"),
         summary_html(table),
         f"<p><img src='{_bar_plot(table)}'></p>" if not table.empty else "",
         ("<h2>Accuracy against the feasible:infeasible mix</h2>"
          f"<p><img src='{_mixing_plot(series)}'></p>") if series else "",
+        ("<h2>Accuracy against the feasibility margin (a dose, not a switch)</h2>"
+         f"<p><img src='{_dose_plot(doses)}'></p>") if doses else "",
         "<h2>Feasible vs infeasible (paired over test images; bootstrap interval, exact McNemar)</h2>",
         f"<div class='scroll'>{comp.to_html(index=False)}</div>" if not comp.empty else "<p>No pairs.</p>",
         ("<h2>Failed trials</h2><ul>" + "".join(f"<li>{html.escape(str(r['condition']))} seed {r['seed']}: {html.escape(str(r.get('error')))}</li>" for r in failed) + "</ul>") if failed else "",
+        about_data,
         "<h2>Edit gallery</h2>",
-        (f"<div class='scroll'>{gallery.render(config, dataset_uri)}</div>"
-         if storage.exists(storage.join(dataset_uri, "manifest.json")) else "<p>No generated dataset.</p>"),
+        f"<div class='scroll'>{gallery.render(config, dataset_uri)}</div>" if generated else "<p>No generated dataset.</p>",
     ]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>varireal-ray report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     uri = storage.join(out, "index.html")

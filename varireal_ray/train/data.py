@@ -87,23 +87,28 @@ def feasibility_counts(n_feasible: int, n_infeasible: int, fraction: float) -> t
 
 def select_synthetic(meta: pa.Table, condition: Condition, seed: int, train: TrainConfig) -> pa.Table:
     """The synthetic rows a condition trains on, sorted by id. Deterministic in ``seed``: with a
-    mixed fraction, which rows of each pool are taken is a seeded draw per class."""
+    mixed fraction, which rows of each pool are taken is a seeded draw per class, and so is the
+    ``rows_per_class`` cap. A condition without a fraction (a margin bin) takes both labels alike."""
     if meta.num_rows == 0:
         raise DataError(f"condition {condition.name!r}: the synthetic dataset has no rows; run the generate job first")
     rows = usable_rows(meta, condition, train)
     chosen: list[str] = []
     for label in sorted(set(rows["label"].to_pylist())):
         in_class = rows.filter(pc.equal(rows["label"], label))
-        pools = {
-            feas: sorted(in_class.filter(pc.equal(in_class["feasibility"], feas))["id"].to_pylist())
-            for feas in ("feasible", "infeasible")
-        }
-        counts = feasibility_counts(len(pools["feasible"]), len(pools["infeasible"]), condition.feasible_fraction)
         rng = np.random.default_rng([seed, label])
-        for feas, count in zip(("feasible", "infeasible"), counts):
-            pool = pools[feas]
-            take = pool if count == len(pool) else [pool[i] for i in sorted(rng.permutation(len(pool))[:count])]
-            chosen += take
+        if condition.feasible_fraction is None:
+            take = sorted(in_class["id"].to_pylist())
+        else:
+            pools = {
+                feas: sorted(in_class.filter(pc.equal(in_class["feasibility"], feas))["id"].to_pylist())
+                for feas in ("feasible", "infeasible")
+            }
+            counts = feasibility_counts(len(pools["feasible"]), len(pools["infeasible"]), condition.feasible_fraction)
+            take = []
+            for feas, count in zip(("feasible", "infeasible"), counts):
+                take += _draw(pools[feas], count, rng)
+        cap = condition.rows_per_class
+        chosen += sorted(take) if cap is None or len(take) <= cap else _draw(sorted(take), cap, rng)
     if not chosen:
         usable = "accepted, error-free " if train.accepted_only else "error-free "
         within = ""
@@ -119,6 +124,11 @@ def select_synthetic(meta: pa.Table, condition: Condition, seed: int, train: Tra
         )
     selected = rows.filter(pc.is_in(rows["id"], pa.array(chosen)))
     return selected.sort_by("id")
+
+
+def _draw(pool: list[str], count: int, rng: np.random.Generator) -> list[str]:
+    """``count`` of ``pool`` (sorted ids), a seeded draw in pool order; all of it when it has no more."""
+    return pool if count >= len(pool) else [pool[i] for i in sorted(rng.permutation(len(pool))[:count])]
 
 
 # --------------------------------------------------------------------------------- torch datasets
