@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 REFERENCE = REPO / "configs" / "grids" / "reference.yaml"
 MIXING = REPO / "configs" / "grids" / "mixing.yaml"
+DOSE = REPO / "configs" / "grids" / "dose.yaml"
 
 
 def cells(config) -> dict[str, tuple]:
@@ -50,8 +51,18 @@ def test_mixing_grid_and_both_grids_layered():
     assert cells(both) == {**cells(load_config([DEMO, REFERENCE])), **cells(mixing)}
 
 
+def test_dose_grid_makes_one_cell_per_margin_bin_and_the_demo_override_works():
+    dose = load_config([DEMO, DOSE])
+    bins = [c for c in dose.train.conditions if c.attribute == "color"]
+    assert [(c.min_margin, c.max_margin) for c in bins] == [(-30, -5), (-5, -1), (-1, 1), (1, 5), (5, 30)]
+    assert all(c.feasible_fraction is None and c.rows_per_class == 100 and c.use_real for c in bins)
+    assert len(dose.train.conditions) == 1 + 3 * 5 and dose.train.conditions[0].name == "real_only"
+    demo = load_config([DEMO, DOSE], ["train.grid.dose.margin_bins=[0.3,0.65,0.8,1.2]", "train.grid.dose.attributes=[color]"])
+    assert [c.name for c in demo.train.conditions] == ["real_only", "color_margin0.3to0.65", "color_margin0.65to0.8", "color_margin0.8to1.2"]
+
+
 def test_expanded_config_round_trips_through_its_dump(tmp_path):
-    config = load_config([DEMO, REFERENCE, MIXING], ["train.seeds=[0,1]"])
+    config = load_config([DEMO, REFERENCE, MIXING, DOSE], ["train.seeds=[0,1]"])
     (tmp_path / "config.yaml").write_text(dump_config(config))
     assert load_config([tmp_path / "config.yaml"]) == config  # what Ray workers and re-runs see
     assert Config.model_validate(config.model_dump(mode="json")) == config
