@@ -52,6 +52,13 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
     assert len(set(table["id"].to_pylist())) == table.num_rows
     assert set(table["bank_hash"].to_pylist()) == {bank["hash"]}
     assert all(len(b) > 0 for b in storage.image_bytes(table["edited"]))
+    # Every row carries its value's feasibility margin, as the LLM scored it in the bank.
+    margins = {(e["attribute"], e["feasibility"], e["class_name"], e["name"]): e["feasibility_margin"] for e in entries}
+    for row in table.select(["attribute", "feasibility", "class_name", "value", "feasibility_margin"]).to_pylist():
+        key = (row["attribute"], row["feasibility"])
+        expected = margins.get((*key, row["class_name"], row["value"]), margins.get((*key, None, row["value"])))
+        assert expected is not None and row["feasibility_margin"] == pytest.approx(expected), row
+    assert manifest["cost"]["accepted"] > 0 and manifest["cost"]["seconds_per_accepted"] > 0
 
     # Training: every condition of the grid finished, selected on val and tested.
     results = json.loads((out / "train" / "results.json").read_text())
@@ -62,6 +69,8 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
     # The report a person opens, with the gallery's images inline, and the guide to the folder.
     html = (out / "report" / "index.html").read_text()
     assert "Feasible vs infeasible" in html
+    for part in ("What an accepted image cost", "Edit checks (no model)", "Feasibility margins", "random tiny models"):
+        assert part in html, part
     assert "data:image/png;base64," in html  # the accuracy plot
     assert "data:image/jpeg;base64," in html  # the gallery's thumbnails
     for condition in config.train.conditions:

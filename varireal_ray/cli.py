@@ -91,7 +91,8 @@ def _start(config: Config, args: argparse.Namespace) -> None:
     storage.check_writable(config.run.output)
     storage.write_bytes(run_folder.config_file(config), dump_config(config).encode())
     progress.enable(not args.no_progress)
-    init_ray(config, verbose=args.verbose)
+    if args.command != "report":  # the report reads files; it needs no cluster
+        init_ray(config, verbose=args.verbose)
 
 
 def cmd_prompts(config: Config) -> str:

@@ -103,7 +103,9 @@ def acceptance_section(config: Config, attempts) -> tuple[str, pd.DataFrame]:
         "<p>Of each attempt's judged edits, the share the judge accepted; a rejected edit is tried again with a fresh "
         "seed. Per class: <code>acceptance.csv</code>.</p>"
         + caveat(config, ("judge",), "These verdicts")
-        + _table(acceptance_frame(by_attempt)) + f"<p><img src='{_acceptance_plot(by_attempt)}'></p>"
+        + _table(acceptance_frame(by_attempt))
+        # One attempt is one number per row: the table says it; a plot needs retries to show.
+        + (f"<p><img src='{_acceptance_plot(by_attempt)}'></p>" if by_attempt["attempt"].nunique() > 1 else "")
     )
     return body, per_class
 
