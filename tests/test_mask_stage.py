@@ -165,3 +165,56 @@ def test_parse_box():
         parse_box([1, 2, 3], 100, 80)
     with pytest.raises(ValueError, match="outside"):
         parse_box([200, 10, 300, 20], 100, 80)
+
+
+# ----------------------------------------------------------------------------- the dataset's masks
+def _trimap(shape: tuple[int, int]) -> np.ndarray:
+    """An Oxford Pets trimap: 2 background, a 1 (pet) rectangle inside a 3 (border) ring."""
+    height, width = shape
+    trimap = np.full((height, width), 2, np.uint8)
+    trimap[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 3
+    trimap[height // 4 + 4 : 3 * height // 4 - 4, width // 4 + 4 : 3 * width // 4 - 4] = 1
+    return trimap
+
+
+def test_dataset_masks_are_read_instead_of_segmenting_and_say_so(tiny_config, tmp_path):
+    """``generate.mask.source=dataset``: each image's own mask (a trimap: pet and border are the
+    object), no model loaded; a row without one fails with what to set; a mask of another size
+    fails naming both."""
+    images, classes, shapes = _photos()
+    trimaps = []
+    for i, shape in enumerate(shapes):
+        path = tmp_path / f"trimap{i}.png"
+        path.write_bytes(encode_image(_trimap(shape)))
+        trimaps.append(str(path))
+    tiny_config.generate.mask.source = "dataset"
+    tiny_config.dataset.kind = "oxford_pets"
+    stage = MaskStage(tiny_config)
+    assert not hasattr(stage, "detector") and MaskStage.roles(tiny_config) == []  # no model loaded, none required
+    batch = _batch(images, classes)
+    batch["mask_uri"] = _column([trimaps[0], None, trimaps[1]])
+    out = stage(batch)
+    assert out["error"][0] == "" and out["mask_source"][0] == "dataset"
+    assert np.array_equal(decode_mask(out["mask"][0]), np.isin(_trimap(shapes[0]), [1, 3]))
+    assert "has no mask in the dataset" in out["error"][1] and "dataset_or_models" in out["error"][1]
+    assert "trimap1.png is" in out["error"][2] and f"its image {shapes[2][1]}x{shapes[2][0]}" in out["error"][2]
+
+    # dataset_or_models: the dataset's where it has one, the models elsewhere.
+    tiny_config.generate.mask.source = "dataset_or_models"
+    batch = _batch(images[:2], classes[:2])
+    batch["mask_uri"] = _column([None, trimaps[1]])
+    out = MaskStage(tiny_config)(batch)
+    assert out["mask_source"][0] in SOURCES and out["mask_source"][1] == "dataset", list(out["error"])
+    assert np.array_equal(decode_mask(out["mask"][1]), np.isin(_trimap(shapes[1]), [1, 3]))
+
+
+def test_a_dataset_mask_with_no_object_pixels_is_a_clear_error(tiny_config, tmp_path):
+    images, classes, shapes = _photos()
+    path = tmp_path / "empty.png"
+    path.write_bytes(encode_image(np.full(shapes[0], 2, np.uint8)))  # background only
+    tiny_config.generate.mask.source = "dataset"
+    tiny_config.generate.mask.dataset_object_values = [1]
+    batch = _batch(images[:1], classes[:1])
+    batch["mask_uri"] = _column([str(path)])
+    out = MaskStage(tiny_config)(batch)
+    assert "has no object pixels" in out["error"][0] and "dataset_object_values" in out["error"][0]

@@ -168,6 +168,13 @@ class PromptsConfig(Section):
 
 # --------------------------------------------------------------------------------- generation
 class MaskConfig(Section):
+    # Where masks come from: the models (grounding + SAM 2, the reference's way), the dataset's own
+    # annotation (the manifest's mask_uri: Oxford Pets' trimaps; a row without one fails), or the
+    # dataset's where a row has one and the models elsewhere. Rows say which in mask_source.
+    source: Literal["models", "dataset", "dataset_or_models"] = "models"
+    # Pixel values of a dataset mask that are the object. None: 1 and 3 (pet and its border) for
+    # Oxford Pets' trimaps (1 pet, 2 background, 3 border), any nonzero value otherwise.
+    dataset_object_values: list[int] | None = None
     box_threshold: float = Field(0.4, ge=0.0, le=1.0)
     text_threshold: float = Field(0.3, ge=0.0, le=1.0)
     min_area_fraction: float = Field(0.01, ge=0.0, lt=1.0)  # below this the fallback is used

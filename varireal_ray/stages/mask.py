@@ -10,17 +10,23 @@ When nothing is detected, or the mask covers less than ``mask.min_area_fraction`
 weight-free fallback takes over (``mask.fallback``): ``cv2.grabCut`` from a centred box, or that
 box itself. A dataset box stands in for the centred box: it is ground truth.
 
-``mask_source`` says which path made each mask: ``grounding+sam2``, ``dataset_box+sam2``,
-``dataset_box+grabcut``, ``dataset_box+box``, ``fallback:grabcut`` or ``fallback:center_box``.
+``generate.mask.source`` may take the dataset's own mask instead (``mask_uri``: Oxford Pets'
+trimaps), for every row (``dataset``) or where a row has one (``dataset_or_models``); the models
+are then not loaded at all, or only run on the rows without one.
+
+``mask_source`` says which path made each mask: ``dataset``, ``grounding+sam2``,
+``dataset_box+sam2``, ``dataset_box+grabcut``, ``dataset_box+box``, ``fallback:grabcut`` or
+``fallback:center_box``.
 
 Input columns: ``source_id``, ``class_name``, ``image`` (encoded bytes), optional ``box``
-(None or [x0, y0, x1, y1] in source pixels). Output columns: ``mask`` (PNG at the source size),
+(None or [x0, y0, x1, y1] in source pixels) and ``mask_uri`` (None or the dataset's mask). Output columns: ``mask`` (PNG at the source size),
 ``mask_box`` ([x0, y0, x1, y1] of the mask, source pixels), ``mask_source``, ``mask_score``
 (detection score, 0 without one), ``t_mask`` (seconds).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,9 +35,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from varireal_ray import storage
 from varireal_ray.config import Config
 from varireal_ray.models import load
 from varireal_ray.stages.common import (
+    BadImage,
     Batch,
     decode_image,
     encode_mask,
@@ -149,6 +157,14 @@ def _pixel_box(box: Sequence[float], width: int, height: int) -> tuple[int, int,
     return x0, y0, x1, y1
 
 
+def dataset_object_values(config: Config) -> list[int] | None:
+    """Which values of a dataset mask are the object (``generate.mask.dataset_object_values``)."""
+    values = config.generate.mask.dataset_object_values
+    if values is None and config.dataset.kind == "oxford_pets":
+        return [1, 3]  # trimap: 1 pet, 2 background, 3 border; the border keeps the pet's edge whole
+    return values
+
+
 # ------------------------------------------------------------------------------------- the stage
 @dataclass
 class _Source:
@@ -170,19 +186,21 @@ class MaskStage:
 
     @staticmethod
     def roles(config: Config) -> list[str]:
-        """The ``models.<role>`` entries this stage loads."""
-        return ["grounding", "segmenter"]
+        """The ``models.<role>`` entries this stage loads (none when every mask is the dataset's)."""
+        return [] if config.generate.mask.source == "dataset" else ["grounding", "segmenter"]
 
     def __init__(self, config: Config):
         self.config = config
         self.mask = config.generate.mask
         self.resolution = config.generate.resolution
         self.prefix = config.dataset.prefix
+        self.object_values = dataset_object_values(config)
         self.device = load.device()
-        grounding = load.load("grounding", config.models, self.device)
-        segmenter = load.load("segmenter", config.models, self.device)
-        self.detector, self.detector_processor = grounding.model, grounding.processor
-        self.segmenter, self.segmenter_processor = segmenter.model, segmenter.processor
+        if self.roles(config):
+            grounding = load.load("grounding", config.models, self.device)
+            segmenter = load.load("segmenter", config.models, self.device)
+            self.detector, self.detector_processor = grounding.model, grounding.processor
+            self.segmenter, self.segmenter_processor = segmenter.model, segmenter.processor
 
     def __call__(self, batch: Batch) -> Batch:
         ensure_error_columns(batch)
@@ -193,13 +211,43 @@ class MaskStage:
             sources: dict[int, _Source] = {}
 
             def prepare(i: int) -> None:
-                sources[i] = self._prepare(batch, i)
+                if self._from_dataset(batch, i):
+                    self._dataset_mask(batch, i)
+                else:
+                    sources[i] = self._prepare(batch, i)
 
             for_each_row(batch, STAGE, prepare)
             self._detect(batch, {i: s for i, s in sources.items() if s.dataset_box is None})
             self._segment(batch, {i: s for i, s in sources.items() if s.box is not None})
-            for_each_row(batch, STAGE, lambda i: self._finish(batch, i, sources[i]))
+            for_each_row(batch, STAGE, lambda i: self._finish(batch, i, sources[i]) if i in sources else None)
         return batch
+
+    def _from_dataset(self, batch: Batch, i: int) -> bool:
+        """Does row ``i`` take the dataset's mask? Raises for a row that must and has none."""
+        uri = batch["mask_uri"][i] if "mask_uri" in batch else None
+        if self.mask.source == "models":
+            return False
+        if not uri and self.mask.source == "dataset":
+            raise ValueError("generate.mask.source=dataset, but this image has no mask in the dataset (mask_uri); "
+                             "use generate.mask.source=dataset_or_models to segment such images with the models")
+        return bool(uri)
+
+    def _dataset_mask(self, batch: Batch, i: int) -> None:
+        uri = str(batch["mask_uri"][i])
+        width, height = decode_image(batch["image"][i]).size
+        values = np.asarray(Image.open(io.BytesIO(storage.read_bytes(uri))))
+        if values.ndim == 3:
+            values = values[..., 0]
+        if values.shape != (height, width):
+            raise BadImage(f"the dataset's mask {uri} is {values.shape[1]}x{values.shape[0]} px, its image {width}x{height}")
+        mask = np.isin(values, self.object_values) if self.object_values is not None else values > 0
+        if not mask.any():
+            raise BadImage(f"the dataset's mask {uri} has no object pixels (values {sorted(np.unique(values).tolist())[:8]}; "
+                           f"object values {self.object_values or 'nonzero'}: generate.mask.dataset_object_values)")
+        batch["mask"][i] = encode_mask(mask)
+        batch["mask_box"][i] = mask_bbox(mask)
+        batch["mask_source"][i] = "dataset"
+        batch["mask_score"][i] = 0.0
 
     def _prepare(self, batch: Batch, i: int) -> _Source:
         image = decode_image(batch["image"][i])
