@@ -91,11 +91,11 @@ def test_trial_checkpoints_are_stored_whole_fetched_back_and_pruned(root, tmp_pa
         folder = tmp_path / f"ckpt{step}"
         (folder / "best").mkdir(parents=True)
         (folder / "state.json").write_text(f'{{"step": {step}}}')
-        (folder / "best" / "lora.safetensors").write_bytes(bytes([step]) * 1000)
+        (folder / "best" / "trained.safetensors").write_bytes(bytes([step]) * 1000)
         checkpoint.store(trial, folder, step)
     back = checkpoint.fetch(trial, tmp_path / "back")
     assert (back / "state.json").read_text() == '{"step": 30}'
-    assert (back / "best" / "lora.safetensors").read_bytes() == bytes([30]) * 1000
+    assert (back / "best" / "trained.safetensors").read_bytes() == bytes([30]) * 1000
     latest = storage.read_json(storage.join(trial, "checkpoints", "latest.json"))
     assert latest == {"step": 30, "folder": "step-00000030", "kept": ["step-00000030", "step-00000020"]}
     fs, path = storage.filesystem(storage.join(trial, "checkpoints"))

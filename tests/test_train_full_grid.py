@@ -72,7 +72,7 @@ def test_every_trial_of_the_grid_trains_in_parallel_and_writes_its_files(study):
         latest = storage.read_json(storage.join(trial, "checkpoints", "latest.json"))
         assert latest["step"] == 2 and latest["kept"][0] == latest["folder"]
         checkpoints = [Path(trial) / "checkpoints" / latest["folder"]]
-        for name in ("lora.safetensors", "best/lora.safetensors", "trainer.pt"):
+        for name in ("trained.safetensors", "best/trained.safetensors", "trainer.pt"):
             assert (checkpoints[0] / name).is_file(), f"{checkpoints[0]} lacks {name}"
         assert r["n_real"] == (12 if r["use_real"] else 0)
         # Per class, 3 usable edits of each (attribute, feasibility): source 0's edit failed.

@@ -155,7 +155,7 @@ def test_a_trial_reads_and_writes_object_storage(s3_bucket, model_cache, tmp_pat
     result = run_trial(config, Condition(name="real_only"), 0, device=CPU, report=keep)
     assert storage.read_json(storage.join(trial_uri(config, "real_only", 0), "result.json")) == result
     assert [m["step"] for m in metrics_lines(config, "real_only")] == [2, 4, result["selected_step"], 4]
-    assert (tmp_path / "step4" / "best" / "lora.safetensors").exists()
+    assert (tmp_path / "step4" / "best" / "trained.safetensors").exists()
 
     # Ray Train gets the same S3 endpoint through a pyarrow wrapper of storage's filesystem.
     path, filesystem = ray_storage(storage.join(output, "train"))

@@ -14,7 +14,8 @@ from varireal_ray.config import ModelRef, load_config
 from varireal_ray.models.load import ClipSource, clip_source
 from varireal_ray.models.registry import ModelNotFound
 from varireal_ray.train.evaluate import evaluate
-from varireal_ray.train.lora import SplitAttention, load_lora, load_lora_state_dict, lora_state_dict, save_lora
+from varireal_ray.train.lora import SplitAttention
+from varireal_ray.train.weights import load_trained, load_trained_state_dict, save_trained, trained_state_dict
 from varireal_ray.train.loop import mixed_loss
 from varireal_ray.train.model import build_classifier, load_clip
 from varireal_ray.train.optim import lr_at
@@ -75,22 +76,22 @@ def test_lora_weights_round_trip_exactly(config, tmp_path):
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.normal_(0, 0.05)
-    save_lora(model.clip, tmp_path)
-    saved = load_lora(tmp_path)
-    assert set(saved) == {n for n, _ in model.clip.named_parameters() if "lora_" in n}
-    assert (tmp_path / "lora.safetensors").stat().st_size < 1_000_000  # adapters only, not the backbone
+    save_trained(model.clip, tmp_path)
+    saved = load_trained(tmp_path)
+    assert set(saved) == {n for n, _ in model.clip.named_parameters() if "lora_" in n}  # the adapters and nothing else
+    assert (tmp_path / "trained.safetensors").stat().st_size < 1_000_000  # adapters only, not the backbone
 
     fresh = classifier(config, seed=1)
-    load_lora_state_dict(fresh.clip, saved)
-    for name, value in lora_state_dict(model.clip).items():
-        assert torch.equal(lora_state_dict(fresh.clip)[name], value)
+    load_trained_state_dict(fresh.clip, saved)
+    for name, value in trained_state_dict(model.clip).items():
+        assert torch.equal(trained_state_dict(fresh.clip)[name], value)
     images = torch.randn(2, 3, 64, 64)
     model.eval(), fresh.eval()
     with torch.no_grad():
         assert torch.equal(model(images), fresh(images))
 
     with pytest.raises(ValueError, match="do not fit"):
-        load_lora_state_dict(fresh.clip, {k: v for k, v in saved.items() if "visual" in k})
+        load_trained_state_dict(fresh.clip, {k: v for k, v in saved.items() if "visual" in k})
 
 
 def test_text_head_runs_once_per_evaluation_and_every_training_step(config):
@@ -186,3 +187,50 @@ def test_mixed_loss_weights_real_and_synthetic_halves():
     # an empty half adds nothing; no weight: plain CE over the batch
     torch.testing.assert_close(mixed_loss(logits, labels, torch.zeros(3, dtype=torch.bool), 0.3), 0.7 * ce(logits, labels))
     torch.testing.assert_close(mixed_loss(logits, labels, real, None), ce(logits, labels))
+
+
+# ------------------------------------------------------------------------- the classifier beyond CLIP
+def test_the_tiny_resnet_is_torchvisions_resnet_50_design_and_trains_whole(config, tmp_path):
+    """``models.resnet = tiny:resnet``: torchvision's ``ResNet`` class with ResNet-50's bottleneck
+    blocks, loaded through the one loader; the classifier puts a class head on it, trains every
+    weight, and its trained weights round-trip exactly."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from varireal_ray.train.model import ResNetClassifier, load_backbone
+
+    loaded = load_backbone("resnet", config.models)
+    assert type(loaded.model) is ResNet and isinstance(loaded.model.layer1[0], Bottleneck) and loaded.model.fc.in_features == 2048
+    assert (loaded.mean, loaded.std, loaded.label) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "tiny:resnet")
+    torch.manual_seed(0)
+    model = build_classifier(loaded, config, CLASSES)
+    assert isinstance(model, ResNetClassifier) and model.head() is None
+    images = torch.randn(4, 3, 64, 64)
+    assert model(images).shape == (4, len(CLASSES))
+    state = trained_state_dict(model)
+    # The whole network trains, BatchNorm's running statistics with it.
+    assert set(state) == {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    model.train()
+    model(images).sum().backward()  # a training forward moves the running statistics
+
+    save_trained(model, tmp_path)
+    torch.manual_seed(1)
+    fresh = build_classifier(load_backbone("resnet", config.models), config, CLASSES)
+    load_trained_state_dict(fresh, load_trained(tmp_path))
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), fresh(images))
+    result = evaluate(model, [(images, torch.tensor([0, 1, 2, 0]), torch.ones(4, dtype=torch.bool))], CLASSES, torch.device("cpu"))
+    assert len(result.correct) == 4
+
+
+def test_a_resnet_that_does_not_resolve_says_which_key(config, tmp_path):
+    from varireal_ray.models import load
+    from varireal_ray.models.cache import ModelNotFound
+
+    config.models.resnet.id = "resnet50"
+    config.models.resnet.revision = "NO_SUCH_WEIGHTS"
+    with pytest.raises(ModelNotFound, match=r"models.resnet.revision = 'NO_SUCH_WEIGHTS' is not a weights name of resnet50 \(torchvision knows: IMAGENET1K_V1"):
+        load.check_roles(config.models, ["resnet"])
+    config.models.resnet.id, config.models.resnet.revision = str(tmp_path), None  # a folder with no config.json
+    with pytest.raises(ModelNotFound, match="is not a ResNet folder.*config.json"):
+        load.load("resnet", config.models)

@@ -119,7 +119,8 @@ def cmd_train(config: Config) -> list[dict]:
     from varireal_ray.models import load
     from varireal_ray.train.grid import run_grid
 
-    load.check_roles(config.models, ["clip"])  # a misspelt model fails before any trial starts
+    # A misspelt model fails before any trial starts: every classifier the grid trains.
+    load.check_roles(config.models, sorted({c.classifier for c in config.train.conditions}))
     results = run_grid(config)
     failed = [r for r in results if r.get("status") != "ok"]
     print(f"train: {len(results) - len(failed)} trials ok, {len(failed)} failed")

@@ -107,6 +107,9 @@ class ModelsConfig(Section):
     image_encoder: ComponentRef = ComponentRef(id="tiny:ip_adapter", subfolder="models/image_encoder")
     judge: ModelRef = ModelRef(id="tiny:judge")
     clip: ModelRef = ModelRef(id="tiny:clip")
+    # The classifier beyond CLIP (a condition's ``classifier: resnet``): a torchvision ResNet
+    # (``resnet50`` with revision ``IMAGENET1K_V2``) or a folder (models/resnet.py).
+    resnet: ModelRef = ModelRef(id="tiny:resnet")
 
 
 # ---------------------------------------------------------------------------------- resources
@@ -352,6 +355,9 @@ class GenerateConfig(Section):
 
 
 # ----------------------------------------------------------------------------------- training
+Classifier = Literal["clip", "resnet"]
+
+
 class Condition(Section):
     """One cell of the grid: which synthetic rows train the model, and how they mix with real."""
 
@@ -368,6 +374,9 @@ class Condition(Section):
     # At most this many synthetic rows per class (a seeded draw): cells that select by margin hold
     # different amounts of data, and this keeps the amount out of the comparison.
     rows_per_class: int | None = Field(None, ge=1)
+    # What trains: the reference's LoRA-CLIP (models.clip), or a ResNet fine-tuned whole
+    # (models.resnet), the paper's "CLIP only" limitation answered through the same grid.
+    classifier: Classifier = "clip"
 
     @property
     def by_margin(self) -> bool:
@@ -392,15 +401,17 @@ class Condition(Section):
 DataMode = Literal["synthetic_only", "real_plus_synthetic"]
 
 
-def condition_name(attribute: str, feasible_fraction: float | None, use_real: bool, margin: tuple[float, float] | None = None) -> str:
+def condition_name(attribute: str, feasible_fraction: float | None, use_real: bool, margin: tuple[float, float] | None = None,
+                   classifier: str = "clip") -> str:
     """The name a grid gives a cell: ``<attribute>_<feasible | infeasible | mix<percent>>``, or
     ``<attribute>_margin<lo>to<hi>`` for a margin bin, plus ``_synth_only`` when no real images
-    train with it (e.g. ``color_mix25_synth_only``, ``color_margin-2to0``)."""
+    train with it and ``_<classifier>`` for a classifier other than CLIP (e.g.
+    ``color_mix25_synth_only``, ``color_margin-2to0``, ``texture_feasible_resnet``)."""
     if margin is not None:
         share = f"margin{margin[0]:g}to{margin[1]:g}"
     else:
         share = {1.0: "feasible", 0.0: "infeasible"}.get(feasible_fraction, f"mix{feasible_fraction * 100:g}")
-    return f"{attribute}_{share}" + ("" if use_real else "_synth_only")
+    return f"{attribute}_{share}" + ("" if use_real else "_synth_only") + ("" if classifier == "clip" else f"_{classifier}")
 
 
 class GridBlock(Section):
@@ -419,6 +430,7 @@ class GridBlock(Section):
     feasible_fractions: list[Annotated[float, Field(ge=0.0, le=1.0)]] = [1.0, 0.0]
     margin_bins: list[float] | None = None
     rows_per_class: int | None = Field(None, ge=1)
+    classifier: Classifier = "clip"  # every cell's, the baseline's too (named real_only_<classifier>)
 
     _non_empty_unique = field_validator("attributes", "data", "feasible_fractions")(_non_empty_unique)
 
@@ -430,19 +442,22 @@ class GridBlock(Section):
         return v
 
     def expand(self) -> list[Condition]:
-        cells = [Condition(name="real_only")] if self.baseline else []
+        net = self.classifier
+        baseline = "real_only" if net == "clip" else f"real_only_{net}"
+        cells = [Condition(name=baseline, classifier=net)] if self.baseline else []
         for attribute in self.attributes:
             for mode in self.data:
                 use_real = mode == "real_plus_synthetic"
                 if self.margin_bins is not None:
                     for lo, hi in zip(self.margin_bins, self.margin_bins[1:]):
-                        cells.append(Condition(name=condition_name(attribute, None, use_real, (lo, hi)), attribute=attribute,
-                                               use_real=use_real, min_margin=lo, max_margin=hi, rows_per_class=self.rows_per_class))
+                        cells.append(Condition(name=condition_name(attribute, None, use_real, (lo, hi), net), attribute=attribute,
+                                               use_real=use_real, min_margin=lo, max_margin=hi, rows_per_class=self.rows_per_class,
+                                               classifier=net))
                     continue
                 for fraction in self.feasible_fractions:
-                    name = condition_name(attribute, fraction, use_real)
+                    name = condition_name(attribute, fraction, use_real, classifier=net)
                     cells.append(Condition(name=name, attribute=attribute, feasible_fraction=fraction, use_real=use_real,
-                                           rows_per_class=self.rows_per_class))
+                                           rows_per_class=self.rows_per_class, classifier=net))
         return cells
 
 

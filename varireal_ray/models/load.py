@@ -38,7 +38,7 @@ FP16_VARIANT = "fp16"
 
 @dataclass(frozen=True)
 class Role:
-    library: str  # "transformers", "diffusers", "open_clip" or "ip_adapter" (weights into a pipeline)
+    library: str  # "transformers", "diffusers", "open_clip", "torchvision" or "ip_adapter" (weights into a pipeline)
     model: str = ""  # the class in ``library`` whose ``from_pretrained`` loads it
     processor: str | None = None  # transformers class for the processor or tokenizer
     gpu_dtype: str = "float32"  # ``dtype: auto`` on a GPU
@@ -62,6 +62,8 @@ ROLES: dict[str, Role] = {
     "ip_adapter": Role("ip_adapter"),
     # CLIP trains in float32 (autocast gives mixed precision; LoRA's optimizer wants fp32 weights).
     "clip": Role("open_clip"),
+    # The classifier beyond CLIP, fine-tuned whole in float32 (models/resnet.py).
+    "resnet": Role("torchvision"),
 }
 
 
@@ -117,6 +119,10 @@ def check_roles(models: ModelsConfig, roles: list[str]) -> None:
             continue
         if ROLES[role].library == "open_clip":
             clip_source(ref, models, fetch=False)
+        elif ROLES[role].library == "torchvision":
+            from varireal_ray.models import resnet
+
+            resnet.check(ref, models)
         else:
             registry.resolve(ref, models, role, fetch=False)
 
@@ -133,6 +139,11 @@ def prepare(models: ModelsConfig) -> list[tuple[str, str, str]]:
             continue
         if ROLES[role].library == "open_clip":
             where = clip_source(ref, models).name
+        elif ROLES[role].library == "torchvision":
+            from varireal_ray.models import resnet
+
+            resnet.check(ref, models)
+            where = ref.id if ref.id in resnet.architectures() else registry.resolve(ref, models, role).path
         else:
             registry.resolve(ref, models, role, fetch=False)  # a hub id: is it there (or cached)?
             where = registry.resolve(ref, models, role).path
@@ -148,6 +159,11 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     where = where or device()
     if spec.library == "open_clip":
         return _load_clip(ref, models, **components)
+    if spec.library == "torchvision":
+        from varireal_ray.models import resnet
+
+        model, label = resnet.load(ref, models)
+        return Loaded(model, None, label)
     if spec.library == "ip_adapter":
         raise ValueError("the ip_adapter role loads into a pipeline: use load_ip_adapter(pipe, models)")
     resolved = registry.resolve(ref, models, role)

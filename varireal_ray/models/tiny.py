@@ -27,6 +27,7 @@ BUILDERS = {
     "judge": "varireal_ray.models.tiny_judge:build_judge",
     "llm": "varireal_ray.models.tiny_llm:build_llm",
     "clip": "varireal_ray.models.tiny_clip:build_clip",
+    "resnet": "varireal_ray.models.resnet:build_tiny",
 }
 
 

@@ -6,6 +6,7 @@ self-contained ``index.html`` (table, tests, plots, what the data cost and how i
 from __future__ import annotations
 
 import html
+import itertools
 
 import pandas as pd
 
@@ -72,6 +73,7 @@ def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
                 "min_margin": cond.min_margin,
                 "max_margin": cond.max_margin,
                 "use_real": cond.use_real,
+                "classifier": cond.classifier,
                 "seeds": sel.n,
                 "test_top1_selected": round(sel.mean * 100, 2),
                 "ci_low": None if sel.low is None else round(sel.low * 100, 2),
@@ -85,28 +87,30 @@ def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
 
 
 def comparisons(config: Config, results: list[dict]) -> pd.DataFrame:
-    """Feasible (fraction 1) vs infeasible (fraction 0) per attribute and real-data setting."""
+    """Feasible (fraction 1) vs infeasible (fraction 0) per classifier, attribute and real-data
+    setting (cells bounded by margin are a dose, not this pair, and stay out)."""
     ok = [r for r in results if r.get("status") == "ok"]
+    bounded = {c.name for c in config.train.conditions if c.by_margin}
     out = []
-    for attribute in config.generate.attributes:
-        for use_real in (True, False):
-            pick = lambda frac: [r for r in ok if r["attribute"] == attribute and r["use_real"] == use_real and r["feasible_fraction"] == frac]  # noqa: E731
-            feasible, infeasible = pick(1.0), pick(0.0)
-            if not feasible or not infeasible:
-                continue
-            c = compare(attribute, use_real, feasible, infeasible, config.report.bootstrap_samples, config.report.confidence, config.run.seed)
-            out.append(
-                {
-                    "attribute": attribute,
-                    "use_real": use_real,
-                    "feasible_minus_infeasible_top1": round(c.diff * 100, 2),
-                    "ci_low": round(c.low * 100, 2),
-                    "ci_high": round(c.high * 100, 2),
-                    "mcnemar_p": round(c.mcnemar_p, 4),
-                    "test_images": c.n_images,
-                    "seeds": c.n_seeds,
-                }
-            )
+    for classifier, attribute, use_real in itertools.product(("clip", "resnet"), config.generate.attributes, (True, False)):
+        pick = lambda frac: [r for r in ok if r["attribute"] == attribute and r["use_real"] == use_real  # noqa: E731
+                             and r["feasible_fraction"] == frac and r.get("classifier", "clip") == classifier
+                             and r["condition"] not in bounded]
+        feasible, infeasible = pick(1.0), pick(0.0)
+        if not feasible or not infeasible:
+            continue
+        c = compare(attribute, use_real, feasible, infeasible, config.report.bootstrap_samples, config.report.confidence, config.run.seed)
+        out.append({
+            "classifier": classifier,
+            "attribute": attribute,
+            "use_real": use_real,
+            "feasible_minus_infeasible_top1": round(c.diff * 100, 2),
+            "ci_low": round(c.low * 100, 2),
+            "ci_high": round(c.high * 100, 2),
+            "mcnemar_p": round(c.mcnemar_p, 4),
+            "test_images": c.n_images,
+            "seeds": c.n_seeds,
+        })
     return pd.DataFrame(out)
 
 
@@ -135,14 +139,18 @@ def _bar_plot(table: pd.DataFrame) -> str:
     return png(fig)
 
 
+def _label(attribute: str, classifier: str) -> str:
+    return attribute if classifier == "clip" else f"{attribute}, {classifier}"
+
+
 def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
     """Per (attribute, use_real): the rows of a mixing sweep, by feasible fraction; only series
     with at least three fractions (two are the feasible-vs-infeasible pair, shown as bars)."""
     synthetic = table[table["feasible_fraction"].notna() & table["min_margin"].isna() & table["max_margin"].isna()] if not table.empty else table
     series = {}
-    for (attribute, use_real), rows in synthetic.groupby(["attribute", "use_real"]):
+    for (attribute, use_real, classifier), rows in synthetic.groupby(["attribute", "use_real", "classifier"]):
         if rows["feasible_fraction"].nunique() >= 3:
-            series[(attribute, bool(use_real))] = rows.sort_values("feasible_fraction")
+            series[(_label(attribute, classifier), bool(use_real))] = rows.sort_values("feasible_fraction")
     return series
 
 
@@ -164,9 +172,9 @@ def dose_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
         return {}
     bins = table[table["min_margin"].notna() & table["max_margin"].notna()]
     series = {}
-    for (attribute, use_real), rows in bins.groupby(["attribute", "use_real"]):
+    for (attribute, use_real, classifier), rows in bins.groupby(["attribute", "use_real", "classifier"]):
         if len(rows) >= 2:
-            series[(attribute, bool(use_real))] = rows.assign(mid=(rows["min_margin"] + rows["max_margin"]) / 2).sort_values("mid")
+            series[(_label(attribute, classifier), bool(use_real))] = rows.assign(mid=(rows["min_margin"] + rows["max_margin"]) / 2).sort_values("mid")
     return series
 
 
@@ -187,7 +195,7 @@ def headline(comp: pd.DataFrame) -> str:
         return "No feasible/infeasible pair in the grid: add both fractions 1.0 and 0.0 for an attribute."
     lines = []
     for _, c in comp.iterrows():
-        setting = "real + synthetic" if c["use_real"] else "synthetic only"
+        setting = ("real + synthetic" if c["use_real"] else "synthetic only") + ("" if c["classifier"] == "clip" else f", {c['classifier']}")
         verdict = "no significant difference" if c["ci_low"] <= 0 <= c["ci_high"] else "a significant difference"
         lines.append(
             f"{c['attribute']} ({setting}): feasible − infeasible = {c['feasible_minus_infeasible_top1']:+.2f} pts "

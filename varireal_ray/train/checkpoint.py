@@ -1,8 +1,9 @@
 """A trial's checkpoint: everything a killed trial needs to finish exactly as if it never stopped.
 
 A checkpoint folder holds
-- ``lora.safetensors``       the current LoRA weights (never the frozen backbone),
-- ``best/lora.safetensors``  the best-on-val LoRA so far (the model the trial reports on test),
+- ``trained.safetensors``       the weights the trial trains (a CLIP's LoRA, never its frozen
+                                backbone; a ResNet whole: ``weights.py``),
+- ``best/trained.safetensors``  the best on val so far (the model the trial reports on test),
 - ``trainer.pt``             optimizer, scheduler and grad-scaler state and torch RNG states
                              (tensors and plain containers only: it loads with ``weights_only=True``),
 - ``state.json``             step, best-so-far bookkeeping, the eval history and the Python and
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from varireal_ray import storage
-from varireal_ray.train.lora import load_lora, load_lora_state_dict, save_lora
+from varireal_ray.train.weights import load_trained, load_trained_state_dict, save_trained
 
 KEEP = 2  # the latest checkpoint and one before it, in case the latest is unreadable
 
@@ -66,18 +67,18 @@ class TrialState:
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
     train_loss_sum: float = 0.0  # since the last evaluation
     train_loss_count: int = 0
-    best_lora: dict[str, torch.Tensor] | None = None
+    best_trained: dict[str, torch.Tensor] | None = None
 
     def bookkeeping(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "best_lora"}
+        return {k: v for k, v in asdict(self).items() if k != "best_trained"}
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, state: TrialState) -> None:
     folder = Path(folder)
-    save_lora(model, folder)
-    if state.best_lora is not None:
+    save_trained(model, folder)
+    if state.best_trained is not None:
         (folder / "best").mkdir(exist_ok=True)
-        save_lora(state.best_lora, folder / "best")
+        save_trained(state.best_trained, folder / "best")
     trainer = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -97,7 +98,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, scaler, state: Tr
 def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> TrialState:
     """Restore model, optimizer, scheduler, scaler and RNGs from ``folder``; return the bookkeeping."""
     folder = Path(folder)
-    load_lora_state_dict(model, load_lora(folder))
+    load_trained_state_dict(model, load_trained(folder))
     trainer = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
@@ -112,4 +113,4 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, scaler) -> TrialS
     name, keys, *rest = rng["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     best = folder / "best"
-    return TrialState(**saved, best_lora=load_lora(best) if best.is_dir() else None)
+    return TrialState(**saved, best_trained=load_trained(best) if best.is_dir() else None)

@@ -1,6 +1,6 @@
-"""Top-1 / top-5 / per-class accuracy of a ``ClipClassifier`` on one split.
+"""Top-1 / top-5 / per-class accuracy of a classifier (``model.py``) on one split.
 
-The class text head is computed once per evaluation and shared by every batch (the reference
+A CLIP's class text head is computed once per evaluation and shared by every batch (the reference
 re-ran the full text tower for every eval batch of 8: weakness 16).
 """
 
@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
-
-from varireal_ray.train.model import ClipClassifier
 
 
 @dataclass
@@ -28,10 +27,10 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: ClipClassifier, loader: DataLoader, class_names: list[str], device: torch.device) -> EvalResult:
+def evaluate(model: nn.Module, loader: DataLoader, class_names: list[str], device: torch.device) -> EvalResult:
     was_training = model.training
     model.eval()
-    head = model.text_head()
+    head = model.head()
     k = min(5, len(class_names))
     top1, topk, labels, losses = [], [], [], []
     for images, target, _ in loader:

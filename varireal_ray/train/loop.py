@@ -36,8 +36,8 @@ from varireal_ray.train.checkpoint import TrialState, load_checkpoint, save_chec
 from varireal_ray.train.checkpoint import fetch as fetch_checkpoint
 from varireal_ray.train.checkpoint import store as store_checkpoint
 from varireal_ray.train.evaluate import evaluate
-from varireal_ray.train.lora import load_lora_state_dict, lora_state_dict
-from varireal_ray.train.model import build_classifier, load_clip
+from varireal_ray.train.weights import load_trained_state_dict, trained_state_dict
+from varireal_ray.train.model import build_classifier, load_backbone
 from varireal_ray.train.optim import build_optimizer
 from varireal_ray.train.tracking import trial_tracking
 from varireal_ray.train.transforms import eval_transform, train_transform
@@ -195,7 +195,7 @@ class Trial:
         train = config.train
         self.config, self.condition, self.seed, self.device = config, condition, seed, device
         self.out_uri = trial_uri(config, condition.name, seed)
-        self.loaded = load_clip(config.models.clip, config.models, train.image_size)
+        self.loaded = load_backbone(condition.classifier, config.models, train.image_size)
         eval_tf = eval_transform(train.image_size, self.loaded.mean, self.loaded.std)
         train_tf = train_transform(train.image_size, self.loaded.mean, self.loaded.std) if train.augment else eval_tf
         self.data = trial_data.build_trial_data(config, condition, seed, train_tf, eval_tf)
@@ -242,7 +242,7 @@ class Trial:
         state.train_loss_sum, state.train_loss_count = 0.0, 0
         state.history.append(entry)
         if result.top1 > state.best_val_top1:  # ties keep the earlier step
-            state.best_val_top1, state.best_step, state.best_lora = result.top1, state.step, lora_state_dict(self.model)
+            state.best_val_top1, state.best_step, state.best_trained = result.top1, state.step, trained_state_dict(self.model)
         write_history(self.out_uri, state.history)
         return {"step": state.step, "val_top1": result.top1, "val_top5": result.top5, "val_loss": result.loss,
                 "train_loss": entry["train_loss"], "lr": entry["lr"], "best_val_top1": state.best_val_top1}
@@ -255,7 +255,7 @@ class Trial:
         data, state, condition = self.data, self.state, self.condition
         test_loader = trial_data.eval_loader(data.test, self.config.train.eval_batch_size, self.workers)
         final = evaluate(self.model, test_loader, data.class_names, self.device)
-        load_lora_state_dict(self.model, state.best_lora)
+        load_trained_state_dict(self.model, state.best_trained)
         selected = evaluate(self.model, test_loader, data.class_names, self.device)
         write_history(self.out_uri, state.history + [
             {"step": step, "split": "test", "model": name, "top1": r.top1, "top5": r.top5, "loss": r.loss}
@@ -267,6 +267,7 @@ class Trial:
             "attribute": condition.attribute,
             "feasible_fraction": condition.feasible_fraction,
             "use_real": condition.use_real,
+            "classifier": condition.classifier,
             "n_real": data.n_real,
             "n_synthetic": data.n_synthetic,
             "view_bytes_selected": data.bytes_selected,

@@ -17,7 +17,6 @@ input as loralib does, and never touches the base weights.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,6 @@ from torch import nn
 
 from varireal_ray.config import LoraConfig
 
-LORA_FILE = "lora.safetensors"
 ADAPTED = ("q_proj", "v_proj")
 
 
@@ -99,40 +97,3 @@ def apply_lora(clip: nn.Module, lora: LoraConfig) -> nn.Module:
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern, bias="none"
     )
     return inject_adapter_in_model(peft_config, clip)
-
-
-# ------------------------------------------------------------------------------- LoRA-only weights
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter weights only (a few MB for ViT-B/16), as CPU copies safe to keep as a snapshot."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if "lora_" in name}
-
-
-def load_lora_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Set the adapter weights; every adapter of ``model`` must be in ``state`` and nothing else."""
-    own = {name for name, _ in model.named_parameters() if "lora_" in name}
-    missing, unexpected = sorted(own - state.keys()), sorted(state.keys() - own)
-    if missing or unexpected:
-        raise ValueError(
-            f"LoRA weights do not fit this model (different towers or model?): "
-            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
-        )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
-
-
-def save_lora(model_or_state: nn.Module | dict[str, torch.Tensor], folder: Path) -> Path:
-    from safetensors.torch import save_file
-
-    state = model_or_state if isinstance(model_or_state, dict) else lora_state_dict(model_or_state)
-    path = Path(folder) / LORA_FILE
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
-
-
-def load_lora(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(folder) / LORA_FILE))

@@ -1,9 +1,13 @@
-"""LoRA-CLIP as a classifier: the reference's zero-shot text head, fine-tuned with LoRA.
+"""The classifiers a trial trains (a condition's ``classifier``), one interface: ``forward(images)``
+for training, ``head()`` once per evaluation and ``logits(images, head)`` per batch.
 
-logits = exp(logit_scale) · cos(image features, text features of "a photo of a {prefix}{class}.")
-with the logit scale frozen. The text tower carries LoRA, so during training the text head is
-recomputed on every step with gradients (as the reference does). At evaluation it is computed
-once per evaluation under ``no_grad``, not once per batch (reference weakness 16).
+- ``clip`` (the reference's): LoRA-CLIP with the zero-shot text head.
+  logits = exp(logit_scale) · cos(image features, text features of "a photo of a {prefix}{class}.")
+  with the logit scale frozen. The text tower carries LoRA, so during training the text head is
+  recomputed on every step with gradients (as the reference does). At evaluation it is computed
+  once per evaluation under ``no_grad``, not once per batch (reference weakness 16).
+- ``resnet``: a torchvision ResNet (``models.resnet``) with a new linear head, fine-tuned whole,
+  as the reference's RN50 option trained its visual tower: the paper's "CLIP only" limitation.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ TEMPLATE = "a photo of a {prefix}{class_name}."
 
 @dataclass
 class LoadedClip:
-    model: nn.Module  # open_clip CLIP
+    model: nn.Module  # open_clip CLIP, or a torchvision ResNet (``kind``)
     tokenizer: object
     mean: tuple[float, ...]
     std: tuple[float, ...]
     label: str  # what was loaded, for logs and results
+    kind: str = "clip"
 
 
 def load_clip(ref: ModelRef, models: ModelsConfig, image_size: int | None = None) -> LoadedClip:
@@ -42,13 +47,23 @@ def load_clip(ref: ModelRef, models: ModelsConfig, image_size: int | None = None
     return LoadedClip(loaded.model, loaded.processor, tuple(pre["mean"]), tuple(pre["std"]), loaded.label)
 
 
+def load_backbone(classifier: str, models: ModelsConfig, image_size: int | None = None) -> LoadedClip:
+    """The network a ``classifier`` (``clip`` or ``resnet``) starts from, with its normalisation."""
+    if classifier == "clip":
+        return load_clip(models.clip, models, image_size)
+    from varireal_ray.models import resnet
+
+    loaded = load.load("resnet", models)
+    return LoadedClip(loaded.model, None, resnet.MEAN, resnet.STD, loaded.label, kind="resnet")
+
+
 def class_prompts(class_names: list[str], prefix: str) -> list[str]:
     """One template per class, as the reference (``TEMPLATES_SMALL[:1]``)."""
     return [TEMPLATE.format(prefix=prefix, class_name=name) for name in class_names]
 
 
 class ClipClassifier(nn.Module):
-    """CLIP + LoRA + the class text head. ``forward`` is the training path; ``text_head`` and
+    """CLIP + LoRA + the class text head. ``forward`` is the training path; ``head`` and
     ``logits`` are the evaluation path (head computed once, reused for every batch)."""
 
     def __init__(self, clip: nn.Module, tokens: torch.Tensor, text_adapted: bool):
@@ -60,7 +75,7 @@ class ClipClassifier(nn.Module):
         # Frozen, as in the reference: LoRA alone adapts the model; the temperature stays CLIP's.
         self.clip.logit_scale.requires_grad_(False)
 
-    def text_head(self) -> torch.Tensor:
+    def head(self) -> torch.Tensor:
         """L2-normalised text features of every class, (classes, dim)."""
         return F.normalize(self.clip.encode_text(self.tokens), dim=-1)
 
@@ -70,16 +85,37 @@ class ClipClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.text_adapted:  # the head moves with the text LoRA: recompute, with gradients
-            return self.logits(images, self.text_head())
+            return self.logits(images, self.head())
         if self._frozen_head is None:  # a frozen text tower gives a constant head: compute once
             with torch.no_grad():
-                self._frozen_head = self.text_head()
+                self._frozen_head = self.head()
         return self.logits(images, self._frozen_head)
 
 
-def build_classifier(loaded: LoadedClip, config: Config, class_names: list[str]) -> ClipClassifier:
-    """Add LoRA from ``train.lora`` to the loaded CLIP (in place) and head it with ``class_names``
-    (label order). LoRA's initial weights come from torch's RNG: seed it first."""
+class ResNetClassifier(nn.Module):
+    """A ResNet with its ``fc`` replaced by one for the dataset's classes; every weight trains."""
+
+    def __init__(self, net: nn.Module, classes: int):
+        super().__init__()
+        net.fc = nn.Linear(net.fc.in_features, classes)
+        self.net = net.requires_grad_(True)
+
+    def head(self) -> None:
+        return None  # the head is a layer of the network: nothing to compute once
+
+    def logits(self, images: torch.Tensor, head: None) -> torch.Tensor:
+        return self.net(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def build_classifier(loaded: LoadedClip, config: Config, class_names: list[str]) -> nn.Module:
+    """The classifier over ``class_names`` (label order): LoRA from ``train.lora`` added to the
+    loaded CLIP (in place) under its class text head, or the ResNet under a new linear head. The
+    new weights come from torch's RNG: seed it first."""
+    if loaded.kind == "resnet":
+        return ResNetClassifier(loaded.model, len(class_names))
     apply_lora(loaded.model, config.train.lora)
     tokens = loaded.tokenizer(class_prompts(class_names, config.dataset.prefix))
     return ClipClassifier(loaded.model, tokens, text_adapted="text" in config.train.lora.towers)
