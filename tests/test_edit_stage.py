@@ -119,6 +119,24 @@ def test_mixed_batch_edits_every_attribute_minimally(stage):
     assert all(batch["refine"][i].startswith("canny low=") for i in color + texture)
 
 
+def test_an_unconstrained_row_regenerates_the_whole_image_with_the_same_prompt(stage):
+    """The baseline (edit_mode=unconstrained): the attribute's prompt, no mask, no prior, no
+    refinement: object and background both change, beside a minimal edit of the same row."""
+    minimal = dict(_row("chelsea", "color", seed=3), edit_mode="minimal")
+    free = dict(minimal, id="free", edit_mode="unconstrained")
+    batch = stage(_batch([minimal, free]))
+    assert list(batch["error"]) == ["", ""]
+    _assert_minimal(batch, 0)
+    source, mask = PHOTOS["chelsea"], common.decode_mask(batch["mask"][1])
+    out = np.asarray(common.decode_image(batch["edited"][1]))
+    assert out.shape == source.shape
+    for region in (mask, ~mask):
+        assert (out[region] != source[region]).any(axis=-1).mean() > 0.5
+    assert batch["prompt"][1] == batch["prompt"][0] and "burgundy" in batch["prompt"][1]
+    assert batch["prior"][1] == "none: unconstrained, no mask" and batch["refine"][1] == ""
+    assert batch["inpaint"][1] == "steps=30 guidance=10.5 strength=0.8" and batch["edit_models"][1] == "tiny:inpaint"
+
+
 def test_same_seed_same_bytes_other_seed_differs(stage):
     rows = [_row("chelsea", attribute, seed=7) for attribute in ATTRIBUTE_VALUES]
     first = stage(_batch(rows))

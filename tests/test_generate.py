@@ -180,3 +180,19 @@ def test_missing_bucket_fails_before_models_load(model_cache, s3_server, tmp_pat
     config = config_for(tmp_path, model_cache, "run.output=s3://no-such-bucket/run")
     with pytest.raises(storage.StorageError, match="does not exist"):
         run_generate(config)
+
+
+def test_the_unconstrained_baseline_is_generated_beside_the_minimal_edits(tmp_path, model_cache):
+    """generate.modes=[minimal, unconstrained]: every item twice, the same value and prompt; the
+    minimal edit keeps its region exactly, the baseline changes the whole image."""
+    config = config_for(tmp_path / "run", model_cache, "generate.attributes=[color]", "generate.judge.enabled=false",
+                        "generate.modes=[minimal, unconstrained]", "generate.unconstrained.inpaint.steps=3", "generate.color.refine=null")
+    manifest = run_generate(config)
+    rows = rows_of(config)
+    assert manifest["expected_items"] == len(rows) == 4 * 2 * 2  # sources x feasibility x modes
+    by_mode = {m: {(r["source_id"], r["feasibility"], r["slot"]): r for r in rows if r["edit_mode"] == m} for m in ("minimal", "unconstrained")}
+    assert by_mode["minimal"].keys() == by_mode["unconstrained"].keys()
+    for key, free in by_mode["unconstrained"].items():
+        minimal = by_mode["minimal"][key]
+        assert (free["value"], free["prompt"]) == (minimal["value"], minimal["prompt"])
+        assert minimal["changed_outside"] == 0.0 and free["changed_outside"] > 0.5 and free["changed_inside"] > 0.5, key

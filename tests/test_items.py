@@ -8,6 +8,7 @@ from varireal_ray.pipeline import items
 class Entry:
     name: str
     description: str = ""
+    feasibility_margin: float | None = None
 
 
 class FakeBankForItems:
@@ -56,3 +57,22 @@ def test_seeds_differ_per_attempt_and_are_stable():
     assert seeds == [items.attempt_seed(0, iid, a) for a in range(3)]
     assert items.attempt_seed(1, iid, 0) != seeds[0]
     assert all(0 <= s < 2**31 for s in seeds)
+
+
+def test_the_unconstrained_baseline_doubles_the_items_with_the_same_values_and_keeps_minimal_ids():
+    import hashlib
+
+    minimal_only = items.expand(SOURCE, FakeBankForItems(5), load_config([], ["generate.images_per_real=2"]))
+    both = items.expand(SOURCE, FakeBankForItems(5), load_config([], ["generate.images_per_real=2", "generate.modes=[minimal, unconstrained]"]))
+    assert len(both) == 2 * len(minimal_only) and {i["edit_mode"] for i in minimal_only} == {"minimal"}
+    minimal = [i for i in both if i["edit_mode"] == "minimal"]
+    baseline = [i for i in both if i["edit_mode"] == "unconstrained"]
+    assert minimal == minimal_only  # adding the baseline changes no minimal item, its id included
+    # The id a minimal item always had: the digest of (dataset, source, attribute, feasibility, slot).
+    first = minimal[0]
+    digest = hashlib.sha256("\x1f".join(map(str, ("demo", "cat-000", first["attribute"], first["feasibility"], first["slot"]))).encode())
+    assert first["id"] == digest.hexdigest()[:24]
+    pair = lambda i: (i["attribute"], i["feasibility"], i["slot"])  # noqa: E731
+    assert {pair(i): i["value"] for i in baseline} == {pair(i): i["value"] for i in minimal}  # the same values, paired
+    assert not {i["id"] for i in baseline} & {i["id"] for i in minimal}
+    assert set(items.source_item_ids(load_config([], ["generate.images_per_real=2", "generate.modes=[minimal, unconstrained]"]), "cat-000")) == {i["id"] for i in both}

@@ -227,3 +227,15 @@ def test_a_grid_block_with_margin_bins_makes_one_cell_per_bin():
         GridBlock(margin_bins=[1.0, 1.0])
     with pytest.raises(ValueError, match="or a margin range"):
         Condition(name="c", attribute="color")
+
+
+def test_a_condition_takes_its_edit_mode_only_and_old_rows_count_as_minimal():
+    rows = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in ("edited", "mask")}
+                                 for r in synthetic_rows(attributes=("color",), modes=("minimal", "unconstrained"))])
+    train = TrainConfig()
+    pick = lambda mode: trial_data.select_synthetic(rows, Condition(name="c", attribute="color", feasible_fraction=1.0, edit_mode=mode), 0, train).to_pylist()  # noqa: E731
+    minimal, free = pick("minimal"), pick("unconstrained")
+    assert {r["edit_mode"] for r in minimal} == {"minimal"} and {r["edit_mode"] for r in free} == {"unconstrained"}
+    assert sorted(r["id"] + "/unconstrained" for r in minimal) == sorted(r["id"] for r in free)  # the same items, paired
+    old = rows.set_column(rows.schema.get_field_index("edit_mode"), "edit_mode", pa.nulls(rows.num_rows, pa.string()))
+    assert len(trial_data.select_synthetic(old, Condition(name="c", attribute="color", feasible_fraction=1.0), 0, train)) == len(minimal) * 2

@@ -63,11 +63,12 @@ def write_sources(output: str, seed: int = 0) -> pa.Table:
     return table
 
 
-def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int = 1) -> list[dict]:
+def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int = 1, modes=("minimal",)) -> list[dict]:
     """Per train source × attribute × feasibility × slot: one row. Slot 0 of source 0 of every
     (class, attribute, feasibility) failed; slot 1 of source 1 was rejected by the judge. The
     selection columns: a feasibility margin of ±2 (+0.5 a slot), edits of source 2 that changed
-    30 % of the region they should keep, and color distances of 10 + 5 × the source's index."""
+    30 % of the region they should keep, and color distances of 10 + 5 × the source's index. Each
+    of ``modes`` (minimal edits, the unconstrained baseline) has its own rows."""
     rng = np.random.default_rng(seed)
     mask = encode_image(np.pad(np.full((32, 32), 255, np.uint8), 8))  # the object: the centre
     rows = []
@@ -75,12 +76,13 @@ def synthetic_rows(attributes=("background", "color"), slots: int = 2, seed: int
         for i in range(SPLITS["train"]):
             for attribute in attributes:
                 for feasibility in ("feasible", "infeasible"):
-                    for slot in range(slots):
+                    for mode, slot in ((m, k) for m in modes for k in range(slots)):
                         failed = i == 0 and slot == 0
                         rejected = i == 1 and slot == 1
                         background = 60.0 if feasibility == "feasible" else 220.0
                         rows.append({
-                            "id": f"train-{label}-{i}/{attribute}/{feasibility}/{slot}",
+                            "id": f"train-{label}-{i}/{attribute}/{feasibility}/{slot}" + ("" if mode == "minimal" else f"/{mode}"),
+                            "edit_mode": mode,
                             "source_id": f"train-{label}-{i}", "class_name": name, "label": label,
                             "attribute": attribute, "feasibility": feasibility, "value": f"{feasibility} {attribute}",
                             "edited": b"" if failed else encode_image(class_image(label, rng, background=background)),

@@ -293,6 +293,18 @@ class JudgeConfig(Section):
     max_tokens_per_forward: int = Field(16384, ge=1)
 
 
+EditMode = Literal["minimal", "unconstrained"]
+
+
+class UnconstrainedEditor(Section):
+    """The baseline the study sets minimal edits against (the reference's broken ``--no_mask``
+    mode, spec 5 item 6): the attribute's own prompt, no mask. The inpainting model regenerates
+    the whole image from the source (img2img) at ``inpaint.strength``; 1.0 ignores the source
+    (text-to-image). The reference's settings: 30 steps, guidance 10.5, strength 0.8."""
+
+    inpaint: Diffusion = Diffusion(steps=30, guidance_scale=10.5, strength=0.8)
+
+
 class EditChecks(Section):
     """The model-free checks of every edit (``stages/checks.py``): changed-pixel fractions inside
     and outside the mask, and a color edit's CIEDE2000 to its named color."""
@@ -342,6 +354,10 @@ class GenerateConfig(Section):
     )
     judge: JudgeConfig = JudgeConfig()
     checks: EditChecks = EditChecks()
+    # Minimal edits (the method), and optionally the unconstrained baseline: each item again with
+    # the same value and prompt and no mask (rows say which in edit_mode).
+    modes: list[EditMode] = ["minimal"]
+    unconstrained: UnconstrainedEditor = UnconstrainedEditor()
     mask_stage: StageResources = StageResources(batch_size=8)
     edit_stage: StageResources = StageResources(batch_size=8)
     judge_stage: StageResources = StageResources(batch_size=8)
@@ -351,7 +367,7 @@ class GenerateConfig(Section):
     # (autoscaling clusters, whose GPU nodes start on demand).
     placement: Literal["fit", "as_set"] = "fit"
 
-    _non_empty_unique = field_validator("attributes", "feasibility")(_non_empty_unique)
+    _non_empty_unique = field_validator("attributes", "feasibility", "modes")(_non_empty_unique)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -377,6 +393,8 @@ class Condition(Section):
     # What trains: the reference's LoRA-CLIP (models.clip), or a ResNet fine-tuned whole
     # (models.resnet), the paper's "CLIP only" limitation answered through the same grid.
     classifier: Classifier = "clip"
+    # Which synthetic rows: minimal edits, or the unconstrained baseline (generate.modes).
+    edit_mode: EditMode = "minimal"
 
     @property
     def by_margin(self) -> bool:
@@ -391,8 +409,8 @@ class Condition(Section):
                              "or a margin range (min_margin/max_margin) to select by instead")
         if self.attribute is None and not self.use_real:
             raise ValueError("a condition with no attribute must use real data")
-        if self.attribute is None and (self.by_margin or self.rows_per_class is not None):
-            raise ValueError("min_margin/max_margin/rows_per_class select synthetic rows: they need an attribute")
+        if self.attribute is None and (self.by_margin or self.rows_per_class is not None or self.edit_mode != "minimal"):
+            raise ValueError("min_margin/max_margin/rows_per_class/edit_mode select synthetic rows: they need an attribute")
         if self.min_margin is not None and self.max_margin is not None and self.min_margin >= self.max_margin:
             raise ValueError(f"min_margin ({self.min_margin}) must be below max_margin ({self.max_margin})")
         return self
@@ -402,16 +420,18 @@ DataMode = Literal["synthetic_only", "real_plus_synthetic"]
 
 
 def condition_name(attribute: str, feasible_fraction: float | None, use_real: bool, margin: tuple[float, float] | None = None,
-                   classifier: str = "clip") -> str:
+                   classifier: str = "clip", edit_mode: str = "minimal") -> str:
     """The name a grid gives a cell: ``<attribute>_<feasible | infeasible | mix<percent>>``, or
     ``<attribute>_margin<lo>to<hi>`` for a margin bin, plus ``_synth_only`` when no real images
-    train with it and ``_<classifier>`` for a classifier other than CLIP (e.g.
-    ``color_mix25_synth_only``, ``color_margin-2to0``, ``texture_feasible_resnet``)."""
+    train with it, ``_unconstrained`` for the no-mask baseline's rows and ``_<classifier>`` for a
+    classifier other than CLIP (e.g. ``color_mix25_synth_only``, ``color_margin-2to0``,
+    ``texture_feasible_resnet``, ``color_infeasible_unconstrained``)."""
     if margin is not None:
         share = f"margin{margin[0]:g}to{margin[1]:g}"
     else:
         share = {1.0: "feasible", 0.0: "infeasible"}.get(feasible_fraction, f"mix{feasible_fraction * 100:g}")
-    return f"{attribute}_{share}" + ("" if use_real else "_synth_only") + ("" if classifier == "clip" else f"_{classifier}")
+    return (f"{attribute}_{share}" + ("" if use_real else "_synth_only") + ("" if edit_mode == "minimal" else f"_{edit_mode}")
+            + ("" if classifier == "clip" else f"_{classifier}"))
 
 
 class GridBlock(Section):
@@ -431,6 +451,7 @@ class GridBlock(Section):
     margin_bins: list[float] | None = None
     rows_per_class: int | None = Field(None, ge=1)
     classifier: Classifier = "clip"  # every cell's, the baseline's too (named real_only_<classifier>)
+    edit_mode: EditMode = "minimal"  # the synthetic cells' rows: minimal edits or the unconstrained baseline
 
     _non_empty_unique = field_validator("attributes", "data", "feasible_fractions")(_non_empty_unique)
 
@@ -450,14 +471,14 @@ class GridBlock(Section):
                 use_real = mode == "real_plus_synthetic"
                 if self.margin_bins is not None:
                     for lo, hi in zip(self.margin_bins, self.margin_bins[1:]):
-                        cells.append(Condition(name=condition_name(attribute, None, use_real, (lo, hi), net), attribute=attribute,
-                                               use_real=use_real, min_margin=lo, max_margin=hi, rows_per_class=self.rows_per_class,
-                                               classifier=net))
+                        cells.append(Condition(name=condition_name(attribute, None, use_real, (lo, hi), net, self.edit_mode),
+                                               attribute=attribute, use_real=use_real, min_margin=lo, max_margin=hi,
+                                               rows_per_class=self.rows_per_class, classifier=net, edit_mode=self.edit_mode))
                     continue
                 for fraction in self.feasible_fractions:
-                    name = condition_name(attribute, fraction, use_real, classifier=net)
+                    name = condition_name(attribute, fraction, use_real, classifier=net, edit_mode=self.edit_mode)
                     cells.append(Condition(name=name, attribute=attribute, feasible_fraction=fraction, use_real=use_real,
-                                           rows_per_class=self.rows_per_class, classifier=net))
+                                           rows_per_class=self.rows_per_class, classifier=net, edit_mode=self.edit_mode))
         return cells
 
 

@@ -162,8 +162,8 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     if spec.library == "torchvision":
         from varireal_ray.models import resnet
 
-        model, label = resnet.load(ref, models)
-        return Loaded(model, None, label)
+        net, loaded_as = resnet.load(ref, models)
+        return Loaded(net, None, loaded_as)
     if spec.library == "ip_adapter":
         raise ValueError("the ip_adapter role loads into a pipeline: use load_ip_adapter(pipe, models)")
     resolved = registry.resolve(ref, models, role)

@@ -238,4 +238,4 @@ def generation_roles(config: Config) -> list[str]:
 
 def _items_per_source(config: Config) -> int:
     gen = config.generate
-    return len(gen.attributes) * len(gen.feasibility) * gen.images_per_real
+    return len(gen.attributes) * len(gen.feasibility) * len(gen.modes) * gen.images_per_real

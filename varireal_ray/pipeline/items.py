@@ -17,17 +17,20 @@ def _digest(*parts: object) -> bytes:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
 
 
-def item_id(dataset: str, source_id: str, attribute: str, feasibility: str, slot: int) -> str:
-    return _digest(dataset, source_id, attribute, feasibility, slot).hex()[:24]
+def item_id(dataset: str, source_id: str, attribute: str, feasibility: str, slot: int, mode: str = "minimal") -> str:
+    """A minimal edit's id is what it always was; a baseline item hashes its mode in too."""
+    parts = (dataset, source_id, attribute, feasibility, slot) + (() if mode == "minimal" else (mode,))
+    return _digest(*parts).hex()[:24]
 
 
 def source_item_ids(config: Config, source_id: str) -> list[str]:
     """The ids of every item of one source (``expand`` makes exactly these, the bank covering it)."""
     gen = config.generate
     return [
-        item_id(config.dataset.name, source_id, attribute, feasibility, slot)
+        item_id(config.dataset.name, source_id, attribute, feasibility, slot, mode)
         for attribute in gen.attributes
         for feasibility in gen.feasibility
+        for mode in gen.modes
         for slot in range(gen.images_per_real)
     ]
 
@@ -55,8 +58,8 @@ def expand(source: dict, bank, config: Config) -> list[dict]:
         for feasibility in gen.feasibility:
             entries = bank.lookup(attribute, feasibility, source["class_name"])
             values = slot_values(entries, source["source_id"], attribute, feasibility, bank.hash, gen.images_per_real)
-            for slot, entry in enumerate(values):
-                iid = item_id(config.dataset.name, source["source_id"], attribute, feasibility, slot)
+            for mode, (slot, entry) in ((m, v) for m in gen.modes for v in enumerate(values)):
+                iid = item_id(config.dataset.name, source["source_id"], attribute, feasibility, slot, mode)
                 items.append(
                     {
                         "id": iid,
@@ -70,6 +73,8 @@ def expand(source: dict, bank, config: Config) -> list[dict]:
                         "attribute": attribute,
                         "feasibility": feasibility,
                         "slot": slot,
+                        # "minimal", or "unconstrained": the same value and prompt, no mask (the baseline).
+                        "edit_mode": mode,
                         "value": entry.name,
                         "value_description": entry.description or "",
                         # The LLM's log p(yes) - log p(no) for the value (prompts.score_feasibility),

@@ -74,6 +74,7 @@ def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
                 "max_margin": cond.max_margin,
                 "use_real": cond.use_real,
                 "classifier": cond.classifier,
+                "edit_mode": cond.edit_mode if cond.attribute else None,
                 "seeds": sel.n,
                 "test_top1_selected": round(sel.mean * 100, 2),
                 "ci_low": None if sel.low is None else round(sel.low * 100, 2),
@@ -87,21 +88,24 @@ def results_table(config: Config, results: list[dict]) -> pd.DataFrame:
 
 
 def comparisons(config: Config, results: list[dict]) -> pd.DataFrame:
-    """Feasible (fraction 1) vs infeasible (fraction 0) per classifier, attribute and real-data
-    setting (cells bounded by margin are a dose, not this pair, and stay out)."""
+    """Feasible (fraction 1) vs infeasible (fraction 0) per classifier, edit mode, attribute and
+    real-data setting (cells bounded by margin are a dose, not this pair, and stay out)."""
     ok = [r for r in results if r.get("status") == "ok"]
-    bounded = {c.name for c in config.train.conditions if c.by_margin}
+    cells = {c.name: c for c in config.train.conditions}
     out = []
-    for classifier, attribute, use_real in itertools.product(("clip", "resnet"), config.generate.attributes, (True, False)):
+    for classifier, mode, attribute, use_real in itertools.product(("clip", "resnet"), ("minimal", "unconstrained"),
+                                                                   config.generate.attributes, (True, False)):
         pick = lambda frac: [r for r in ok if r["attribute"] == attribute and r["use_real"] == use_real  # noqa: E731
-                             and r["feasible_fraction"] == frac and r.get("classifier", "clip") == classifier
-                             and r["condition"] not in bounded]
+                             and r["feasible_fraction"] == frac and r["condition"] in cells
+                             and cells[r["condition"]].classifier == classifier and cells[r["condition"]].edit_mode == mode
+                             and not cells[r["condition"]].by_margin]
         feasible, infeasible = pick(1.0), pick(0.0)
         if not feasible or not infeasible:
             continue
         c = compare(attribute, use_real, feasible, infeasible, config.report.bootstrap_samples, config.report.confidence, config.run.seed)
         out.append({
             "classifier": classifier,
+            "edit_mode": mode,
             "attribute": attribute,
             "use_real": use_real,
             "feasible_minus_infeasible_top1": round(c.diff * 100, 2),
@@ -139,8 +143,8 @@ def _bar_plot(table: pd.DataFrame) -> str:
     return png(fig)
 
 
-def _label(attribute: str, classifier: str) -> str:
-    return attribute if classifier == "clip" else f"{attribute}, {classifier}"
+def _label(attribute: str, classifier: str, mode: str) -> str:
+    return ", ".join([attribute] + ([classifier] if classifier != "clip" else []) + ([mode] if mode != "minimal" else []))
 
 
 def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
@@ -148,9 +152,9 @@ def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
     with at least three fractions (two are the feasible-vs-infeasible pair, shown as bars)."""
     synthetic = table[table["feasible_fraction"].notna() & table["min_margin"].isna() & table["max_margin"].isna()] if not table.empty else table
     series = {}
-    for (attribute, use_real, classifier), rows in synthetic.groupby(["attribute", "use_real", "classifier"]):
+    for (attribute, use_real, classifier, mode), rows in synthetic.groupby(["attribute", "use_real", "classifier", "edit_mode"]):
         if rows["feasible_fraction"].nunique() >= 3:
-            series[(_label(attribute, classifier), bool(use_real))] = rows.sort_values("feasible_fraction")
+            series[(_label(attribute, classifier, mode), bool(use_real))] = rows.sort_values("feasible_fraction")
     return series
 
 
@@ -172,9 +176,9 @@ def dose_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
         return {}
     bins = table[table["min_margin"].notna() & table["max_margin"].notna()]
     series = {}
-    for (attribute, use_real, classifier), rows in bins.groupby(["attribute", "use_real", "classifier"]):
+    for (attribute, use_real, classifier, mode), rows in bins.groupby(["attribute", "use_real", "classifier", "edit_mode"]):
         if len(rows) >= 2:
-            series[(_label(attribute, classifier), bool(use_real))] = rows.assign(mid=(rows["min_margin"] + rows["max_margin"]) / 2).sort_values("mid")
+            series[(_label(attribute, classifier, mode), bool(use_real))] = rows.assign(mid=(rows["min_margin"] + rows["max_margin"]) / 2).sort_values("mid")
     return series
 
 
@@ -196,6 +200,7 @@ def headline(comp: pd.DataFrame) -> str:
     lines = []
     for _, c in comp.iterrows():
         setting = ("real + synthetic" if c["use_real"] else "synthetic only") + ("" if c["classifier"] == "clip" else f", {c['classifier']}")
+        setting += "" if c["edit_mode"] == "minimal" else f", {c['edit_mode']} edits"
         verdict = "no significant difference" if c["ci_low"] <= 0 <= c["ci_high"] else "a significant difference"
         lines.append(
             f"{c['attribute']} ({setting}): feasible − infeasible = {c['feasible_minus_infeasible_top1']:+.2f} pts "

@@ -176,9 +176,12 @@ def unpad_mask(mask: np.ndarray, orig_size: tuple[int, int]) -> np.ndarray:
 
 def composite(original: np.ndarray, edited: np.ndarray, mask: np.ndarray, region: str) -> np.ndarray:
     """Minimal edit by construction: take ``edited`` only inside (``region="object"``) or outside
-    (``region="background"``) the object mask; every other pixel is the original's, exactly."""
+    (``region="background"``) the object mask; every other pixel is the original's, exactly.
+    ``region="image"`` (the unconstrained baseline) takes all of ``edited``."""
     if original.shape != edited.shape:
         raise ValueError(f"edited image shape {edited.shape} differs from the source's {original.shape}")
+    if region == "image":
+        return edited.copy()
     take = mask if region == "object" else ~mask
     out = original.copy()
     out[take] = edited[take]

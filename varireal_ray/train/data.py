@@ -56,10 +56,12 @@ def read_synthetic_meta(config: Config) -> pa.Table:
 
 # ------------------------------------------------------------------------------ synthetic selection
 def usable_rows(meta: pa.Table, condition: Condition, train: TrainConfig) -> pa.Table:
-    """Rows of the condition's attribute that did not fail (empty ``error``), that the judge
-    accepted (``train.accepted_only``), within the condition's feasibility-margin range and
-    within ``train.edit_filter``'s limits on the edit checks."""
+    """Rows of the condition's attribute and edit mode that did not fail (empty ``error``), that
+    the judge accepted (``train.accepted_only``), within the condition's feasibility-margin range
+    and within ``train.edit_filter``'s limits on the edit checks."""
     keep = pc.and_(pc.equal(meta["attribute"], condition.attribute), pc.equal(pc.fill_null(meta["error"], ""), ""))
+    # Rows written before edit modes existed are minimal edits.
+    keep = pc.and_(keep, pc.equal(pc.fill_null(meta["edit_mode"], "minimal"), condition.edit_mode))
     if train.accepted_only:
         keep = pc.and_(keep, pc.fill_null(meta["accepted"], False))
     limits = [("feasibility_margin", pc.greater_equal, condition.min_margin), ("feasibility_margin", pc.less, condition.max_margin)]
@@ -117,6 +119,8 @@ def select_synthetic(meta: pa.Table, condition: Condition, seed: int, train: Tra
         limits = {k: v for k, v in train.edit_filter.model_dump().items() if v is not None}
         if limits:
             within += f", within train.edit_filter {limits}"
+        if condition.edit_mode != "minimal":
+            within += f", edit_mode={condition.edit_mode!r} (generate.modes)"
         raise DataError(
             f"condition {condition.name!r}: no {usable}synthetic rows with attribute={condition.attribute!r} "
             f"and feasible_fraction={condition.feasible_fraction}{within} (of {meta.num_rows} rows in the dataset); "

@@ -56,7 +56,8 @@ REAL_ROWS_PER_FILE = 256
 META_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
 # What a condition may select synthetic rows by, beyond the above (``data.select_synthetic``):
 # read where the shards have them, null in shards written before they existed.
-SELECTION_COLUMNS = {name: pa.float64() for name in ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")}
+SELECTION_COLUMNS = {**{name: pa.float64() for name in ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")},
+                     "edit_mode": pa.string()}
 INDEX_COLUMNS = ["kind", "split", "group", *META_COLUMNS, *SELECTION_COLUMNS, "file", "row_group", "offset", "nbytes"]
 
 

@@ -35,6 +35,7 @@ class Job:
     fields: dict[str, str]
     prompt: str
     editor: BackgroundEditor | ObjectEditor | None = None  # the row's settings, feasibility applied
+    recipe: str = ""  # the attribute's recipe, or "unconstrained" (the no-mask baseline)
     generated: np.ndarray | None = None  # the plate (background) or swatch (texture)
     init: np.ndarray | None = None  # what inpainting starts from: the source with the prior
     inpaint_mask: Image.Image | None = None

@@ -14,7 +14,8 @@ is the source's pixels exactly (DESIGN.md contract 6; exact in the stored image 
 lossless ``generate.image_format``).
 
 Columns in: ``id, image, mask, class_name, attribute, feasibility, value, value_description,
-seed, error, error_stage``. Columns out: ``edited`` (encoded, source size), ``prompt`` (the
+seed, error, error_stage`` and optionally ``edit_mode`` (``unconstrained``: the no-mask baseline,
+``unconstrained.py``). Columns out: ``edited`` (encoded, source size), ``prompt`` (the
 inpainting prompt), ``prior`` (how the prior was made: plate/swatch seed, crop, color and its
 source, alpha), ``inpaint`` (stage-1 steps, guidance, strength), ``refine`` (stage-2 settings:
 Canny thresholds, IP-Adapter scale, steps, guidance, seed; empty when there is no second pass),
@@ -28,11 +29,11 @@ import numpy as np
 from varireal_ray.config import ATTRIBUTES, BackgroundEditor, Config, ConfigError, ObjectEditor
 from varireal_ray.models import load
 from varireal_ray.stages import common
-from varireal_ray.stages.edit import background, color, refine, texture
+from varireal_ray.stages.edit import background, color, refine, texture, unconstrained
 from varireal_ray.stages.edit.job import PROMPT_FIELDS, STAGE, Job, Pipelines, each, prompt_fields
 
 OUTPUT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models")
-RECIPES = {"background": background, "color": color, "texture": texture}
+RECIPES = {"background": background, "color": color, "texture": texture, "unconstrained": unconstrained}
 
 
 def check_config(config: Config) -> None:
@@ -53,6 +54,9 @@ def check_config(config: Config) -> None:
             raise ConfigError(f"{key} = {template!r}: bad placeholder {exc}; allowed: {PROMPT_FIELDS}") from None
     if "texture" in gen.attributes and (gen.texture.swatch is None or not gen.texture.swatch_prompt):
         raise ConfigError("generate.texture.swatch and generate.texture.swatch_prompt are needed for texture edits")
+    d = gen.unconstrained.inpaint
+    if "unconstrained" in gen.modes and int(d.steps * d.strength) < 1:
+        raise ConfigError(f"generate.unconstrained.inpaint: steps * strength = {d.steps * d.strength:g}, under one step")
     for attribute in gen.attributes:
         for feasibility in gen.feasibility:
             d = editor_for(config, attribute, feasibility).inpaint
@@ -143,24 +147,27 @@ class EditStage:
         # unless `<attribute>.infeasible` changes something).
         groups: list[list[Job]] = []
         for job in jobs:
-            same = next((g for g in groups if g[0].editor == job.editor), None)
+            same = next((g for g in groups if g[0].editor == job.editor and g[0].recipe == job.recipe), None)
             if same is None:
                 groups.append([job])
             else:
                 same.append(job)
         for group in groups:  # an unknown attribute has failed every row in `_job`: no groups
-            recipe = RECIPES[attribute]
+            recipe = RECIPES[group[0].recipe]
             done = recipe.edit(self.pipes, batch, group)
             each(batch, done, lambda job: self._finish(batch, recipe.REGION, job))
 
     def _job(self, batch: common.Batch, attribute: str, i: int) -> Job:
         editor = editor_for(self.config, attribute, str(batch["feasibility"][i]))
+        recipe = attribute
+        if "edit_mode" in batch and batch["edit_mode"][i] == "unconstrained":  # the attribute's prompt, no mask
+            editor, recipe = editor.model_copy(update={"inpaint": self.gen.unconstrained.inpaint}), "unconstrained"
         source = common.decode_image(batch["image"][i])
         mask = common.decode_mask(batch["mask"][i])
         if mask.shape != (source.height, source.width):
             raise common.BadImage(f"mask is {mask.shape[1]}x{mask.shape[0]} px, image {source.width}x{source.height}")
-        region = RECIPES[attribute].REGION
-        if not (~mask if region == "background" else mask).any():
+        region = RECIPES[recipe].REGION
+        if region != "image" and not (~mask if region == "background" else mask).any():
             raise ValueError(f"nothing to edit: the mask leaves no {region} pixels")
         res = self.gen.resolution
         fields = prompt_fields(
@@ -179,6 +186,7 @@ class EditStage:
             fields=fields,
             prompt=editor.prompt.format(**fields),
             editor=editor,
+            recipe=recipe,
         )
 
     def _finish(self, batch: common.Batch, region: str, job: Job) -> None:
