@@ -196,3 +196,35 @@ def test_the_unconstrained_baseline_is_generated_beside_the_minimal_edits(tmp_pa
         minimal = by_mode["minimal"][key]
         assert (free["value"], free["prompt"]) == (minimal["value"], minimal["prompt"])
         assert minimal["changed_outside"] == 0.0 and free["changed_outside"] > 0.5 and free["changed_inside"] > 0.5, key
+
+
+def test_the_datasets_own_masks_go_through_generation(tmp_path, model_cache):
+    """generate.mask.source=dataset on a manifest whose rows carry mask_uri: every row's mask is
+    the dataset's, said in mask_source, and the minimal edit keeps exactly its complement."""
+    from skimage import data as photos
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    lines = ["image_uri,class_name,split,mask_uri"]
+    masks = {}
+    for k, (cls, photo) in enumerate([("cat", "chelsea"), ("coffee cup", "coffee")] * 2):
+        image = Image.fromarray(getattr(photos, photo)()).resize((96, 72))
+        mask = np.zeros((72, 96), np.uint8)
+        mask[12 + k : 60, 20 : 70 - k] = 255
+        image.save(folder / f"{k}.png")
+        Image.fromarray(mask).save(folder / f"{k}-mask.png")
+        masks[str(folder / f"{k}.png")] = mask > 0
+        lines.append(f"{folder / f'{k}.png'},{cls},train,{folder / f'{k}-mask.png'}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    config = config_for(tmp_path / "run", model_cache, "dataset.kind=manifest", f"dataset.root={folder / 'manifest.csv'}",
+                        "dataset.name=masked", "generate.mask.source=dataset", "generate.attributes=[color]",
+                        "generate.feasibility=[feasible]", "generate.judge.enabled=false", "generate.color.refine=null")
+    run_generate(config)
+    rows = rows_of(config)
+    assert len(rows) == 4 and {r["mask_source"] for r in rows} == {"dataset"}
+    for r in rows:
+        mask = decode_mask(r["mask"]["bytes"])
+        assert np.array_equal(mask, masks[r["image_uri"]])
+        source = np.asarray(decode_image(storage.read_bytes(r["image_uri"])))
+        edited = np.asarray(Image.open(io.BytesIO(r["edited"]["bytes"])).convert("RGB"))
+        assert np.array_equal(edited[~mask], source[~mask]) and r["changed_outside"] == 0.0

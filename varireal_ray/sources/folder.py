@@ -55,7 +55,8 @@ def build_folder(config: Config) -> pa.Table:
 
 
 def build_manifest_file(config: Config) -> pa.Table:
-    """A Parquet or CSV file with columns image_uri, class_name and optional split, source_id, box."""
+    """A Parquet or CSV file with columns image_uri, class_name and optional split, source_id, box,
+    mask_uri (the image's own object mask: nonzero = object, or generate.mask.dataset_object_values)."""
     root = config.dataset.root
     if not root or not storage.exists(root):
         raise SourceError(f"dataset.root = {root!r} does not exist; point it at a .parquet or .csv manifest")
@@ -73,6 +74,7 @@ def build_manifest_file(config: Config) -> pa.Table:
                 "split": r.get("split") or "train",
                 "image_uri": r["image_uri"],
                 "box": r.get("box"),
+                "mask_uri": r.get("mask_uri"),
             }
         )
     return build_table(rows)
