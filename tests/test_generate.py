@@ -217,7 +217,7 @@ def test_the_datasets_own_masks_go_through_generation(tmp_path, model_cache):
         lines.append(f"{folder / f'{k}.png'},{cls},train,{folder / f'{k}-mask.png'}")
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
     config = config_for(tmp_path / "run", model_cache, "dataset.kind=manifest", f"dataset.root={folder / 'manifest.csv'}",
-                        "dataset.name=masked", "generate.mask.source=dataset", "generate.attributes=[color]",
+                        "dataset.name=masked", "dataset.max_images_per_class=2", "generate.mask.source=dataset", "generate.attributes=[color]",
                         "generate.feasibility=[feasible]", "generate.judge.enabled=false", "generate.color.refine=null")
     run_generate(config)
     rows = rows_of(config)
