@@ -58,6 +58,7 @@ def test_a_trial_logs_params_evaluations_and_results_to_mlflow(config, tmp_path)
     assert run.data.tags[TRIAL_TAG] == "real_only__seed0" and run.data.tags[OUTPUT_TAG] == config.run.output
     assert run.data.params["condition"] == "real_only" and run.data.params["seed"] == "0"
     assert run.data.params["iterations"] == "6" and run.data.params["use_real"] == "True"
+    assert run.data.params["classifier"] == "clip" and run.data.params["edit_mode"] == "minimal"
     # Each validation at its step, with the values metrics.jsonl holds.
     val = [h for h in result_history(config) if h["split"] == "val"]
     assert history(client, run.info.run_id, "val_top1") == [(h["step"], pytest.approx(h["top1"])) for h in val]

@@ -47,7 +47,9 @@ def trial_params(config: Config, condition: Condition, seed: int) -> dict:
     train = config.train
     return {
         "condition": condition.name, "attribute": condition.attribute, "feasible_fraction": condition.feasible_fraction,
-        "use_real": condition.use_real, "seed": seed, "dataset": config.dataset.name, "model": config.models.clip.id,
+        "use_real": condition.use_real, "edit_mode": condition.edit_mode, "min_margin": condition.min_margin,
+        "max_margin": condition.max_margin, "rows_per_class": condition.rows_per_class, "classifier": condition.classifier,
+        "seed": seed, "dataset": config.dataset.name, "model": getattr(config.models, condition.classifier).id,
         "lr": train.lr, "iterations": train.iterations, "batch_size": train.batch_size, "image_size": train.image_size,
         "real_weight": train.real_weight, "accepted_only": train.accepted_only, "lora_rank": train.lora.rank,
         "lora_alpha": train.lora.alpha, "run_output": config.run.output,
