@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = {
         "prompts": "write the attribute bank: an LLM lists feasible and infeasible values per class (-> <run>/bank)",
         "generate": "edit every source image: masks, diffusion edits, judge; commit Parquet shards (-> <run>/generate)",
-        "train": "fine-tune LoRA-CLIP for every condition x seed of the grid, in parallel on Ray (-> <run>/train)",
-        "report": "results table, feasible-vs-infeasible tests, plots and an edit gallery (-> <run>/report)",
+        "train": "fine-tune LoRA-CLIP (or a ResNet) for every condition x seed of the grid, in parallel on Ray (-> <run>/train)",
+        "report": "results table, feasible-vs-infeasible tests, plots, the data's cost and checks, an edit gallery (-> <run>/report)",
         "demo": "run all four jobs on the embedded default: local Ray, local storage, offline models",
         "config": "print the resolved configuration (every key, with defaults) and exit",
         "models": "make the configured models ready on this node (build tiny, convert packaged, copy s3:// ones "
