@@ -73,12 +73,7 @@ def save_logs(config: Config) -> str | None:
         return None
     target = storage.join(run_folder.ray_logs(config), os.path.basename(os.path.dirname(_started_logs)))
     try:
-        for folder, _, files in os.walk(_started_logs):
-            for name in files:
-                path = os.path.join(folder, name)
-                if os.path.isfile(path) and not os.path.islink(path):
-                    with open(path, "rb") as f:
-                        storage.write_bytes(storage.join(target, os.path.relpath(path, _started_logs)), f.read())
+        storage.upload_folder(_started_logs, target)
     except Exception as exc:  # noqa: BLE001 - the logs are a convenience; they stay in the session folder
         log.warning("could not copy Ray's logs to %s (%s); they are in %s", target, exc, _started_logs)
         return None

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from varireal_ray.config import ModelRef, ModelsConfig
-from varireal_ray.models import registry
+from varireal_ray.models import registry, resnet
 from varireal_ray.models.cache import ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,6 @@ def check_roles(models: ModelsConfig, roles: list[str]) -> None:
         if ROLES[role].library == "open_clip":
             clip_source(ref, models, fetch=False)
         elif ROLES[role].library == "torchvision":
-            from varireal_ray.models import resnet
-
             resnet.check(ref, models)
         else:
             registry.resolve(ref, models, role, fetch=False)
@@ -137,15 +135,13 @@ def prepare(models: ModelsConfig) -> list[tuple[str, str, str]]:
         ref = ref_of(models, role)
         if ref is None:
             continue
-        if ROLES[role].library == "open_clip":
+        check_roles(models, [role])  # a hub id: is it there (offline: in the cache)?
+        library = ROLES[role].library
+        if library == "open_clip":
             where = clip_source(ref, models).name
-        elif ROLES[role].library == "torchvision":
-            from varireal_ray.models import resnet
-
-            resnet.check(ref, models)
-            where = ref.id if ref.id in resnet.architectures() else registry.resolve(ref, models, role).path
+        elif library == "torchvision" and ref.id in resnet.architectures():
+            where = ref.id  # torchvision's own weights, in its cache
         else:
-            registry.resolve(ref, models, role, fetch=False)  # a hub id: is it there (or cached)?
             where = registry.resolve(ref, models, role).path
         ready.append((role, ref.id, where))
     return ready
@@ -160,8 +156,6 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     if spec.library == "open_clip":
         return _load_clip(ref, models, **components)
     if spec.library == "torchvision":
-        from varireal_ray.models import resnet
-
         net, loaded_as = resnet.load(ref, models)
         return Loaded(net, None, loaded_as)
     if spec.library == "ip_adapter":

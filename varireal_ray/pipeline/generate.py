@@ -202,8 +202,9 @@ def run_generate(config: Config) -> dict:
         counts.update(round_counts)
         if not round_counts.get("retry"):
             break
+    committed = accounting.tables(out)  # every run's work on this dataset, retries included
     # The items of a source whose mask failed are error rows too: the budget is per item.
-    expected = storage.read_commits_table(storage.join(out, "masks"), ["source_id"]).num_rows * _items_per_source(config)
+    expected = committed["masks"].num_rows * _items_per_source(config)
     errors = counts.get("errors", 0)
     manifest = storage.write_manifest(
         out,
@@ -214,7 +215,7 @@ def run_generate(config: Config) -> dict:
         masks=storage.join(out, "masks"),
         errors=storage.join(out, "errors"),
         attempts=storage.join(out, "attempts"),
-        cost=accounting.cost(config, accounting.tables(out)),  # every run's work on this dataset, retries included
+        cost=accounting.cost(config, committed),
     )
     log.info("generate: %d rows committed in %d shards -> %s", manifest["rows"], len(manifest["shards"]), out)
     attempted = max(expected + counts.get("unmasked", 0), 1)

@@ -7,6 +7,7 @@ config, the source and the bank. Same config, same rows, same seeds: re-runs rep
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def expand(source: dict, bank, config: Config) -> list[dict]:
         for feasibility in gen.feasibility:
             entries = bank.lookup(attribute, feasibility, source["class_name"])
             values = slot_values(entries, source["source_id"], attribute, feasibility, bank.hash, gen.images_per_real)
-            for mode, (slot, entry) in ((m, v) for m in gen.modes for v in enumerate(values)):
+            for mode, (slot, entry) in itertools.product(gen.modes, enumerate(values)):
                 iid = item_id(config.dataset.name, source["source_id"], attribute, feasibility, slot, mode)
                 items.append(
                     {

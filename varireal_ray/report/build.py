@@ -158,16 +158,21 @@ def mixing_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
     return series
 
 
-def _mixing_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
+def _series_plot(series: dict[tuple[str, bool], pd.DataFrame], x, xlabel: str, xerr=None) -> str:
+    """Accuracy (with its interval) against ``x(rows)`` for each series, one line each."""
     fig, ax = pyplot().subplots(figsize=(5, 3.5))
     for (attribute, use_real), rows in series.items():
         label = f"{attribute} ({'real + synthetic' if use_real else 'synthetic only'})"
-        ax.errorbar(100 * rows["feasible_fraction"], rows["test_top1_selected"], yerr=_errors(rows),
+        ax.errorbar(x(rows), rows["test_top1_selected"], yerr=_errors(rows), xerr=None if xerr is None else xerr(rows),
                     marker="o", capsize=4, label=label)  # fmt: skip
-    ax.set_xlabel("feasible share of the synthetic data (%)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 (%), val-selected")
     ax.legend(fontsize=8)
     return png(fig)
+
+
+def _mixing_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
+    return _series_plot(series, lambda rows: 100 * rows["feasible_fraction"], "feasible share of the synthetic data (%)")
 
 
 def dose_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
@@ -183,15 +188,8 @@ def dose_series(table: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
 
 
 def _dose_plot(series: dict[tuple[str, bool], pd.DataFrame]) -> str:
-    fig, ax = pyplot().subplots(figsize=(5, 3.5))
-    for (attribute, use_real), rows in series.items():
-        label = f"{attribute} ({'real + synthetic' if use_real else 'synthetic only'})"
-        ax.errorbar(rows["mid"], rows["test_top1_selected"], yerr=_errors(rows), xerr=(rows["max_margin"] - rows["min_margin"]) / 2,
-                    marker="o", capsize=4, label=label)  # fmt: skip
-    ax.set_xlabel("LLM feasibility margin of the synthetic rows (bin)")
-    ax.set_ylabel("test top-1 (%), val-selected")
-    ax.legend(fontsize=8)
-    return png(fig)
+    return _series_plot(series, lambda rows: rows["mid"], "LLM feasibility margin of the synthetic rows (bin)",
+                        xerr=lambda rows: (rows["max_margin"] - rows["min_margin"]) / 2)
 
 
 def headline(comp: pd.DataFrame) -> str:

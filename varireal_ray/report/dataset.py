@@ -14,6 +14,7 @@ from varireal_ray import storage
 from varireal_ray.config import Config
 from varireal_ray.pipeline import accounting
 from varireal_ray.report.figures import png, pyplot
+from varireal_ray.stages.checks import kept_and_edited
 from varireal_ray.train.view import SELECTION_COLUMNS
 
 EDIT_ROLES = ("inpaint", "refine_base", "controlnet")
@@ -116,7 +117,7 @@ def checks_frame(rows: pd.DataFrame) -> pd.DataFrame:
     region stayed put, and (color) how near the named color the object came."""
     out = []
     for (attribute, feasibility), group in rows.groupby(["attribute", "feasibility"]):
-        edited, kept = ("changed_outside", "changed_inside") if attribute == "background" else ("changed_inside", "changed_outside")
+        kept, edited = kept_and_edited(attribute)
         checked = group[group[edited].notna()]
         if checked.empty:
             continue
@@ -175,10 +176,11 @@ def margins_section(config: Config, rows: pd.DataFrame) -> str:
 def section(config: Config, dataset_uri: str) -> tuple[str, dict[str, pd.DataFrame]]:
     """The dataset part of the report, and the tables it writes as CSV beside it."""
     manifest = storage.read_manifest(dataset_uri)
-    committed = accounting.tables(dataset_uri)
-    cost = manifest.get("cost") or accounting.cost(config, committed)  # a dataset from before the cost was kept
+    # A dataset from before the cost was kept in its manifest: counted from its tables now.
+    cost = manifest.get("cost") or accounting.cost(config, accounting.tables(dataset_uri))
+    attempts = storage.read_commits_table(storage.join(dataset_uri, "attempts"))
     rows = storage.read_dataset(dataset_uri, ROW_COLUMNS, optional={**SELECTION_COLUMNS, "color_delta_e_source": SELECTION_COLUMNS["color_delta_e"]})
     rows = rows.to_pandas()
-    acceptance_html, per_class = acceptance_section(config, committed["attempts"])
+    acceptance_html, per_class = acceptance_section(config, attempts)
     parts = [cost_section(config, cost), acceptance_html, checks_section(config, rows), margins_section(config, rows)]
     return "".join(parts), {"acceptance.csv": per_class, "cost.csv": cost_frame(cost)}

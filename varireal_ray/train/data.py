@@ -29,6 +29,7 @@ from varireal_ray.config import Condition, Config, TrainConfig
 from varireal_ray.errors import UserError
 from varireal_ray.sources import manifest
 from varireal_ray.sources.manifest import class_names
+from varireal_ray.stages.checks import kept_and_edited
 from varireal_ray.stages.common import decode_image
 from varireal_ray.train import view
 
@@ -66,7 +67,7 @@ def usable_rows(meta: pa.Table, condition: Condition, train: TrainConfig) -> pa.
         keep = pc.and_(keep, pc.fill_null(meta["accepted"], False))
     limits = [("feasibility_margin", pc.greater_equal, condition.min_margin), ("feasibility_margin", pc.less, condition.max_margin)]
     checks = train.edit_filter
-    kept, edited = ("changed_inside", "changed_outside") if condition.attribute == "background" else ("changed_outside", "changed_inside")
+    kept, edited = kept_and_edited(condition.attribute)
     limits += [(kept, pc.less_equal, checks.max_changed_kept), (edited, pc.greater_equal, checks.min_changed_edited)]
     if condition.attribute == "color":
         limits.append(("color_delta_e", pc.less_equal, checks.max_color_delta_e))
@@ -114,7 +115,7 @@ def select_synthetic(meta: pa.Table, condition: Condition, seed: int, train: Tra
     if not chosen:
         usable = "accepted, error-free " if train.accepted_only else "error-free "
         within = ""
-        if condition.min_margin is not None or condition.max_margin is not None:
+        if condition.by_margin:
             within += f", feasibility_margin in [{condition.min_margin}, {condition.max_margin})"
         limits = {k: v for k, v in train.edit_filter.model_dump().items() if v is not None}
         if limits:

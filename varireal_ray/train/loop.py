@@ -36,11 +36,11 @@ from varireal_ray.train.checkpoint import TrialState, load_checkpoint, save_chec
 from varireal_ray.train.checkpoint import fetch as fetch_checkpoint
 from varireal_ray.train.checkpoint import store as store_checkpoint
 from varireal_ray.train.evaluate import evaluate
-from varireal_ray.train.weights import load_trained_state_dict, trained_state_dict
 from varireal_ray.train.model import build_classifier, load_backbone
 from varireal_ray.train.optim import build_optimizer
 from varireal_ray.train.tracking import trial_tracking
 from varireal_ray.train.transforms import eval_transform, train_transform
+from varireal_ray.train.weights import load_trained_state_dict, trained_state_dict
 
 log = logging.getLogger(__name__)
 

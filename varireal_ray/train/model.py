@@ -29,7 +29,7 @@ TEMPLATE = "a photo of a {prefix}{class_name}."
 
 
 @dataclass
-class LoadedClip:
+class LoadedBackbone:
     model: nn.Module  # open_clip CLIP, or a torchvision ResNet (``kind``)
     tokenizer: object
     mean: tuple[float, ...]
@@ -38,23 +38,23 @@ class LoadedClip:
     kind: str = "clip"
 
 
-def load_clip(ref: ModelRef, models: ModelsConfig, image_size: int | None = None) -> LoadedClip:
+def load_clip(ref: ModelRef, models: ModelsConfig, image_size: int | None = None) -> LoadedBackbone:
     """``models.clip`` through the one loader (``models.load``), in float32, with its
     normalisation. ``image_size`` resizes the position embedding, so ``train.image_size`` alone
     decides the input size."""
     loaded = load.load("clip", models.model_copy(update={"clip": ref}), image_size=image_size)
     pre = loaded.model.visual.preprocess_cfg
-    return LoadedClip(loaded.model, loaded.processor, tuple(pre["mean"]), tuple(pre["std"]), loaded.label)
+    return LoadedBackbone(loaded.model, loaded.processor, tuple(pre["mean"]), tuple(pre["std"]), loaded.label)
 
 
-def load_backbone(classifier: str, models: ModelsConfig, image_size: int | None = None) -> LoadedClip:
+def load_backbone(classifier: str, models: ModelsConfig, image_size: int | None = None) -> LoadedBackbone:
     """The network a ``classifier`` (``clip`` or ``resnet``) starts from, with its normalisation."""
     if classifier == "clip":
         return load_clip(models.clip, models, image_size)
     from varireal_ray.models import resnet
 
     loaded = load.load("resnet", models)
-    return LoadedClip(loaded.model, None, resnet.MEAN, resnet.STD, loaded.label, kind="resnet")
+    return LoadedBackbone(loaded.model, None, resnet.MEAN, resnet.STD, loaded.label, kind="resnet")
 
 
 def class_prompts(class_names: list[str], prefix: str) -> list[str]:
@@ -110,7 +110,7 @@ class ResNetClassifier(nn.Module):
         return self.net(images)
 
 
-def build_classifier(loaded: LoadedClip, config: Config, class_names: list[str]) -> nn.Module:
+def build_classifier(loaded: LoadedBackbone, config: Config, class_names: list[str]) -> nn.Module:
     """The classifier over ``class_names`` (label order): LoRA from ``train.lora`` added to the
     loaded CLIP (in place) under its class text head, or the ResNet under a new linear head. The
     new weights come from torch's RNG: seed it first."""
