@@ -234,3 +234,21 @@ def test_a_resnet_that_does_not_resolve_says_which_key(config, tmp_path):
     config.models.resnet.id, config.models.resnet.revision = str(tmp_path), None  # a folder with no config.json
     with pytest.raises(ModelNotFound, match="is not a ResNet folder.*config.json"):
         load.load("resnet", config.models)
+
+
+def test_a_torchvision_architecture_loads_as_torchvision_builds_it(config, caplog):
+    """``models.resnet = resnet50`` with no weights name: torchvision's own ResNet-50 (the path a
+    real config takes with revision IMAGENET1K_V2, minus the download), random weights, said."""
+    import logging
+
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    from varireal_ray.train.model import load_backbone
+
+    config.models.resnet.id, config.models.resnet.revision = "resnet50", None
+    with caplog.at_level(logging.WARNING, logger="varireal_ray.models.resnet"):
+        loaded = load_backbone("resnet", config.models)
+    net = loaded.model
+    assert type(net) is ResNet and isinstance(net.layer1[0], Bottleneck)
+    assert [len(getattr(net, f"layer{k}")) for k in (1, 2, 3, 4)] == [3, 4, 6, 3] and loaded.label == "resnet50@None"
+    assert "random weights" in caplog.text
