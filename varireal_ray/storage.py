@@ -32,6 +32,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from varireal_ray import schema
 from varireal_ray.errors import UserError
 
 
@@ -197,14 +198,15 @@ def read_parquet(uri: str, columns: list[str] | None = None, optional: dict[str,
     ``optional`` columns (name -> type) are read where the file has them and come back as nulls
     where it does not (a dataset written before they existed)."""
     if columns is None:
-        return pq.read_table(io.BytesIO(read_bytes(uri)))
+        return schema.conform_read(pq.read_table(io.BytesIO(read_bytes(uri))), uri)
     optional = optional or {}
     fs, path = filesystem(uri)
     try:
         with (fs.open(path, "rb", cache_type="none") if is_remote(uri) else open(path, "rb")) as f:
             file = pq.ParquetFile(f, pre_buffer=True)
             have = set(file.schema_arrow.names)
-            table = file.read(columns=[*columns, *(c for c in optional if c in have)])
+            schema.file_version(file.schema_arrow, uri)
+            table = schema.conform_read(file.read(columns=[*columns, *(c for c in optional if c in have)]), uri)
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} does not exist") from None
     for name, type_ in optional.items():
@@ -260,7 +262,7 @@ def check_writable(uri: str) -> None:
 # feature: struct<bytes, path>, the encoded file's bytes as they are and no path. The schema's
 # ``huggingface`` metadata names those columns, so ``datasets.load_dataset("parquet", ...)`` gives
 # images; pandas sees {"bytes", "path"} dicts and duckdb a struct (``edited.bytes``).
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+IMAGE_TYPE = schema.IMAGE
 
 
 def image_column(images: pa.Array | pa.ChunkedArray) -> pa.StructArray:
@@ -325,7 +327,8 @@ def commit_shard(dataset_uri: str, table: pa.Table, id_column: str = "id", name:
     shard_uri = join(dataset_uri, SHARDS, f"{name}.parquet")
     write_parquet(shard_uri, table)
     ids = table.column(id_column).to_pylist() if id_column in table.column_names else []
-    record = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "ids": ids, "committed_at": round(time.time(), 3)}
+    record = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "ids": ids, "committed_at": round(time.time(), 3),
+              schema.VERSION_KEY: schema.SCHEMA_VERSION}
     write_json(join(dataset_uri, COMMITS, f"{name}.json"), record)
     return record
 
@@ -340,8 +343,13 @@ def concurrently(fn, items: list, threads: int = 16) -> list:
 
 
 def commits(dataset_uri: str) -> list[dict]:
-    """Every commit record of a dataset, read concurrently (a long run has thousands)."""
-    return concurrently(read_json, list_files(join(dataset_uri, COMMITS), ".json"))
+    """Every commit record of a dataset, read concurrently (a long run has thousands); a record of
+    a newer schema version than this code reads is refused, naming it."""
+    uris = list_files(join(dataset_uri, COMMITS), ".json")
+    records = concurrently(read_json, uris)
+    for uri, record in zip(uris, records):
+        schema.check_version(record.get(schema.VERSION_KEY), uri)
+    return records
 
 
 def commit_record(dataset_uri: str, shard: str) -> dict | None:
@@ -358,6 +366,7 @@ def write_manifest(dataset_uri: str, **summary: Any) -> dict:
     """Write ``manifest.json`` last, listing every committed shard; the only thing readers trust."""
     records = commits(dataset_uri)
     manifest = {
+        schema.VERSION_KEY: schema.SCHEMA_VERSION,
         "shards": [{"path": r["shard"], "rows": r["rows"]} for r in records],
         "rows": sum(r["rows"] for r in records),
         **summary,
@@ -370,7 +379,9 @@ def read_manifest(dataset_uri: str) -> dict:
     uri = join(dataset_uri, MANIFEST)
     if not exists(uri):
         raise StorageError(f"{uri} does not exist: the job that writes {dataset_uri} has not finished; run it first")
-    return read_json(uri)
+    manifest = read_json(uri)
+    schema.check_version(manifest.get(schema.VERSION_KEY), uri)
+    return manifest
 
 
 def read_dataset(dataset_uri: str, columns: list[str] | None = None, optional: dict[str, pa.DataType] | None = None) -> pa.Table:

@@ -74,3 +74,36 @@ def acceptance(attempts: pa.Table, by: list[str]) -> pd.DataFrame:
     out = frame.groupby([*by, "attempt"], as_index=False).agg(judged=("outcome", "size"), accepted=("accepted", "sum"))
     out["rate"] = out["accepted"] / out["judged"]
     return out[columns]
+
+
+# Where an item ends: exactly one of these. ``pending``: due for another attempt (a run that
+# stopped before its retry round) or never reached; a finished run has none.
+ITEM_STATES = ("accepted", "flagged", "error", "dropped", "pending")
+
+
+def item_states(expected: set[str], committed: dict[str, pa.Table]) -> dict[str, int]:
+    """How many of the ``expected`` ids are in each of ``ITEM_STATES``, from the committed tables
+    alone (never from what a process counted): a committed row is accepted or flagged; else the
+    item's last event decides, a judged attempt (dropped, or a retry: pending) or a failure
+    (error). The counts add up to ``len(expected)``."""
+    rows = committed["rows"]
+    accepted_ids = set(rows.filter(pc.fill_null(rows["accepted"], False))["id"].to_pylist()) if rows.num_rows else set()
+    row_ids = set(rows["id"].to_pylist()) if rows.num_rows else set()
+    last: dict[str, tuple[int, int, str]] = {}  # id -> (attempt, 1 for a judged attempt / 0 an error, what)
+    for table, what in ((committed["errors"], None), (committed["attempts"], "outcome")):
+        if table.num_rows == 0:
+            continue
+        outcomes = table[what].to_pylist() if what else ["error"] * table.num_rows
+        for i, attempt, outcome in zip(table["id"].to_pylist(), table["attempt"].to_pylist(), outcomes):
+            key = (int(attempt or 0), 1 if what else 0, outcome)
+            if i not in last or key[:2] >= last[i][:2]:
+                last[i] = key
+    counts = dict.fromkeys(ITEM_STATES, 0)
+    for i in expected:
+        if i in row_ids:
+            counts["accepted" if i in accepted_ids else "flagged"] += 1
+        elif i in last and last[i][2] in ("error", "dropped"):
+            counts[last[i][2]] += 1
+        else:
+            counts["pending"] += 1
+    return counts

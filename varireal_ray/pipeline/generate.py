@@ -23,9 +23,10 @@ import math
 import time
 from collections import Counter
 
+import pyarrow as pa
 import ray
 
-from varireal_ray import run_folder, sources, storage
+from varireal_ray import run_folder, schema, sources, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
@@ -34,6 +35,7 @@ from varireal_ray.pipeline import accounting, placement
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images
 from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.stages.checks import check_edits
+from varireal_ray.stages.common import Batch, batch_len
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
@@ -55,33 +57,39 @@ def model_labels(config: Config) -> str:
 
 
 class ExpandItems:
-    """Turns one source row (with its mask, computed in this pass or read back) into the work
-    items due in this round, skipping committed ids. The items of a source whose mask failed carry
-    that error (and ``unmasked``), so each is recorded as an error row and counted."""
+    """Turns a batch of source rows (with their masks, computed in this pass or read back) into
+    the work items due in this round, skipping committed ids, as a typed table
+    (``schema.ITEM_COLUMNS``). The items of a source whose mask failed carry that error (and
+    ``unmasked``), so each is recorded as an error row and counted."""
 
     def __init__(self, config: Config, bank: Bank, attempt: int, done: set[str], next_attempt: dict[str, int]):
         self.config, self.bank, self.attempt = config, bank, attempt
         self.done, self.next_attempt = done, next_attempt
         self.models = model_labels(config)
 
-    def __call__(self, source: dict) -> list[dict]:
-        error, stage = source.get("error") or "", source.get("error_stage") or ""
+    def __call__(self, batch: Batch) -> pa.Table:
         out = []
-        for item in work_items.expand(source, self.bank, self.config):
-            if item["id"] in self.done or self.next_attempt.get(item["id"], 0) != self.attempt:
-                continue
-            item["attempt"] = self.attempt
-            item["seed"] = work_items.attempt_seed(self.config.run.seed, item["id"], self.attempt)
-            item["models"] = self.models
-            item["workers"] = source.get("workers") or "{}"
-            item["error"], item["error_stage"], item["unmasked"] = error, stage, bool(error)
-            out.append(item)
-        return out
+        for i in range(batch_len(batch)):
+            source = {name: schema.plain_value(values[i]) for name, values in batch.items()}
+            error, stage = source.get("error") or "", source.get("error_stage") or ""
+            for item in work_items.expand(source, self.bank, self.config):
+                if item["id"] in self.done or self.next_attempt.get(item["id"], 0) != self.attempt:
+                    continue
+                item["attempt"] = self.attempt
+                item["seed"] = work_items.attempt_seed(self.config.run.seed, item["id"], self.attempt)
+                item["models"] = self.models
+                item["workers"] = source.get("workers") or "{}"
+                item["error"], item["error_stage"], item["unmasked"] = error, stage, bool(error)
+                out.append(item)
+        return schema.conform({c: [item.get(c) for item in out] for c in schema.ITEM_COLUMNS}, schema.ITEM_COLUMNS, in_flight=True)
 
 
-def mask_rows(row: dict) -> list[dict]:
-    """The source rows of one committed mask shard, the mask as its encoded bytes."""
-    return storage.plain_images(storage.read_parquet(row["shard"])).to_pylist()
+def mask_rows(batch: Batch) -> pa.Table:
+    """The source rows of committed mask shards (one shard URI a row), as the mask pass hands
+    them on (``schema.MASKED_SOURCE_COLUMNS``)."""
+    tables = [storage.read_parquet(str(uri)) for uri in batch["shard"]]
+    masks = pa.concat_tables(tables) if tables else schema.schema(schema.MASK_COLUMNS).empty_table()
+    return schema.conform(masks, schema.MASKED_SOURCE_COLUMNS, in_flight=True)
 
 
 def _totals(summary: list[dict]) -> Counter:
@@ -102,7 +110,7 @@ def masked_sources(config: Config, out: str, train: list[dict] | None) -> ray.da
     parts = []
     if records:
         shards = [{"shard": storage.join(masks, r["shard"])} for r in records]
-        parts.append(ray.data.from_items(shards).flat_map(mask_rows, num_cpus=0.25))
+        parts.append(ray.data.from_items(shards).map_batches(mask_rows, batch_size=1, num_cpus=0.25, batch_format="numpy"))
     if train is not None:
         done = {i for r in records for i in r["ids"]}
         todo = [{**r, "error": "", "error_stage": ""} for r in train if r["source_id"] not in done]
@@ -135,7 +143,7 @@ def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str],
     """How many items round ``attempt`` has to run: retried ones in later rounds; in round 0
     every item of every train source that was never committed, dropped or retried."""
     if train is None:
-        return sum(1 for a in next_attempt.values() if a == attempt)
+        return sum(1 for i, a in next_attempt.items() if a == attempt and i not in done)
     ids = (i for r in train for i in work_items.source_item_ids(config, r["source_id"]))
     return sum(1 for i in ids if i not in done and i not in next_attempt)
 
@@ -155,18 +163,21 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     if ds is None:
         return Counter()
     final = attempt == gen.judge.max_attempts - 1 or not gen.judge.enabled
-    ds = ds.flat_map(
+    ds = ds.map_batches(
         ExpandItems,
         fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "done": done, "next_attempt": next_attempt},
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.25,
+        batch_size=None,  # a block (a mask batch) at a time: its items move on as soon as it is masked
+        batch_format="numpy",
+        zero_copy_batch=False,
     )
     ds = cpu_task(in_rows(ds, gen.edit_stage.batch_size), load_images, batch_size=gen.edit_stage.batch_size)
     ds = actor_stage(ds, EditStage, gen.edit_stage, config)
     if gen.checks.enabled:
         ds = cpu_task(ds, check_edits, batch_size=gen.edit_stage.batch_size, changed_delta_e=gen.checks.changed_delta_e)
     ds = actor_stage(ds, JudgeStage, gen.judge_stage, config)
-    ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
+    ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, typed=False, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
     with Progress(f"generate, round {attempt}", due, "items") as progress:
         def written(summary: dict) -> None:  # one writer batch: its items' outcomes
             progress.update(done=sum(int(summary.get(k, 0)) for k in ITEM_OUTCOMES), errors=int(summary.get("errors", 0)))
@@ -195,33 +206,39 @@ def run_generate(config: Config) -> dict:
     gen = config.generate
     start = time.perf_counter()
     counts: Counter = Counter()
+    # Every round runs what the committed records leave due in it, whatever this process counted:
+    # a resumed run finishes the retries a stopped one left (a round with nothing due is skipped).
     rounds = gen.judge.max_attempts if gen.judge.enabled else 1
     for attempt in range(rounds):
         round_counts = run_round(config, out, bank, attempt)
         log.info("edit round %d: %s", attempt, dict(round_counts) or "nothing to do")
         counts.update(round_counts)
-        if not round_counts.get("retry"):
-            break
     committed = accounting.tables(out)  # every run's work on this dataset, retries included
-    # The items of a source whose mask failed are error rows too: the budget is per item.
-    expected = committed["masks"].num_rows * _items_per_source(config)
-    errors = counts.get("errors", 0)
+    expected_ids = {i for r in train_sources(config, sources.ensure_manifest(config)).to_pylist()
+                    for i in work_items.source_item_ids(config, r["source_id"])}
+    items = accounting.item_states(expected_ids, committed)
     manifest = storage.write_manifest(
         out,
         bank_hash=bank.hash,
         models=json.loads(model_labels(config)),
-        expected_items=expected,
-        this_run={"errors": errors, "flagged": counts.get("flagged", 0), "dropped": counts.get("dropped", 0), "seconds": round(time.perf_counter() - start, 1)},
+        expected_items=len(expected_ids),
+        items=items,
+        this_run={"errors": counts.get("errors", 0), "flagged": counts.get("flagged", 0), "dropped": counts.get("dropped", 0),
+                  "seconds": round(time.perf_counter() - start, 1)},
         masks=storage.join(out, "masks"),
         errors=storage.join(out, "errors"),
         attempts=storage.join(out, "attempts"),
         cost=accounting.cost(config, committed),
     )
-    log.info("generate: %d rows committed in %d shards -> %s", manifest["rows"], len(manifest["shards"]), out)
-    attempted = max(expected + counts.get("unmasked", 0), 1)
-    if errors / attempted > config.generate.error_budget:
+    log.info("generate: %d rows committed in %d shards -> %s; items: %s", manifest["rows"], len(manifest["shards"]), out, items)
+    if items["pending"]:
         raise GenerationFailed(
-            f"{errors} of {attempted} items failed (budget {config.generate.error_budget:.0%}); "
+            f"{items['pending']} of {len(expected_ids)} items have no outcome after every round ({items}); "
+            f"committed work is kept, re-run the same command to finish them"
+        )
+    if items["error"] / max(len(expected_ids), 1) > config.generate.error_budget:
+        raise GenerationFailed(
+            f"{items['error']} of {len(expected_ids)} items failed (budget {config.generate.error_budget:.0%}); "
             f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(out)}. "
             f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
         )
@@ -237,6 +254,3 @@ def generation_roles(config: Config) -> list[str]:
     return [role for stage in (MaskStage, EditStage, JudgeStage) for role in stage.roles(config)]
 
 
-def _items_per_source(config: Config) -> int:
-    gen = config.generate
-    return len(gen.attributes) * len(gen.feasibility) * len(gen.modes) * gen.images_per_real

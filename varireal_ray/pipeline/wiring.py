@@ -8,9 +8,10 @@ import re
 import socket
 
 import numpy as np
+import pyarrow as pa
 import ray
 
-from varireal_ray import storage
+from varireal_ray import schema, storage
 from varireal_ray.config import Config, StageResources
 from varireal_ray.errors import UserError
 from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row, new_column
@@ -45,13 +46,13 @@ class FailFast:
         self.failures: list[str] = []
         self.worker = worker_info()
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch) -> pa.Table:
         ensure_error_columns(batch)
         healthy = np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
         out = stamp_worker(self.stage(batch), self.stage_cls.name, self.worker, healthy)
         if self.batches and len(healthy):
             self._watch([str(out["error"][i]) for i in healthy], [str(out["error_stage"][i]) for i in healthy])
-        return out
+        return schema.conform(out, in_flight=True)  # every column typed, even where every row failed
 
     def _watch(self, errors: list[str], stages: list[str]) -> None:
         if not all(errors) or len({_shape(e) for e in errors + self.failures[:1]}) != 1:
@@ -158,6 +159,19 @@ def load_images(batch: Batch) -> Batch:
     return batch
 
 
-def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, **fn_kwargs) -> ray.data.Dataset:
-    """A light CPU step as stateless tasks (fractional CPU: never starves the actor pools)."""
-    return ds.map_batches(fn, fn_kwargs=fn_kwargs, batch_size=batch_size, num_cpus=0.25, batch_format="numpy", zero_copy_batch=False)
+def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, typed: bool = True, **fn_kwargs) -> ray.data.Dataset:
+    """A light CPU step as stateless tasks (fractional CPU: never starves the actor pools).
+    ``typed``: its output is cast to the declared schema (``schema.conform``), as a stage's is."""
+    return ds.map_batches(conformed(fn) if typed else fn, fn_kwargs=fn_kwargs, batch_size=batch_size, num_cpus=0.25,
+                          batch_format="numpy", zero_copy_batch=False)
+
+
+def conformed(fn):
+    """``fn`` with its output batch cast to the declared column types (``schema.conform``)."""
+
+    def typed(batch: Batch, **kwargs) -> pa.Table:
+        out = fn(batch, **kwargs)
+        return out if isinstance(out, pa.Table) else schema.conform(out, in_flight=True)
+
+    typed.__name__ = typed.__qualname__ = fn.__name__  # Ray Data names operators after it
+    return typed

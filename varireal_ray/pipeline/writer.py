@@ -15,47 +15,16 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from varireal_ray import storage
+from varireal_ray import schema, storage
 from varireal_ray.stages.common import Batch, batch_len
 
-# Columns that never go into a shard: the source bytes are referenced by image_uri; ``unmasked``
-# marks the items of a source whose mask failed (counted apart, for the error budget).
-TRANSIENT = ("image", "unmasked")
-# ``image_uri`` says where the bad input is.
-# What the edit pass needs of a masked source row (``items.expand`` and ``ExpandItems``).
-MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "workers", "error", "error_stage")
-# Each keeps what its stages' seconds were (``pipeline/accounting.py``), and what the attempt was.
-ERROR_COLUMNS = ("id", "source_id", "image_uri", "class_name", "attribute", "feasibility", "attempt", "error_stage", "error",
-                 "t_edit", "t_judge")
-ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", "attempt", "seed", "judge_score",
-                   "judge_answers", "outcome", "t_edit", "t_judge")
 
-
-# Encoded images, stored in Hugging Face datasets' Image layout (``storage.image_column``).
-IMAGE_COLUMNS = ("edited", "mask")
-
-
-def _table(batch: Batch, rows: np.ndarray, columns: list[str] | tuple[str, ...]) -> pa.Table:
-    table = pa.table({c: [_plain(batch[c][i]) for i in rows] for c in columns if c in batch})
-    return storage.with_images(table, IMAGE_COLUMNS)
-
-
-def _plain(value):
-    """numpy scalars and arrays to Python values Arrow can type; a NaN is a null (Ray Data turns
-    a column of floats and Nones into floats and NaNs on its way between stages)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-def _commit(uri: str, batch: Batch, rows: np.ndarray, columns, id_column: str = "id") -> int:
+def _commit(uri: str, batch: Batch, rows: np.ndarray, table: str, id_column: str = "id") -> int:
+    """Commit ``rows`` of ``batch`` as a shard of ``table`` (``schema.TABLES``): exactly its
+    columns, in its types, whatever the batch held (a column no row filled is typed nulls)."""
     if len(rows) == 0:
         return 0
-    storage.commit_shard(uri, _table(batch, rows, columns), id_column=id_column)
+    storage.commit_shard(uri, schema.conform(batch, schema.TABLES[table], rows=rows), id_column=id_column)
     return len(rows)
 
 
@@ -63,14 +32,13 @@ def _summary(**counts: int) -> Batch:
     return {k: np.array([v]) for k, v in counts.items()}
 
 
-def commit_masks(batch: Batch, out_uri: str) -> Batch:
+def commit_masks(batch: Batch, out_uri: str) -> pa.Table:
     """Commit the batch's healthy mask rows (keyed by source_id) to ``masks/`` and pass every row
     on, the source bytes dropped: the edit pass expands them into items as they come (a failed
     source's items become error rows there, one per item)."""
     failed = np.array([bool(e) for e in batch["error"]])
-    columns = [c for c in batch if c not in TRANSIENT and c not in ("error", "error_stage")]
-    _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), columns, id_column="source_id")
-    return {c: batch[c] for c in MASKED_SOURCE_COLUMNS if c in batch}
+    _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), "masks", id_column="source_id")
+    return schema.conform(batch, schema.MASKED_SOURCE_COLUMNS, in_flight=True)
 
 
 def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: bool) -> Batch:
@@ -84,13 +52,12 @@ def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: b
     outcome[rejected] = "retry" if not final_attempt else ("kept_flagged" if keep_flagged else "dropped")
     batch["outcome"] = outcome
     batch["exhausted"] = rejected & final_attempt
-    batch["judge_answers"] = np.array([a if isinstance(a, str) else json.dumps(_plain(a)) for a in batch.get("judge_answers", [""] * n)], dtype=object)
+    batch["judge_answers"] = np.array([a if isinstance(a, str) or a is None else json.dumps(schema.plain_value(a)) for a in batch.get("judge_answers", [""] * n)], dtype=object)
 
     keep = ~failed & (accepted | (rejected & final_attempt & keep_flagged))
-    columns = [c for c in batch if c not in TRANSIENT and c != "outcome"]
-    rows = _commit(out_uri, batch, np.flatnonzero(keep), columns)
-    _commit(storage.join(out_uri, "attempts"), batch, np.flatnonzero(~failed), ATTEMPT_COLUMNS)
-    errors = _commit(storage.join(out_uri, "errors"), batch, np.flatnonzero(failed), ERROR_COLUMNS)
+    rows = _commit(out_uri, batch, np.flatnonzero(keep), "rows")
+    _commit(storage.join(out_uri, "attempts"), batch, np.flatnonzero(~failed), "attempts")
+    errors = _commit(storage.join(out_uri, "errors"), batch, np.flatnonzero(failed), "errors")
     return _summary(
         rows=rows,
         errors=errors,

@@ -1,0 +1,275 @@
+"""One schema for every table the project writes, and for every batch between stages.
+
+A column's name says what it is and its type is declared here, once (``COLUMNS``): one word, one
+type, in the source manifest, in flight between stages, in the shards and in the report. A table
+is a tuple of column names (``TABLES``). Batches are cast to these types where they leave a stage
+(``pipeline/wiring.py``) and where they reach a writer, so a column whose every value is null is
+still a column of its declared type: a batch of only failed rows merges with a batch of healthy
+ones. A stage that emits a column nobody declared, or a value that does not fit its column's type,
+raises ``SchemaError`` (a unit test calls every stage and conforms its output).
+
+Image columns (``IMAGE_COLUMNS``) travel as encoded bytes (``binary``) and are stored in the
+layout Hugging Face ``datasets`` gives its ``Image`` feature (``storage.with_images``).
+
+``SCHEMA_VERSION`` is written into every manifest, commit record and Parquet file the project
+writes. A reader meets an older version with a conversion (``conform_read``) and a newer one
+with an error naming both versions.
+
+Versions:
+  1: before the schema: no version recorded; all-null columns could be typed ``null``.
+  2: every table typed by this module; versions recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from varireal_ray.errors import UserError
+
+SCHEMA_VERSION = 2
+# Where a version lives: a key of a manifest or commit record, and of a Parquet file's metadata.
+VERSION_KEY = "schema_version"
+
+STRING, INT, FLOAT, BOOL, BINARY = pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.binary()
+BOX = pa.list_(pa.float64())
+# An encoded image at rest: Hugging Face datasets' Image layout (struct of the file's bytes and a path).
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+IMAGE_COLUMNS = ("image", "edited", "mask")
+
+
+class SchemaError(UserError, ValueError):
+    """A table or batch that does not fit the declared schema, or a version this code cannot read."""
+
+
+# ------------------------------------------------------------------------------------ columns
+COLUMNS: dict[str, pa.DataType] = {
+    # the source manifest (sources/manifest.py)
+    "source_id": STRING,  # unique, path-safe
+    "class_name": STRING,
+    "label": INT,  # 0..C-1 in the dataset's class order
+    "split": STRING,  # train | val | test
+    "image_uri": STRING,
+    "box": BOX,  # [x0, y0, x1, y1] px, the dataset's box of the object, or null
+    "mask_uri": STRING,  # the dataset's own mask of the object, or null
+    # a source's mask (stages/mask.py)
+    "image": IMAGE,  # the source's encoded bytes, in flight only
+    "mask": IMAGE,  # PNG, white = object
+    "mask_box": BOX,
+    "mask_source": STRING,  # grounding+sam2 | fallback:<kind> | dataset
+    "mask_score": FLOAT,
+    "t_mask": FLOAT,  # seconds (pipeline/accounting.py)
+    # every row in flight
+    "error": STRING,  # empty: healthy
+    "error_stage": STRING,
+    "workers": STRING,  # JSON: stage -> {host, node_ip, pid, gpu}
+    # a work item (pipeline/items.py)
+    "id": STRING,
+    "attribute": STRING,
+    "feasibility": STRING,
+    "slot": INT,
+    "edit_mode": STRING,  # minimal | unconstrained
+    "value": STRING,
+    "value_description": STRING,
+    "feasibility_margin": FLOAT,  # the LLM's log p(yes) - log p(no) for the value, or null
+    "bank_hash": STRING,
+    "attempt": INT,
+    "seed": INT,
+    "models": STRING,  # JSON: role -> model label
+    "unmasked": BOOL,  # in flight only: an item of a source whose mask failed
+    # the edit stage (stages/edit/)
+    "edited": IMAGE,
+    "prompt": STRING,
+    "prior": STRING,
+    "inpaint": STRING,
+    "refine": STRING,
+    "edit_models": STRING,
+    "t_edit": FLOAT,
+    # the model-free checks (stages/checks.py)
+    "changed_inside": FLOAT,
+    "changed_outside": FLOAT,
+    "color_delta_e": FLOAT,
+    "color_delta_e_source": FLOAT,
+    # the judge (stages/judge.py)
+    "judge_answers": STRING,  # JSON list of {question, expected, p_yes}
+    "judge_score": FLOAT,
+    "accepted": BOOL,
+    "t_judge": FLOAT,
+    # the writer (pipeline/writer.py)
+    "outcome": STRING,  # accepted | retry | kept_flagged | dropped
+    "exhausted": BOOL,  # rejected on its last attempt
+    # the training view's index (train/view.py)
+    "kind": STRING,  # real | synthetic
+    "group": STRING,
+    "file": STRING,
+    "row_group": pa.int32(),
+    "offset": pa.int32(),
+    "nbytes": INT,
+}
+
+# ------------------------------------------------------------------------------------- tables
+SOURCE_COLUMNS = ("source_id", "class_name", "label", "split", "image_uri", "box", "mask_uri")
+MASK_COLUMNS = (*SOURCE_COLUMNS, "mask", "mask_box", "mask_source", "mask_score", "t_mask", "workers")
+# What the edit pass needs of a masked source row (``items.expand`` and ``ExpandItems``).
+MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "workers", "error", "error_stage")
+ITEM_COLUMNS = ("id", "source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "attribute", "feasibility",
+                "slot", "edit_mode", "value", "value_description", "feasibility_margin", "bank_hash", "attempt", "seed", "models",
+                "workers", "error", "error_stage", "unmasked")
+EDIT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models", "t_edit")
+CHECK_COLUMNS = ("changed_inside", "changed_outside", "color_delta_e", "color_delta_e_source")
+JUDGE_COLUMNS = ("judge_answers", "judge_score", "accepted", "t_judge")
+# A generated row: the item (less what only travels), its edit, checks and verdict.
+ROW_COLUMNS = (*(c for c in ITEM_COLUMNS if c != "unmasked"), *EDIT_COLUMNS, *CHECK_COLUMNS, *JUDGE_COLUMNS, "exhausted")
+ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", "attempt", "seed", "judge_score", "judge_answers",
+                   "outcome", "t_edit", "t_judge")
+# Each keeps what its stages' seconds were (``pipeline/accounting.py``), and what the attempt was.
+ERROR_COLUMNS = ("id", "source_id", "image_uri", "class_name", "attribute", "feasibility", "attempt", "error_stage", "error",
+                 "t_edit", "t_judge")
+# The synthetic rows' columns that select them for training (beyond the judge).
+SELECTION_COLUMNS = ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")
+VIEW_META_COLUMNS = ("id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error")
+VIEW_INDEX_COLUMNS = ("kind", "split", "group", *VIEW_META_COLUMNS, *SELECTION_COLUMNS, "file", "row_group", "offset", "nbytes")
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "sources": SOURCE_COLUMNS,
+    "masks": MASK_COLUMNS,
+    "rows": ROW_COLUMNS,
+    "attempts": ATTEMPT_COLUMNS,
+    "errors": ERROR_COLUMNS,
+    "view_index": VIEW_INDEX_COLUMNS,
+}
+
+
+def type_of(name: str, in_flight: bool = False) -> pa.DataType:
+    """The declared type of column ``name`` (an image column is ``binary`` in flight)."""
+    try:
+        type_ = COLUMNS[name]
+    except KeyError:
+        raise SchemaError(f"column {name!r} is not declared in varireal_ray/schema.py (COLUMNS); declare it with its type") from None
+    return BINARY if in_flight and type_ == IMAGE else type_
+
+
+def schema(columns: Iterable[str], in_flight: bool = False) -> pa.Schema:
+    return pa.schema([pa.field(c, type_of(c, in_flight)) for c in columns])
+
+
+def table_schema(table: str) -> pa.Schema:
+    """The schema of one of ``TABLES`` at rest, with the ``huggingface`` metadata naming its image columns."""
+    return _with_image_metadata(schema(TABLES[table]))
+
+
+# ----------------------------------------------------------------------------------- batches
+def plain_value(value):
+    """numpy scalars and arrays to Python values Arrow can type; NaN is null (Ray Data turns a
+    column of floats and Nones into floats and NaNs on its way between stages)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _array(name: str, values, type_: pa.DataType) -> pa.Array:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return _cast(name, values, type_)
+    plain = [plain_value(v) for v in values]
+    if type_ == IMAGE:  # a struct column given as bytes (or as its struct dicts)
+        plain = [v if v is None or isinstance(v, dict) else {"bytes": v, "path": None} for v in plain]
+    try:
+        return pa.array(plain, type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        example = next((v for v in plain if v is not None), None)
+        raise SchemaError(f"column {name!r} is declared {type_} but holds {type(example).__name__} values ({exc})") from None
+
+
+def _cast(name: str, array: pa.Array | pa.ChunkedArray, type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    if array.type == type_:
+        return array
+    if type_ == IMAGE and (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+        data = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+        data = data.cast(BINARY)
+        return pa.StructArray.from_arrays([data, pa.nulls(len(data), STRING)], fields=list(IMAGE), mask=data.is_null())
+    if type_ == BINARY and array.type == IMAGE:
+        data = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+        return data.field("bytes")
+    try:
+        return array.cast(type_)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise SchemaError(f"column {name!r} is declared {type_} but is {array.type} ({exc})") from None
+
+
+def conform(data: Mapping[str, object] | pa.Table, columns: Iterable[str] | None = None, in_flight: bool = False,
+            rows: np.ndarray | None = None) -> pa.Table:
+    """``data`` (a numpy batch or a table) as a table of declared types.
+
+    ``columns``: exactly these, in this order, a missing one as nulls of its type and any other
+    left out (a writer's table). None: every column of ``data``, each of which must be declared
+    (a stage's output). ``rows``: only these rows of a numpy batch."""
+    if isinstance(data, pa.Table):
+        present = data.column_names
+        get = data.column
+    else:
+        present = list(data)
+
+        def get(name):
+            values = data[name]
+            return values if rows is None else [values[i] for i in rows]
+
+    names = list(present) if columns is None else list(columns)
+    n = (data.num_rows if isinstance(data, pa.Table) else (len(next(iter(data.values()))) if data else 0)) if rows is None else len(rows)
+    arrays, fields = [], []
+    for name in names:
+        type_ = type_of(name, in_flight)
+        arrays.append(_array(name, get(name), type_) if name in present else pa.nulls(n, type_))
+        fields.append(pa.field(name, type_))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return table if in_flight else _with_image_metadata(table)
+
+
+def _with_image_metadata(obj):
+    """A table or schema whose image columns are named ``Image`` features in its ``huggingface``
+    metadata, and whose metadata records the schema version."""
+    names = obj.column_names if isinstance(obj, pa.Table) else obj.names
+    present = [n for n in names if n in IMAGE_COLUMNS and (obj.schema if isinstance(obj, pa.Table) else obj).field(n).type == IMAGE]
+    metadata = dict((obj.schema if isinstance(obj, pa.Table) else obj).metadata or {})
+    metadata[VERSION_KEY.encode()] = str(SCHEMA_VERSION).encode()
+    if present:
+        features = {"info": {"features": {n: {"_type": "Image", "decode": True} for n in present}}}
+        metadata[b"huggingface"] = json.dumps(features).encode()
+    return obj.replace_schema_metadata(metadata)
+
+
+# ----------------------------------------------------------------------------------- versions
+def check_version(found: object, where: str) -> int:
+    """The version an artifact records (none: 1), or a ``SchemaError`` if it is newer than this code."""
+    version = 1 if found is None else int(found)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{where} was written with schema version {version}, newer than this varireal-ray reads (version {SCHEMA_VERSION}); "
+            "upgrade varireal-ray on every node, or write to a new run.output"
+        )
+    return version
+
+
+def file_version(table_or_schema: pa.Table | pa.Schema, where: str) -> int:
+    """The version a Parquet file's schema metadata records (checked as ``check_version``)."""
+    schema_ = table_or_schema.schema if isinstance(table_or_schema, pa.Table) else table_or_schema
+    raw = (schema_.metadata or {}).get(VERSION_KEY.encode())
+    return check_version(None if raw is None else raw.decode(), where)
+
+
+def conform_read(table: pa.Table, where: str) -> pa.Table:
+    """A table read back, in this version's types: version 1's ``null``-typed columns (a shard
+    whose rows all lacked a value) become typed nulls; a newer version is refused. Columns this
+    module does not declare are kept as they are (a reader selects what it needs)."""
+    file_version(table, where)
+    for i, field in enumerate(table.schema):
+        declared = COLUMNS.get(field.name)
+        if declared is not None and field.type != declared and pa.types.is_null(field.type):
+            table = table.set_column(i, pa.field(field.name, declared), pa.nulls(table.num_rows, declared))
+    return table
