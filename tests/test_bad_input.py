@@ -341,3 +341,83 @@ def test_an_invalid_bucket_name_fails_clearly(tmp_path, s3_server):
     with pytest.raises(storage.StorageError) as err:
         storage.check_writable("s3://Not_A_Bucket/run")
     assert "s3://Not_A_Bucket/run" in str(err.value)
+
+
+# ----------------------------------------------------- a dataset where whole batches are bad rows
+def _bad_dataset(root) -> dict[str, str]:
+    """27 images in 6 class folders: 6 unreadable (one per class), the rest in odd formats and
+    names. Returns {class/file: the words its error must hold} for the bad ones."""
+    rng = np.random.default_rng(3)
+
+    def photo(w=40, h=32):
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+    odd = {
+        "gray.png": encode(photo().convert("L")),
+        "rgba.png": encode(photo().convert("RGBA")),
+        "cmyk.jpg": encode(photo().convert("CMYK"), "JPEG", quality=95),
+        "deep.png": encode(Image.fromarray(rng.integers(0, 65535, (32, 40), dtype=np.uint16))),
+        "palette.png": encode(photo().convert("P")),
+        "panorama.png": encode(photo(400, 10)),  # an extreme aspect ratio
+        "ñandú é.png": encode(photo()),  # a unicode file name
+    }
+    bad = {
+        "empty.jpg": (b"", "empty file"),
+        "truncated.jpg": (JPEG[: len(JPEG) // 3], "cannot decode"),
+        "noise.jpg": (RNG.integers(0, 256, 700, dtype=np.uint8).tobytes(), "cannot decode"),
+        "text.jpg": (b"just some text, not an image", "cannot decode"),
+        "bomb.png": (png_header_only(9000, 9000), "decompression bomb"),
+        "pixel.png": (encode(Image.fromarray(RGB[:1, :1])), "at least 8x8"),
+    }
+    classes = ["cat", "Café ñandú", "v1.2 jet", "dog", "moped", "rocket"]
+    good = [*odd.items(), *((f"photo{k}.png", encode(photo())) for k in range(14))]
+    reasons = {}
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        name, (data, words) = list(bad.items())[k]
+        (root / cls / name).write_bytes(data)
+        reasons[f"{cls}/{name}"] = words
+        for name, data in good[k::len(classes)]:
+            (root / cls / name).write_bytes(data)
+    assert sum(1 for p in root.rglob("*") if p.is_file()) == 27
+    return reasons
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_dataset_whose_bad_files_fill_whole_batches_ends_with_its_manifest_and_error_rows(tmp_path, model_cache):
+    """Each source makes 4 items and batches hold 4 rows, so every unreadable image's items are a
+    batch of only failed rows (no mask, no edit, no verdict), which meets healthy batches in the
+    writer. The run finishes, writes its manifest and one error row per failed item, and fails
+    only on the error budget, with its summary; every item is in exactly one place."""
+    root = tmp_path / "photos"
+    reasons = _bad_dataset(root)
+    entries = [BankEntry(None, "color", feasibility, name, f"{name} paint", "curated")
+               for feasibility, names in (("feasible", ("red", "teal")), ("infeasible", ("chrome", "plaid"))) for name in names]
+    Bank(dataset="bad", entries=entries).save(str(tmp_path / "bank"))
+    config = load_config(
+        [REPO / "configs" / "demo.yaml"],
+        [
+            f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}",
+            "dataset.kind=folder", f"dataset.root={root}", "dataset.name=bad", f"generate.bank={tmp_path / 'bank'}",
+            "generate.attributes=[color]", "generate.color.refine=null", "generate.images_per_real=2",
+            "generate.mask_stage.batch_size=4", "generate.edit_stage.batch_size=4", "generate.judge_stage.batch_size=4",
+        ],
+    )
+    with pytest.raises(GenerationFailed) as err:
+        run_generate(config)
+    message = str(err.value)
+    assert "24 of 108 items failed (budget 10%)" in message and "decompression bomb" in message
+    out = storage.join(config.run.output, "generate")
+    manifest = storage.read_manifest(out)  # written before the budget fails the run
+    items = manifest["items"]
+    assert manifest["expected_items"] == 108 and sum(items.values()) == 108 and items["pending"] == 0
+    assert items["error"] == 24 and items["accepted"] + items["flagged"] == manifest["rows"] == 84 - items["dropped"]
+    errors = storage.read_commits_table(storage.join(out, "errors")).to_pylist()
+    assert len(errors) == 24 and {e["error_stage"] for e in errors} == {"mask"}
+    for e in errors:
+        cls, name = e["image_uri"].rsplit("/", 2)[1:]
+        assert reasons[f"{cls}/{name}"] in e["error"], (cls, name, e["error"])
+    assert {tuple(e["image_uri"].rsplit("/", 2)[1:]) for e in errors} == {tuple(k.split("/")) for k in reasons}
+    rows = storage.read_dataset(out)
+    assert rows.schema.field("mask").type == storage.IMAGE_TYPE and rows.num_rows == manifest["rows"]
+    assert len(set(rows["id"].to_pylist())) == rows.num_rows

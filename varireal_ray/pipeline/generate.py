@@ -185,12 +185,15 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
         return _totals(collect(ds, on_row=written))
 
 
-def error_summary(out: str, limit: int = 5) -> str:
-    errors = storage.read_commits_table(storage.join(out, "errors"), ["error_stage", "error"])
+def error_summary(out: str, limit: int = 8) -> str:
+    """The commonest failure reasons of a run's error rows, counted by item, ``limit`` at most."""
+    errors = storage.read_commits_table(storage.join(out, "errors"), ["id", "error_stage", "error"])
     if errors.num_rows == 0:
         return "no errors"
-    reasons = Counter(f"[{s}] {e[:160]}" for s, e in zip(errors["error_stage"].to_pylist(), errors["error"].to_pylist()))
-    return "; ".join(f"{n}x {r}" for r, n in reasons.most_common(limit))
+    by_item = {i: f"[{s}] {e[:160]}" for i, s, e in zip(errors["id"].to_pylist(), errors["error_stage"].to_pylist(), errors["error"].to_pylist())}
+    reasons = Counter(by_item.values()).most_common()
+    more = f"; and {len(reasons) - limit} other reasons" if len(reasons) > limit else ""
+    return "; ".join(f"{n}x {r}" for r, n in reasons[:limit]) + more
 
 
 def run_generate(config: Config) -> dict:
