@@ -21,6 +21,7 @@ import ray
 
 from fault_helpers import REPO, Cli, TcpProxy, alive_actors, cli_args, cli_env, expected_ids, kill_session, small_config, wait_for
 from varireal_ray import storage
+from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import run_generate
 
 
@@ -73,6 +74,44 @@ def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cach
     listed = {s["path"] for s in manifest["shards"]}
     assert listed == {r["shard"] for r in storage.commits(out)}
     assert sum(s["rows"] for s in manifest["shards"]) == len(rows)
+
+
+def test_driver_killed_in_a_retry_round_then_same_command_finishes_every_retry(tmp_path, model_cache):
+    """The driver dies after round 0 ended, with items waiting for their retry: the re-run derives
+    its rounds from what was committed, runs them, and ends with every item in one place."""
+    from fault_helpers import RETRY_RUN, image_led_judge
+    from varireal_ray.pipeline import accounting
+
+    run = tmp_path / "run"
+    judge = image_led_judge(model_cache / "image-led-judge", model_cache)
+    sets = [f"run.output={run}", f"models.cache_dir={model_cache}", f"models.judge.id={judge}", *RETRY_RUN]
+    args = ["generate", "--no-progress", "--config", str(REPO / "configs" / "demo.yaml"), *(a for s in sets for a in ("--set", s))]
+    first = Cli(args, tmp_path / "first.log", cli_env())
+    try:
+        wait_for(lambda: "edit round 0:" in first.output() or first.proc.poll() is not None, 400, "the end of round 0")
+        assert first.proc.poll() is None, f"the run ended before it could be killed:\n{first.output()[-3000:]}"
+    finally:
+        first.kill()
+    config = load_config([REPO / "configs" / "demo.yaml"], sets)
+    out = str(run / "generate")
+    expected = expected_ids(config)
+    before = accounting.item_states(expected, accounting.tables(out))
+    attempts = storage.read_commits_table(storage.join(out, "attempts"), ["attempt", "outcome"]).to_pylist()
+    # The kill landed after round 0 ended (every item judged once) and before round 1 committed
+    # anything: the retried items are pending.
+    assert sum(1 for a in attempts if a["attempt"] == 0) == len(expected) and not any(a["attempt"] > 0 for a in attempts)
+    assert before["pending"] == sum(1 for a in attempts if a["outcome"] == "retry") > 0, before
+    assert not storage.exists(storage.join(out, "manifest.json"))
+
+    second = Cli(args, tmp_path / "second.log", cli_env())
+    assert second.wait(600) == 0, second.output()[-4000:]
+    manifest = storage.read_manifest(out)
+    assert manifest["items"]["pending"] == 0 and sum(manifest["items"].values()) == manifest["expected_items"] == len(expected)
+    assert manifest["items"]["accepted"] + manifest["items"]["flagged"] == manifest["rows"] == len(expected)  # kept flagged
+    rows = assert_each_expected_id_once(config)
+    later = storage.read_commits_table(storage.join(out, "attempts"), ["attempt"]).to_pylist()
+    assert sum(1 for a in later if a["attempt"] == 1) == before["pending"]  # every waiting retry ran
+    assert len(rows) == len(expected)
 
 
 # ------------------------------------------------------------------------ stage actor killed
