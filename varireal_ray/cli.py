@@ -17,7 +17,8 @@ DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
 
 RUN_FOLDER_GUIDE = """\
 {out}/
-  config.yaml                 the resolved configuration of this run (every setting, no secrets)
+  */config.yaml, */settings.json   per artifact: the resolved config of the job that wrote it (every
+                              setting, no secrets), and the settings that shaped it (a re-run with others stops)
   sources/manifest.parquet    the source images: id, class, label, split, image URI
   bank/bank-<hash>.json       the attribute bank: feasible/infeasible values, rejections and why
   generate/manifest.json      the edited dataset; lists generate/shards/*.parquet (edited image,
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p, demo_default if name in ("demo", "models") else None)
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="ignore --config/--set and print the built-in defaults")
+        if name in ("generate", "train"):
+            p.add_argument("--redo", action="store_true",
+                           help=f"discard what an earlier run left in <run>/{name} (made with other settings) and make it again")
         if name not in ("config", "models"):
             p.add_argument("--no-progress", action="store_true", help="hide the job's progress view")
             p.add_argument("--verbose", "-v", action="store_true",
@@ -85,14 +89,31 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _start(config: Config, args: argparse.Namespace) -> None:
-    from varireal_ray import progress, run_folder, storage
+    from varireal_ray import progress, storage
     from varireal_ray.ray_utils import init_ray
 
     storage.check_writable(config.run.output)
-    storage.write_bytes(run_folder.config_file(config), dump_config(config).encode())
+    if getattr(args, "redo", False):
+        redo(config, args.command)
     progress.enable(not args.no_progress)
     if args.command != "report":  # the report reads files; it needs no cluster
         init_ray(config, verbose=args.verbose)
+
+
+def redo(config: Config, command: str) -> None:
+    """``--redo``: discard the job's earlier artifact whole (its rows, masks, records; for train its
+    trials and results, keeping the training views, which are keyed by their own settings)."""
+    from varireal_ray import run_folder, storage
+
+    if command == "generate":
+        targets = [run_folder.generated(config)]
+    else:
+        train = run_folder.train(config)
+        targets = [storage.join(train, name) for name in ("trials", "_tune", "results.json", "settings.json", "config.yaml")]
+    for uri in targets:
+        if storage.exists(uri):
+            log.warning("--redo: discarding %s", uri)
+            storage.remove_tree(uri)
 
 
 def cmd_prompts(config: Config) -> str:
@@ -117,7 +138,7 @@ def cmd_generate(config: Config) -> dict:
 
 def cmd_train(config: Config) -> list[dict]:
     from varireal_ray.models import load
-    from varireal_ray.train.grid import run_grid
+    from varireal_ray.train.grid import TrainingFailed, run_grid
 
     # A misspelt model fails before any trial starts: every classifier the grid trains.
     load.check_roles(config.models, sorted({c.classifier for c in config.train.conditions}))
@@ -126,6 +147,10 @@ def cmd_train(config: Config) -> list[dict]:
     print(f"train: {len(results) - len(failed)} trials ok, {len(failed)} failed")
     for r in failed:
         print(f"  failed: {r['condition']} seed {r['seed']}: {r.get('error')}")
+    if failed:
+        raise TrainingFailed(
+            f"{len(failed)} of {len(results)} trials failed (listed above; results.json keeps every one); "
+            "fix the cause and re-run: finished trials are kept")
     return results
 
 

@@ -1,7 +1,8 @@
 """The run folder: where every job reads and writes under ``run.output``, named here and only here.
 
     <run.output>/
-      config.yaml                  the resolved config of the last job run here
+      <artifact>/settings.json     the settings that shaped that artifact (fingerprint.py): a re-run with others stops
+      <artifact>/config.yaml       the resolved config of the job that last wrote it (bank, generate, train, report)
       sources/manifest.parquet     the source images, their classes and splits (every job's input)
       sources/images/              the demo dataset's images (kind=demo only)
       bank/                        the prompt bank `varireal prompts` writes (unless generate.bank)
@@ -22,12 +23,17 @@ from varireal_ray import storage
 from varireal_ray.config import Config
 
 
-def config_file(config: Config) -> str:
-    return storage.join(config.run.output, "config.yaml")
+def job_config(folder: str) -> str:
+    """The resolved config of the job that last wrote the artifact in ``folder``."""
+    return storage.join(folder, "config.yaml")
+
+
+def sources(config: Config) -> str:
+    return storage.join(config.run.output, "sources")
 
 
 def sources_manifest(config: Config) -> str:
-    return storage.join(config.run.output, "sources", "manifest.parquet")
+    return storage.join(sources(config), "manifest.parquet")
 
 
 def source_image(config: Config, name: str) -> str:

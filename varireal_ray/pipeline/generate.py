@@ -26,8 +26,8 @@ from collections import Counter
 import pyarrow as pa
 import ray
 
-from varireal_ray import run_folder, schema, sources, storage
-from varireal_ray.config import Config
+from varireal_ray import fingerprint, run_folder, schema, sources, storage
+from varireal_ray.config import Config, dump_config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
@@ -205,6 +205,10 @@ def run_generate(config: Config) -> dict:
     gen = config.generate
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
+    # Rows made with other settings, models or bank stop the run here, naming what changed.
+    fingerprint.check(out, fingerprint.generate_settings(config, generation_roles(config), bank.hash), "generate",
+                      made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))})
+    storage.write_bytes(run_folder.job_config(out), dump_config(config).encode())
     config = placement.plan_generation(config)  # every pool at once, or a message naming the setting
     gen = config.generate
     start = time.perf_counter()

@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from varireal_ray import run_folder
-from varireal_ray.config import Config
+from varireal_ray import fingerprint, run_folder, storage
+from varireal_ray.config import Config, dump_config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.prompts import templates
@@ -86,7 +86,12 @@ def run_prompts(config: Config, class_names: list[str]) -> PromptsResult:
             "surplus_values": builder.surplus,
         },
     )
-    uri = bank.save(run_folder.written_bank(config))
+    folder = run_folder.written_bank(config)
+    uri = bank.save(folder)
+    # Banks are content-addressed (bank-<hash>.json), so a re-run with other settings adds a
+    # bank beside the old one: its settings are recorded, never compared.
+    fingerprint.check(folder, fingerprint.bank_settings(config), "prompts", stop=False)
+    storage.write_bytes(run_folder.job_config(folder), dump_config(config).encode())
     return PromptsResult(uri, bank, len(keys), time.perf_counter() - started)
 
 

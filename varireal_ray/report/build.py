@@ -10,8 +10,8 @@ import itertools
 
 import pandas as pd
 
-from varireal_ray import run_folder, storage
-from varireal_ray.config import Config
+from varireal_ray import fingerprint, run_folder, storage
+from varireal_ray.config import Config, dump_config
 from varireal_ray.report import dataset, gallery
 from varireal_ray.report.figures import png, pyplot
 from varireal_ray.report.stats import compare, mean_interval
@@ -26,10 +26,10 @@ summary{cursor:pointer;margin:.5em 0;color:#1a5fb4}.caveat{background:#fff4ce;pa
 # (results.csv) is one click away, under it.
 SUMMARY_COLUMNS = {"condition": "condition", "attribute": "attribute", "feasible_fraction": "feasible share",
                    "use_real": "real data", "seeds": "seeds", "test_top1_selected": "test top-1 %",
-                   "interval": "95% interval", "test_top1_final": "final-step top-1 %", "val_top1_selected": "val top-1 %"}
+                   "interval": "{confidence} interval", "test_top1_final": "final-step top-1 %", "val_top1_selected": "val top-1 %"}
 
 
-def summary_html(table: pd.DataFrame) -> str:
+def summary_html(table: pd.DataFrame, confidence: float) -> str:
     """The compact results table (fits a 1400-px window), then every column behind a click."""
     if table.empty:
         return "<p>No finished trials.</p>"
@@ -43,7 +43,7 @@ def summary_html(table: pd.DataFrame) -> str:
             return "yes" if value else "no"
         return html.escape(str(value))
 
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in SUMMARY_COLUMNS.values())
+    head = "".join(f"<th>{html.escape(h.format(confidence=percent(confidence)))}</th>" for h in SUMMARY_COLUMNS.values())
     rows = []
     for row in table.to_dict("records"):
         row["interval"] = (row["ci_low"], row["ci_high"])
@@ -207,8 +207,17 @@ def headline(comp: pd.DataFrame) -> str:
     return "<br>".join(html.escape(x) for x in lines)
 
 
+def percent(share: float) -> str:
+    """``0.95`` as ``95%``, ``0.975`` as ``97.5%``."""
+    return f"{100 * share:g}%"
+
+
 def build_report(config: Config) -> str:
     out = run_folder.report(config)
+    # The report is made whole every time: its settings are recorded, never compared.
+    fingerprint.check(out, fingerprint.report_settings(config), "report", stop=False,
+                      made_from={"train": fingerprint.artifact_id(run_folder.train(config))})
+    storage.write_bytes(run_folder.job_config(out), dump_config(config).encode())
     results = storage.read_json(run_folder.train_results(config))
     table = results_table(config, results)
     comp = comparisons(config, results)
@@ -227,9 +236,9 @@ def build_report(config: Config) -> str:
     parts = [
         f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",
         f"<p class='headline'>{headline(comp)}</p>",
-        "<h2>Results (test top-1 of the val-selected checkpoint; mean ± 95% interval over seeds)</h2>",
+        f"<h2>Results (test top-1 of the val-selected checkpoint; mean ± {percent(config.report.confidence)} interval over seeds)</h2>",
         dataset.caveat(config, ("clip",), "These accuracies"),
-        summary_html(table),
+        summary_html(table, config.report.confidence),
         f"<p><img src='{_bar_plot(table)}'></p>" if not table.empty else "",
         ("<h2>Accuracy against the feasible:infeasible mix</h2>"
          f"<p><img src='{_mixing_plot(series)}'></p>") if series else "",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from varireal_ray import run_folder, storage
+from varireal_ray import fingerprint, run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.sources import manifest
 
 
 def ensure_manifest(config: Config) -> pa.Table:
-    """The run's source manifest, built from ``config.dataset`` on first use."""
+    """The run's source manifest, built from ``config.dataset`` on first use. A manifest built
+    from another dataset (its ``settings.json``) stops the job instead of being reused."""
+    fingerprint.check(run_folder.sources(config), fingerprint.sources_settings(config), "sources", redo=fingerprint.NEW_OUTPUT)
     if storage.exists(run_folder.sources_manifest(config)):
         return manifest.read(config)
     kind = config.dataset.kind

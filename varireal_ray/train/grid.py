@@ -22,8 +22,9 @@ import logging
 import re
 import time
 
-from varireal_ray import run_folder, storage
-from varireal_ray.config import Condition, Config
+from varireal_ray import fingerprint, run_folder, storage
+from varireal_ray.config import Condition, Config, dump_config
+from varireal_ray.errors import UserError
 from varireal_ray.progress import Progress
 from varireal_ray.train import data as trial_data
 from varireal_ray.train import view
@@ -209,6 +210,10 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
     return failures
 
 
+class TrainingFailed(UserError, RuntimeError):
+    """Trials of the grid failed: the train job exits non-zero (``ray job submit`` says FAILED)."""
+
+
 def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dict]:
     """Run every (condition × seed) trial (Ray already initialised); write and return all results.
 
@@ -217,6 +222,11 @@ def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dic
     train = config.train
     if train.mlflow.enabled:
         require_mlflow()  # on the driver, before any trial: one clear error instead of one per trial
+    # Trials finished with other settings, or on another generated dataset, stop the job here.
+    fingerprint.check(run_folder.train(config), fingerprint.train_settings(config), "train",
+                      made_from={"sources": fingerprint.artifact_id(run_folder.sources(config)),
+                                 "generate": fingerprint.artifact_id(run_folder.generated(config))})
+    storage.write_bytes(run_folder.job_config(run_folder.train(config)), dump_config(config).encode())
     cells = [(c, s) for c in train.conditions for s in train.seeds]
     skipped = preflight(config)
     runnable = [(c, s) for c, s in cells if c.name not in skipped]
