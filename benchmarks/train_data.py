@@ -66,8 +66,7 @@ def write_run(output: str, rows_per_group: int, size: int, seed: int = 0) -> Non
     import numpy as np
     import pyarrow as pa
 
-    from varireal_ray import storage
-    from varireal_ray.pipeline.writer import IMAGE_COLUMNS
+    from varireal_ray import schema, storage
 
     rng = np.random.default_rng(seed)
     pool = [image_bytes(rng, size) for _ in range(16)]  # 16 pictures; every row's bytes are its own
@@ -90,7 +89,7 @@ def write_run(output: str, rows_per_group: int, size: int, seed: int = 0) -> Non
     rows.sort(key=lambda r: r["id"][::-1])  # shards mix groups and classes, as the generate job's do
     dataset = storage.join(output, "generate")
     for start in range(0, len(rows), 64):
-        storage.commit_shard(dataset, storage.with_images(pa.Table.from_pylist(rows[start:start + 64]), IMAGE_COLUMNS))
+        storage.commit_shard(dataset, schema.conform(pa.Table.from_pylist(rows[start:start + 64]), schema.ROW_COLUMNS))
     storage.write_manifest(dataset)
 
 

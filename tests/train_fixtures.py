@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from varireal_ray import storage
-from varireal_ray.pipeline.writer import IMAGE_COLUMNS
+from varireal_ray import schema, storage
 from varireal_ray.stages.common import encode_image
 
 CLASSES = ["red stripes", "green bars", "blue checks"]
@@ -110,7 +109,7 @@ def write_synthetic(output: str, rows: list[dict] | None = None, shard_rows: int
     rows = [{**r, "image_uri": storage.join(output, "sources", "images", f"{r['source_id']}.png")} for r in rows]
     uri = storage.join(output, "generate")
     for start in range(0, len(rows), shard_rows):
-        storage.commit_shard(uri, storage.with_images(pa.Table.from_pylist(rows[start : start + shard_rows]), IMAGE_COLUMNS))
+        storage.commit_shard(uri, schema.conform(pa.Table.from_pylist(rows[start : start + shard_rows]), schema.ROW_COLUMNS))
     storage.write_manifest(uri)
     return uri
 

@@ -9,7 +9,8 @@ ones. A stage that emits a column nobody declared, or a value that does not fit 
 raises ``SchemaError`` (a unit test calls every stage and conforms its output).
 
 Image columns (``IMAGE_COLUMNS``) travel as encoded bytes (``binary``) and are stored in the
-layout Hugging Face ``datasets`` gives its ``Image`` feature (``storage.with_images``).
+layout Hugging Face ``datasets`` gives its ``Image`` feature (``IMAGE``), named in the schema's
+``huggingface`` metadata so that ``datasets`` decodes them.
 
 ``SCHEMA_VERSION`` is written into every manifest, commit record and Parquet file the project
 writes. A reader meets an older version with a conversion (``conform_read``) and a newer one
@@ -129,7 +130,7 @@ ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", 
 ERROR_COLUMNS = ("id", "source_id", "image_uri", "class_name", "attribute", "feasibility", "attempt", "error_stage", "error",
                  "t_edit", "t_judge")
 # The synthetic rows' columns that select them for training (beyond the judge).
-SELECTION_COLUMNS = ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")
+SELECTION_COLUMNS = ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e", "edit_mode")
 VIEW_META_COLUMNS = ("id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error")
 VIEW_INDEX_COLUMNS = ("kind", "split", "group", *VIEW_META_COLUMNS, *SELECTION_COLUMNS, "file", "row_group", "offset", "nbytes")
 
@@ -241,7 +242,7 @@ def _with_image_metadata(obj):
     if present:
         features = {"info": {"features": {n: {"_type": "Image", "decode": True} for n in present}}}
         metadata[b"huggingface"] = json.dumps(features).encode()
-    return obj.replace_schema_metadata(metadata)
+    return obj.replace_schema_metadata(metadata) if isinstance(obj, pa.Table) else obj.with_metadata(metadata)
 
 
 # ----------------------------------------------------------------------------------- versions

@@ -265,26 +265,6 @@ def check_writable(uri: str) -> None:
 IMAGE_TYPE = schema.IMAGE
 
 
-def image_column(images: pa.Array | pa.ChunkedArray) -> pa.StructArray:
-    """Encoded images (binary; None: no image) as an image column, the bytes not copied."""
-    data = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
-    data = data.cast(pa.binary())
-    return pa.StructArray.from_arrays([data, pa.nulls(len(data), pa.string())], fields=list(IMAGE_TYPE), mask=data.is_null())
-
-
-def with_images(table: pa.Table, names: tuple[str, ...] | list[str]) -> pa.Table:
-    """``table`` with its binary columns ``names`` (those present) as image columns, named as
-    ``Image`` features in the schema metadata."""
-    present = [n for n in names if n in table.column_names]
-    for name in present:
-        if table.schema.field(name).type != IMAGE_TYPE:
-            table = table.set_column(table.column_names.index(name), pa.field(name, IMAGE_TYPE), image_column(table[name]))
-    if not present:
-        return table
-    features = {"info": {"features": {n: {"_type": "Image", "decode": True} for n in present}}}
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), b"huggingface": json.dumps(features).encode()})
-
-
 def image_bytes(column: pa.ChunkedArray | pa.Array) -> list[bytes | None]:
     """The encoded images of an image column, in either layout (struct, or plain binary as
     datasets written before the struct layout hold them)."""

@@ -15,22 +15,12 @@ import re
 
 import pyarrow as pa
 
-from varireal_ray import run_folder, storage
+from varireal_ray import run_folder, schema, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 
 SPLITS = ("train", "val", "test")
-SCHEMA = pa.schema(
-    [
-        ("source_id", pa.string()),
-        ("class_name", pa.string()),
-        ("label", pa.int64()),
-        ("split", pa.string()),
-        ("image_uri", pa.string()),
-        ("box", pa.list_(pa.float64())),
-        ("mask_uri", pa.string()),
-    ]
-)
+SCHEMA = schema.table_schema("sources")
 
 
 class SourceError(UserError, ValueError):

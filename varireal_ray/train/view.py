@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from varireal_ray import run_folder, storage
+from varireal_ray import run_folder, schema, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models.cache import build_once, cache_root
@@ -53,12 +53,11 @@ log = logging.getLogger(__name__)
 
 VERSION = 3  # of the layout; part of the key
 REAL_ROWS_PER_FILE = 256
-META_COLUMNS = ["id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error"]
+META_COLUMNS = list(schema.VIEW_META_COLUMNS)
 # What a condition may select synthetic rows by, beyond the above (``data.select_synthetic``):
 # read where the shards have them, null in shards written before they existed.
-SELECTION_COLUMNS = {**{name: pa.float64() for name in ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e")},
-                     "edit_mode": pa.string()}
-INDEX_COLUMNS = ["kind", "split", "group", *META_COLUMNS, *SELECTION_COLUMNS, "file", "row_group", "offset", "nbytes"]
+SELECTION_COLUMNS = {name: schema.type_of(name) for name in schema.SELECTION_COLUMNS}
+INDEX_COLUMNS = list(schema.VIEW_INDEX_COLUMNS)
 
 
 class ViewError(UserError, ValueError):
@@ -193,11 +192,7 @@ def _read_all(uris: list[str], piece: dict) -> list[bytes]:
 
 
 def index_schema() -> pa.Schema:
-    string = pa.string()
-    return pa.schema([("kind", string), ("split", string), ("group", string), ("id", string), ("source_id", string),
-                      ("class_name", string), ("label", pa.int64()), ("attribute", string), ("feasibility", string),
-                      ("accepted", pa.bool_()), ("error", string), *SELECTION_COLUMNS.items(), ("file", string), ("row_group", pa.int32()),
-                      ("offset", pa.int32()), ("nbytes", pa.int64())])
+    return schema.schema(schema.VIEW_INDEX_COLUMNS)
 
 
 def pieces(config: Config, root: str) -> list[dict]:
