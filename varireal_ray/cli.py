@@ -95,6 +95,7 @@ def _start(config: Config, args: argparse.Namespace) -> None:
     storage.check_writable(config.run.output)
     if getattr(args, "redo", False):
         redo(config, args.command)
+    preflight(config, args.command)  # one clear line in seconds, before a cluster starts
     progress.enable(not args.no_progress)
     if args.command != "report":  # the report reads files; it needs no cluster
         init_ray(config, verbose=args.verbose)
@@ -114,6 +115,21 @@ def redo(config: Config, command: str) -> None:
         if storage.exists(uri):
             log.warning("--redo: discarding %s", uri)
             storage.remove_tree(uri)
+
+
+def preflight(config: Config, command: str) -> None:
+    """The checks a job can make before Ray starts (the demo's jobs make theirs as they come)."""
+    if command == "generate":
+        from varireal_ray.pipeline.generate import preflight as generate_preflight
+
+        generate_preflight(config)
+    elif command == "train":
+        from varireal_ray.models import load
+        from varireal_ray.train.grid import check_settings
+
+        # A misspelt model fails before any trial starts: every classifier the grid trains.
+        load.check_roles(config.models, sorted({c.classifier for c in config.train.conditions}))
+        check_settings(config)
 
 
 def cmd_prompts(config: Config) -> str:
@@ -137,11 +153,8 @@ def cmd_generate(config: Config) -> dict:
 
 
 def cmd_train(config: Config) -> list[dict]:
-    from varireal_ray.models import load
     from varireal_ray.train.grid import TrainingFailed, run_grid
 
-    # A misspelt model fails before any trial starts: every classifier the grid trains.
-    load.check_roles(config.models, sorted({c.classifier for c in config.train.conditions}))
     results = run_grid(config)
     failed = [r for r in results if r.get("status") != "ok"]
     print(f"train: {len(results) - len(failed)} trials ok, {len(failed)} failed")
@@ -178,6 +191,7 @@ def cmd_demo(config: Config) -> None:
     for name, step in (("prompts", cmd_prompts), ("generate", cmd_generate), ("train", cmd_train), ("report", cmd_report)):
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
+        preflight(config, name)
         step(config)
         timings[name] = time.perf_counter() - start
     print("\n=== done ===")

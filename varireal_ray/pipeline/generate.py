@@ -196,11 +196,21 @@ def error_summary(out: str, limit: int = 8) -> str:
     return "; ".join(f"{n}x {r}" for r, n in reasons[:limit]) + more
 
 
-def run_generate(config: Config) -> dict:
-    """Run (or resume) generation; returns the manifest. Ray must be initialised."""
+def preflight(config: Config) -> Bank:
+    """Everything that can be checked before Ray starts or a model loads, each failing in seconds
+    with one clear line: the output is writable, every model name resolves, every stage's own
+    config checks pass, the bank covers every class, and the dataset in the run folder was made
+    with these settings. Returns the bank."""
+    from varireal_ray.stages.edit import EditStage
+    from varireal_ray.stages.judge import JudgeStage
+    from varireal_ray.stages.mask import MaskStage
+
     out = run_folder.generated(config)
-    storage.check_writable(out)  # before any model loads: a missing bucket fails in seconds
+    storage.check_writable(out)  # a missing bucket fails in seconds
     load.check_roles(config.models, generation_roles(config))  # and so does a misspelt model
+    for stage in (MaskStage, EditStage, JudgeStage):
+        if hasattr(stage, "check_config"):
+            stage.check_config(config)
     bank = Bank.load(run_folder.bank(config))
     gen = config.generate
     # A class the bank cannot serve would fail every one of its items: say so before any work.
@@ -208,6 +218,14 @@ def run_generate(config: Config) -> dict:
     # Rows made with other settings, models or bank stop the run here, naming what changed.
     fingerprint.check(out, fingerprint.generate_settings(config, generation_roles(config), bank.hash), "generate",
                       made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))})
+    return bank
+
+
+def run_generate(config: Config) -> dict:
+    """Run (or resume) generation; returns the manifest. Ray must be initialised (``preflight``
+    needs no Ray: the CLI runs it before starting a cluster)."""
+    out = run_folder.generated(config)
+    bank = preflight(config)
     storage.write_bytes(run_folder.job_config(out), dump_config(config).encode())
     config = placement.plan_generation(config)  # every pool at once, or a message naming the setting
     gen = config.generate

@@ -210,6 +210,13 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
     return failures
 
 
+def check_settings(config: Config) -> dict:
+    """Trials finished with other settings, or on another generated dataset, stop the job here."""
+    return fingerprint.check(run_folder.train(config), fingerprint.train_settings(config), "train",
+                             made_from={"sources": fingerprint.artifact_id(run_folder.sources(config)),
+                                        "generate": fingerprint.artifact_id(run_folder.generated(config))})
+
+
 class TrainingFailed(UserError, RuntimeError):
     """Trials of the grid failed: the train job exits non-zero (``ray job submit`` says FAILED)."""
 
@@ -222,10 +229,7 @@ def run_grid(config: Config, *, crash_after_step: int | None = None) -> list[dic
     train = config.train
     if train.mlflow.enabled:
         require_mlflow()  # on the driver, before any trial: one clear error instead of one per trial
-    # Trials finished with other settings, or on another generated dataset, stop the job here.
-    fingerprint.check(run_folder.train(config), fingerprint.train_settings(config), "train",
-                      made_from={"sources": fingerprint.artifact_id(run_folder.sources(config)),
-                                 "generate": fingerprint.artifact_id(run_folder.generated(config))})
+    check_settings(config)
     storage.write_bytes(run_folder.job_config(run_folder.train(config)), dump_config(config).encode())
     cells = [(c, s) for c in train.conditions for s in train.seeds]
     skipped = preflight(config)

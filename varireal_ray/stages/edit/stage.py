@@ -54,6 +54,8 @@ def check_config(config: Config) -> None:
             raise ConfigError(f"{key} = {template!r}: bad placeholder {exc}; allowed: {PROMPT_FIELDS}") from None
     if "texture" in gen.attributes and (gen.texture.swatch is None or not gen.texture.swatch_prompt):
         raise ConfigError("generate.texture.swatch and generate.texture.swatch_prompt are needed for texture edits")
+    if gen.resolution % 8:  # every Stable Diffusion (XL) VAE downsamples by 8; the loaded one is checked too
+        raise ConfigError(f"generate.resolution = {gen.resolution}: must be a multiple of 8 (the VAE's scale factor)")
     d = gen.unconstrained.inpaint
     if "unconstrained" in gen.modes and int(d.steps * d.strength) < 1:
         raise ConfigError(f"generate.unconstrained.inpaint: steps * strength = {d.steps * d.strength:g}, under one step")
@@ -93,6 +95,7 @@ class EditStage:
 
     name = STAGE  # the stage as rows and errors name it
     roles = staticmethod(model_roles)
+    check_config = staticmethod(check_config)  # run by the generate preflight, before Ray starts
 
     def __init__(self, config: Config):
         check_config(config)
