@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 import time
@@ -108,3 +109,22 @@ def test_paper_faithful_presets_layer_over_the_real_config(dataset, iterations, 
     train_images = {"oxford_pets": 2944, "fgvc_aircraft": 6667}
     if dataset in train_images:
         assert every == -(-train_images[dataset] * 5 // 64)  # passes, rounded up
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.trial.batch_size=64", "train.trial.batch_size"),  # the batch is train.batch_size
+        ("train.trial.concurrency=2", "train.trial.concurrency"),  # trials at once: train.max_concurrent_trials
+        ("train.trial.memory_gb=8", "train.trial.memory_gb"),
+        ("generate.background.plate.strength=0.5", "generate.background.plate.strength"),  # text-to-image: no source image
+        ("generate.texture.swatch.strength=0.5", "generate.texture.swatch.strength"),
+        ("models.clip.dtype=float16", "models.clip.dtype"),  # the loaders decide these precisions
+        ("models.resnet.dtype=bfloat16", "models.resnet.dtype"),
+        ("models.ip_adapter.dtype=float16", "models.ip_adapter.dtype"),
+    ],
+)
+def test_a_setting_that_nothing_reads_is_refused(override, key):
+    """A user who sets one of these learns at once that it would have no effect."""
+    with pytest.raises(ConfigError, match=rf"--set {re.escape(override)}: {re.escape(key)}: unknown key"):
+        load_config([REPO / "configs" / "demo.yaml"], [override])

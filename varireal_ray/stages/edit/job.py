@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from varireal_ray.config import BackgroundEditor, Diffusion, ObjectEditor
+from varireal_ray.config import BackgroundEditor, Diffusion, ObjectEditor, TextToImage
 from varireal_ray.stages import common
 
 STAGE = "edit"
@@ -112,7 +112,7 @@ def batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], li
     return done
 
 
-def generate(pipes: Pipelines, batch: common.Batch, jobs: list[Job], template: str, d: Diffusion) -> list[Job]:
+def generate(pipes: Pipelines, batch: common.Batch, jobs: list[Job], template: str, d: TextToImage) -> list[Job]:
     """Plates or swatches into ``job.generated``: one text-to-image call for the group."""
     res = pipes.resolution
 
