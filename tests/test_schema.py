@@ -129,3 +129,16 @@ def test_a_version_1_shard_with_an_untyped_column_is_read_in_todays_types(tmp_pa
     read = storage.read_parquet(str(tmp_path / "v1.parquet"))
     assert read.schema.field("judge_score").type == pa.float64() and read.schema.field("mask").type == schema.IMAGE
     assert storage.read_parquet(str(tmp_path / "v1.parquet"), ["id", "judge_score"])["judge_score"].type == pa.float64()
+
+
+def test_the_report_tables_have_their_declared_columns_and_types():
+    import pandas as pd
+
+    empty = schema.report_frame(pd.DataFrame(), "comparisons")
+    assert list(empty.columns) == list(schema.REPORT_TABLES["comparisons"]) and empty.empty  # a header, no rows
+    cost = pd.DataFrame([{"GPU-seconds per accepted image": 0.5, "stage": "edit", "seconds": 2.0, "seconds per accepted image": 1.0}])
+    assert list(schema.report_frame(cost, "cost").columns) == list(schema.REPORT_TABLES["cost"])
+    with pytest.raises(schema.SchemaError, match="cost.csv does not fit its declared types"):
+        schema.report_frame(cost.assign(seconds="two"), "cost")
+    with pytest.raises(schema.SchemaError, match=r"cost.csv lacks columns \['stage'\]"):
+        schema.report_frame(cost.drop(columns=["stage"]), "cost")

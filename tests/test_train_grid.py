@@ -143,6 +143,14 @@ def test_grid_on_ray_reports_failures_and_resumes_killed_trials(config, referenc
     assert {k: second["mix"][k] for k in SAME} == {k: expected[k] for k in SAME}
     assert metrics_lines(config, "mix") == metrics_lines(config, "mix_reference")
 
+    # The CLI, run 3: nothing left to run, but a trial failed, so the job fails (ray job submit: FAILED).
+    from varireal_ray import cli
+
+    args = ["train", "--no-progress", "-c", str(REPO / "configs" / "demo.yaml"), "--set", f"run.output={config.run.output}",
+            "--set", f"models.cache_dir={config.models.cache_dir}", *(a for s in SETTINGS for a in ("--set", s))]
+    assert cli.main(args) == 1
+    assert storage.read_json(storage.join(train_uri, "results.json")) == list(second.values())
+
 
 def test_a_trial_reads_and_writes_object_storage(s3_bucket, model_cache, tmp_path):
     output = f"{s3_bucket}/run"

@@ -113,7 +113,8 @@ COLUMNS: dict[str, pa.DataType] = {
 
 # ------------------------------------------------------------------------------------- tables
 SOURCE_COLUMNS = ("source_id", "class_name", "label", "split", "image_uri", "box", "mask_uri")
-MASK_COLUMNS = (*SOURCE_COLUMNS, "mask", "mask_box", "mask_source", "mask_score", "t_mask", "workers")
+MASK_OUTPUT_COLUMNS = ("mask", "mask_box", "mask_source", "mask_score")  # what the mask stage adds (and t_mask)
+MASK_COLUMNS = (*SOURCE_COLUMNS, *MASK_OUTPUT_COLUMNS, "t_mask", "workers")
 # What the edit pass needs of a masked source row (``items.expand`` and ``ExpandItems``).
 MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "workers", "error", "error_stage")
 ITEM_COLUMNS = ("id", "source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "attribute", "feasibility",
@@ -274,3 +275,38 @@ def conform_read(table: pa.Table, where: str) -> pa.Table:
         if declared is not None and field.type != declared and pa.types.is_null(field.type):
             table = table.set_column(i, pa.field(field.name, declared), pa.nulls(table.num_rows, declared))
     return table
+
+
+# ------------------------------------------------------------------------------- report tables
+# The report's CSVs: a namespace of their own (``accepted`` there counts images; here it is a verdict).
+REPORT_TABLES: dict[str, dict[str, pa.DataType]] = {
+    "results": {"dataset": STRING, "condition": STRING, "attribute": STRING, "feasible_fraction": FLOAT, "min_margin": FLOAT,
+                "max_margin": FLOAT, "use_real": BOOL, "classifier": STRING, "edit_mode": STRING, "seeds": INT,
+                "test_top1_selected": FLOAT, "ci_low": FLOAT, "ci_high": FLOAT, "test_top1_final": FLOAT,
+                "test_top5_selected": FLOAT, "val_top1_selected": FLOAT},
+    "comparisons": {"classifier": STRING, "edit_mode": STRING, "attribute": STRING, "use_real": BOOL,
+                    "feasible_minus_infeasible_top1": FLOAT, "ci_low": FLOAT, "ci_high": FLOAT, "mcnemar_p": FLOAT,
+                    "test_images": INT, "seeds": INT},
+    "acceptance": {"class_name": STRING, "attribute": STRING, "feasibility": STRING, "attempt": INT, "judged": INT,
+                   "accepted": INT, "rate": FLOAT},
+    "cost": {"stage": STRING, "seconds": FLOAT, "seconds per accepted image": FLOAT, "GPU-seconds per accepted image": FLOAT},
+}
+
+
+def report_frame(frame, table: str):
+    """``frame`` (pandas) with exactly the columns of report table ``table``, in order, each
+    value checked against its declared type (an empty frame keeps its header)."""
+    import pandas as pd
+
+    columns = REPORT_TABLES[table]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing and not frame.empty:
+        raise SchemaError(f"the report's {table}.csv lacks columns {missing} (declared in varireal_ray/schema.py REPORT_TABLES)")
+    if frame.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    frame = frame[list(columns)]
+    try:
+        pa.Table.from_pandas(frame, schema=pa.schema(list(columns.items())), preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise SchemaError(f"the report's {table}.csv does not fit its declared types: {exc}") from None
+    return frame

@@ -10,7 +10,7 @@ import itertools
 
 import pandas as pd
 
-from varireal_ray import fingerprint, run_folder, storage
+from varireal_ray import fingerprint, run_folder, schema, storage
 from varireal_ray.config import Config, dump_config
 from varireal_ray.report import dataset, gallery
 from varireal_ray.report.figures import png, pyplot
@@ -224,14 +224,15 @@ def build_report(config: Config) -> str:
     series = mixing_series(table)
     doses = dose_series(table)
     failed = [r for r in results if r.get("status") != "ok"]
-    storage.write_bytes(storage.join(out, "results.csv"), table.to_csv(index=False).encode())
-    storage.write_bytes(storage.join(out, "comparisons.csv"), comp.to_csv(index=False).encode())
+    storage.write_bytes(storage.join(out, "results.csv"), schema.report_frame(table, "results").to_csv(index=False).encode())
+    storage.write_bytes(storage.join(out, "comparisons.csv"), schema.report_frame(comp, "comparisons").to_csv(index=False).encode())
     md = f"# Results\n\n{markdown(table)}\n\n# Feasible vs infeasible\n\n{markdown(comp)}\n"
     storage.write_bytes(storage.join(out, "results.md"), md.encode())
     dataset_uri = run_folder.generated(config)
     generated = storage.exists(storage.join(dataset_uri, "manifest.json"))
     about_data, csvs = dataset.section(config, dataset_uri) if generated else ("", {})
     for name, frame in csvs.items():
+        frame = schema.report_frame(frame, name.removesuffix(".csv"))
         storage.write_bytes(storage.join(out, name), frame.to_csv(index=False).encode())
     parts = [
         f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",

@@ -18,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
+from varireal_ray import schema
 from varireal_ray.stages import common, named_colors
 
 STAGE = "checks"
-COLUMNS = ("changed_inside", "changed_outside", "color_delta_e", "color_delta_e_source")
+COLUMNS = schema.CHECK_COLUMNS
 
 
 def kept_and_edited(attribute: str) -> tuple[str, str]:

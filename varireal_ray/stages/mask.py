@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from varireal_ray import storage
+from varireal_ray import schema, storage
 from varireal_ray.config import Config
 from varireal_ray.models import load
 from varireal_ray.stages.common import (
@@ -204,7 +204,7 @@ class MaskStage:
 
     def __call__(self, batch: Batch) -> Batch:
         ensure_error_columns(batch)
-        for name in ("mask", "mask_box", "mask_source", "mask_score"):
+        for name in schema.MASK_OUTPUT_COLUMNS:
             new_column(batch, name)
         rows = ok_rows(batch)
         with timed(batch, "t_mask", rows):

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from varireal_ray import schema
 from varireal_ray.config import ATTRIBUTES, BackgroundEditor, Config, ConfigError, ObjectEditor
 from varireal_ray.models import load
 from varireal_ray.stages import common
 from varireal_ray.stages.edit import background, color, refine, texture, unconstrained
 from varireal_ray.stages.edit.job import PROMPT_FIELDS, STAGE, Job, Pipelines, each, prompt_fields
 
-OUTPUT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models")
+OUTPUT_COLUMNS = tuple(c for c in schema.EDIT_COLUMNS if c != "t_edit")  # t_edit is timed apart
 RECIPES = {"background": background, "color": color, "texture": texture, "unconstrained": unconstrained}
 
 
