@@ -236,7 +236,7 @@ def test_a_judge_that_fails_every_row_stops_the_run_after_its_first_batches(tmp_
 
 
 class _Stage:
-    """A stage whose rows fail as the batch's ``plan`` column says (empty: the row succeeds)."""
+    """A stage whose rows fail as the batch's ``value`` column plans (empty: the row succeeds)."""
 
     name = "mask"
 
@@ -244,13 +244,13 @@ class _Stage:
         pass
 
     def __call__(self, batch):
-        batch["error"] = np.array(list(batch["plan"]), dtype=object)
-        batch["error_stage"] = np.array(["mask" if e else "" for e in batch["plan"]], dtype=object)
+        batch["error"] = np.array(list(batch["value"]), dtype=object)
+        batch["error_stage"] = np.array(["mask" if e else "" for e in batch["value"]], dtype=object)
         return batch
 
 
 def _batches(*plans):
-    return [{"plan": np.array(p, dtype=object), "error": np.array([""] * len(p), dtype=object)} for p in plans]
+    return [{"value": np.array(p, dtype=object), "error": np.array([""] * len(p), dtype=object)} for p in plans]
 
 
 @pytest.mark.parametrize(
@@ -280,7 +280,7 @@ def test_fail_fast_stops_only_on_one_error_in_every_row(tiny_config, plans, stop
 def test_rows_that_enter_failed_do_not_count(tiny_config):
     """Rows an earlier stage failed are not this stage's failures: a batch of only those is no strike."""
     stage = watched(_Stage)(tiny_config)
-    entered_failed = {"plan": np.array(["E", "E"], dtype=object), "error": np.array(["load failed", "load failed"], dtype=object)}
+    entered_failed = {"value": np.array(["E", "E"], dtype=object), "error": np.array(["load failed", "load failed"], dtype=object)}
     for batch in [entered_failed, *_batches(["E", "E"])]:
         stage(batch)
     with pytest.raises(SystematicFailure):

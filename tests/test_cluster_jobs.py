@@ -102,7 +102,7 @@ def test_generate_job_submitted_through_the_jobs_api_writes_to_s3(head, s3_serve
     manifest = storage.read_manifest(out)
     assert manifest["rows"] == 2 and manifest["expected_items"] == 2
     assert all(storage.exists(storage.join(out, s["path"])) for s in manifest["shards"])
-    assert storage.exists(storage.join(run, "config.yaml")) and storage.exists(storage.join(run, "sources", "manifest.parquet"))
+    assert storage.exists(storage.join(out, "config.yaml")) and storage.exists(storage.join(run, "sources", "manifest.parquet"))
     rows = storage.read_dataset(out).to_pylist()
     assert sorted((r["class_name"], r["image_uri"]) for r in rows) == [("cat", uris["cat"]), ("rocket", uris["rocket"])]
     for r in rows:  # the edit was made from the photo in the bucket: its object pixels are kept

@@ -33,7 +33,13 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
     printed = capsys.readouterr().out
 
     config = load_config([cli.DEMO_CONFIG], overrides)
-    assert load_config([out / "config.yaml"]) == config  # the run folder says exactly what ran
+    # Each artifact says exactly what ran to make it, and which settings shaped it.
+    for artifact in ("bank", "generate", "train", "report"):
+        assert load_config([out / artifact / "config.yaml"]) == config, artifact
+        assert json.loads((out / artifact / "settings.json").read_text())["fingerprint"]
+    assert not (out / "config.yaml").exists()  # no file that every job overwrites
+    manifest = json.loads((out / "generate" / "manifest.json").read_text())
+    assert sum(manifest["items"].values()) == manifest["expected_items"] and manifest["items"]["pending"] == 0
 
     # The bank: every (class, attribute, feasibility) list of the demo has its values.
     bank = json.loads((out / "bank" / "latest.json").read_text())

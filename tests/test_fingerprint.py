@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fault_helpers import REPO
-from varireal_ray import cli, fingerprint, run_folder, sources, storage
+from varireal_ray import cli, fingerprint, run_folder, schema, sources, storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import generation_roles, run_generate
 from varireal_ray.prompts.bank import Bank
@@ -19,11 +19,23 @@ def config_for(tmp_path, model_cache, *overrides):
 
 
 def record_generation(config) -> dict:
-    """What the generate job records before its first commit."""
-    sources.ensure_manifest(config)
-    return fingerprint.check(run_folder.generated(config),
-                             fingerprint.generate_settings(config, generation_roles(config), Bank.load("builtin:demo").hash), "generate",
-                             made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))})
+    """What the generate job's preflight records, then a first commit (an error row), so that the
+    folder holds something made with these settings."""
+    from varireal_ray.pipeline.generate import preflight
+
+    preflight(config)
+    errors = storage.join(run_folder.generated(config), "errors")
+    storage.commit_shard(errors, schema.conform({"id": ["x"], "error": ["E"]}, schema.ERROR_COLUMNS))
+    return fingerprint.read(run_folder.generated(config))
+
+
+def test_a_folder_that_holds_nothing_yet_takes_the_new_settings(tmp_path, model_cache):
+    """A job that stopped before its first commit made nothing: a re-run with other settings is no mix."""
+    from varireal_ray.pipeline.generate import preflight
+
+    preflight(config_for(tmp_path, model_cache))
+    preflight(config_for(tmp_path, model_cache, "generate.resolution=96"))
+    assert fingerprint.read(run_folder.generated(config_for(tmp_path, model_cache)))["settings"]["generate.resolution"] == 96
 
 
 def test_generate_into_a_dataset_made_with_other_settings_stops_naming_each_key(tmp_path, model_cache):
@@ -62,9 +74,13 @@ def test_a_section_turned_off_or_a_changed_model_or_bank_stops(tmp_path, model_c
     record_generation(config_for(tmp_path, model_cache))
     with pytest.raises(fingerprint.SettingsChanged, match="generate.color.refine: was set, now null"):
         record_generation(config_for(tmp_path, model_cache, "generate.color.refine=null"))
-    with pytest.raises(fingerprint.SettingsChanged, match="models.judge.id: was 'tiny:judge', now '/elsewhere/judge'"):
-        record_generation(config_for(tmp_path, model_cache, "models.judge.id=/elsewhere/judge"))
+    from varireal_ray.models import tiny
+
+    folder = tiny.ensure("judge", model_cache)  # the same weights, named by their folder: still another model name
+    with pytest.raises(fingerprint.SettingsChanged, match=f"models.judge.id: was 'tiny:judge', now '{folder}'"):
+        record_generation(config_for(tmp_path, model_cache, f"models.judge.id={folder}"))
     settings = fingerprint.generate_settings(config_for(tmp_path, model_cache), generation_roles(config_for(tmp_path, model_cache)), "0123")
+    sources.ensure_manifest(config_for(tmp_path, model_cache))
     with pytest.raises(fingerprint.SettingsChanged, match="bank_hash: was '[0-9a-f]+', now '0123'"):
         fingerprint.check(run_folder.generated(config_for(tmp_path, model_cache)), settings, "generate")
 
@@ -102,6 +118,7 @@ def test_trials_made_with_other_training_settings_stop_the_train_job(tmp_path, m
     config = config_for(tmp_path, model_cache)
     fingerprint.check(run_folder.train(config), fingerprint.train_settings(config), "train",
                       made_from={"sources": None, "generate": None})
+    storage.write_json(storage.join(run_folder.trial(config, "real_only__seed0"), "result.json"), {"status": "ok"})  # a finished trial
     changed = config_for(tmp_path, model_cache, "train.lr=0.01", "train.max_concurrent_trials=4", "train.seeds=[0, 1]")
     with pytest.raises(fingerprint.SettingsChanged) as err:
         run_grid(changed)

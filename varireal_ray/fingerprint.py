@@ -150,13 +150,15 @@ NEW_OUTPUT = "keep {folder} as it is (every other artifact of this run folder wa
 
 
 def check(folder: str, settings: dict[str, Any], job: str, made_from: dict[str, str] | None = None, *, stop: bool = True,
-          redo: str = REDO) -> dict:
+          made: bool = True, redo: str = REDO) -> dict:
     """Stop if the artifact in ``folder`` was made with other ``settings`` (or from another
     upstream artifact); else record the settings (the union with what was recorded) and return
     the record, whose ``id`` names this artifact to the artifacts made from it. ``stop=False``:
     an artifact made whole every time (the report) or content-addressed (banks) is only
-    recorded. ``redo``: the other way out, said in the message."""
-    recorded = read(folder) if stop else None
+    recorded. ``made=False``: the folder holds nothing of the artifact yet (a job that stopped
+    before its first commit), so whatever was recorded is replaced. ``redo``: the other way out,
+    said in the message."""
+    recorded = read(folder) if stop and made else None
     made_from = made_from or {}
     if recorded is not None:
         changed = differences(recorded["settings"], settings)

@@ -216,8 +216,9 @@ def preflight(config: Config) -> Bank:
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
     # Rows made with other settings, models or bank stop the run here, naming what changed.
+    made = any(storage.list_files(storage.join(out, *part, storage.COMMITS), ".json") for part in ((), ("masks",), ("errors",)))
     fingerprint.check(out, fingerprint.generate_settings(config, generation_roles(config), bank.hash), "generate",
-                      made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))})
+                      made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))}, made=made)
     return bank
 
 

@@ -61,7 +61,8 @@ class FailFast:
         self.failures.append(errors[0])
         if len(self.failures) >= self.batches:
             raise SystematicFailure(
-                f"stage {stages[0]!r} ({self.stage_cls.__name__}) failed every row of its first {len(self.failures)} "
+                # The configured count: an actor with batches queued may run one more before the job stops.
+                f"stage {stages[0]!r} ({self.stage_cls.__name__}) failed every row of its first {self.batches} "
                 f"batches with the same error, so no row can succeed: {errors[0]} "
                 "(fix the model or setting it names and re-run; committed work is kept; run.fail_fast_batches=0 "
                 "turns this check off)"

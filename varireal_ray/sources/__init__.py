@@ -12,8 +12,9 @@ from varireal_ray.sources import manifest
 def ensure_manifest(config: Config) -> pa.Table:
     """The run's source manifest, built from ``config.dataset`` on first use. A manifest built
     from another dataset (its ``settings.json``) stops the job instead of being reused."""
-    fingerprint.check(run_folder.sources(config), fingerprint.sources_settings(config), "sources", redo=fingerprint.NEW_OUTPUT)
+    folder, settings = run_folder.sources(config), fingerprint.sources_settings(config)
     if storage.exists(run_folder.sources_manifest(config)):
+        fingerprint.check(folder, settings, "sources", redo=fingerprint.NEW_OUTPUT)
         return manifest.read(config)
     kind = config.dataset.kind
     if kind == "demo":
@@ -30,4 +31,5 @@ def ensure_manifest(config: Config) -> pa.Table:
         from varireal_ray.sources.folder import build_manifest_file as build
     table = build(config)
     manifest.write(config, table)
+    fingerprint.check(folder, settings, "sources", made=False)  # recorded once the manifest exists
     return table
