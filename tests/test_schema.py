@@ -51,15 +51,15 @@ def test_every_stage_fits_the_schema_and_every_table_is_written_as_declared(tmp_
     batch = {k: np.array([r[k] for r in sources], dtype=object) for k in sources[0]}
     out = str(tmp_path / "run" / "generate")
 
-    masked = watched(MaskStage)(config)(load_images(batch))
+    masked = watched(MaskStage, typed=True)(config)(load_images(batch))
     assert masked.schema == schema.schema(masked.column_names, in_flight=True)
     handed_on = commit_masks(_numpy(masked), out_uri=out)
     assert handed_on.schema == schema.schema(schema.MASKED_SOURCE_COLUMNS, in_flight=True)
     items = ExpandItems(config, Bank.load("builtin:demo"), 0, set(), {})(_numpy(handed_on))
     assert items.schema == schema.schema(schema.ITEM_COLUMNS, in_flight=True) and items.num_rows == 12
-    edited = watched(EditStage)(config)(load_images(_numpy(items)))
+    edited = watched(EditStage, typed=True)(config)(load_images(_numpy(items)))
     checked = schema.conform(check_edits(_numpy(edited), changed_delta_e=10.0), in_flight=True)
-    judged = watched(JudgeStage)(config)(_numpy(checked))
+    judged = watched(JudgeStage, typed=True)(config)(_numpy(checked))
     assert set(schema.JUDGE_COLUMNS) <= set(judged.column_names)
     # The unreadable source's items failed before they had a mask: its mask column is typed all the same.
     failed = judged.filter(pa.compute.not_equal(judged["error"], ""))

@@ -39,6 +39,7 @@ class FailFast:
     stops watching: rows that fail one by one stay error rows."""
 
     stage_cls: type  # set per stage by ``watched``
+    typed = False  # cast the output to the declared schema (a Ray Data stage's, ``schema.conform``)
 
     def __init__(self, config: Config, **stage_kwargs):
         self.stage = self.stage_cls(config, **stage_kwargs)
@@ -46,13 +47,14 @@ class FailFast:
         self.failures: list[str] = []
         self.worker = worker_info()
 
-    def __call__(self, batch: Batch) -> pa.Table:
+    def __call__(self, batch: Batch) -> Batch | pa.Table:
         ensure_error_columns(batch)
         healthy = np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
         out = stamp_worker(self.stage(batch), self.stage_cls.name, self.worker, healthy)
         if self.batches and len(healthy):
             self._watch([str(out["error"][i]) for i in healthy], [str(out["error_stage"][i]) for i in healthy])
-        return schema.conform(out, in_flight=True)  # every column typed, even where every row failed
+        # Every column typed, even where every row failed, so batches merge whatever rows they hold.
+        return schema.conform(out, in_flight=True) if self.typed else out
 
     def _watch(self, errors: list[str], stages: list[str]) -> None:
         if not all(errors) or len({_shape(e) for e in errors + self.failures[:1]}) != 1:
@@ -95,9 +97,10 @@ def stamp_worker(batch: Batch, stage: str, worker: dict, rows: np.ndarray) -> Ba
     return batch
 
 
-def watched(stage_cls: type) -> type:
-    """``stage_cls`` under ``FailFast``, keeping its name (Ray Data names operators after it)."""
-    return type(stage_cls.__name__, (FailFast,), {"stage_cls": stage_cls, "__qualname__": stage_cls.__qualname__})
+def watched(stage_cls: type, typed: bool = False) -> type:
+    """``stage_cls`` under ``FailFast``, keeping its name (Ray Data names operators after it);
+    ``typed``: its output cast to the declared schema, as every Ray Data stage's is."""
+    return type(stage_cls.__name__, (FailFast,), {"stage_cls": stage_cls, "typed": typed, "__qualname__": stage_cls.__qualname__})
 
 
 def collect(ds: ray.data.Dataset, *passed: type[Exception], on_row=None) -> list[dict]:
@@ -135,7 +138,7 @@ def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources
     """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch (under ``FailFast``,
     which also records the worker in each row's ``workers`` column)."""
     return ds.map_batches(
-        watched(stage_cls),
+        watched(stage_cls, typed=True),
         fn_constructor_kwargs={"config": config},
         batch_size=resources.batch_size,
         num_cpus=resources.num_cpus,
