@@ -100,7 +100,9 @@ def test_generate_job_submitted_through_the_jobs_api_writes_to_s3(head, s3_serve
 
     out = storage.join(run, "generate")
     manifest = storage.read_manifest(out)
-    assert manifest["rows"] == 2 and manifest["expected_items"] == 2
+    # Every item of the three sources is accounted for: two rows, the corrupt file's one error.
+    assert manifest["rows"] == 2 and manifest["expected_items"] == 3
+    assert manifest["items"] == {"accepted": 2, "flagged": 0, "error": 1, "dropped": 0, "pending": 0}
     assert all(storage.exists(storage.join(out, s["path"])) for s in manifest["shards"])
     assert storage.exists(storage.join(out, "config.yaml")) and storage.exists(storage.join(run, "sources", "manifest.parquet"))
     rows = storage.read_dataset(out).to_pylist()
