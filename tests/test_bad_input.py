@@ -9,6 +9,7 @@ missing bucket and unreachable endpoint in test_storage.)
 from __future__ import annotations
 
 import io
+import re
 import json
 
 import numpy as np
@@ -421,3 +422,21 @@ def test_a_dataset_whose_bad_files_fill_whole_batches_ends_with_its_manifest_and
     rows = storage.read_dataset(out)
     assert rows.schema.field("mask").type == storage.IMAGE_TYPE and rows.num_rows == manifest["rows"]
     assert len(set(rows["id"].to_pylist())) == rows.num_rows
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("generate.color.prompt=a {colour} car", "generate.color.prompt = 'a {colour} car': bad placeholder 'colour'"),
+        ("generate.resolution=100", "generate.resolution = 100: must be a multiple of 8"),
+        ("generate.texture.swatch=null", "generate.texture.swatch and generate.texture.swatch_prompt are needed"),
+    ],
+)
+def test_a_stage_setting_that_would_fail_every_row_stops_generation_before_ray_starts(tmp_path, model_cache, override, words):
+    """The edit stage's own checks run in the preflight, before placement asks Ray for its nodes
+    (this test starts no cluster) or any model loads."""
+    config = load_config([REPO / "configs" / "demo.yaml"],
+                         [f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}", "generate.bank=builtin:demo", override])
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        run_generate(config)
+    assert not storage.exists(storage.join(config.run.output, "generate", "masks"))
