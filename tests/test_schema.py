@@ -94,7 +94,7 @@ def test_an_undeclared_column_or_a_value_of_the_wrong_type_is_refused():
 
 
 def test_a_writer_table_has_exactly_its_columns():
-    table = schema.conform({"id": ["a"], "image": [b"x"], "unmasked": [False]}, schema.ERROR_COLUMNS)
+    table = schema.conform({"id": ["a"], "image": [b"x"], "prompt": ["p"]}, schema.ERROR_COLUMNS)
     assert table.column_names == list(schema.ERROR_COLUMNS) and table["error"].type == pa.string()
 
 

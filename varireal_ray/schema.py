@@ -80,7 +80,6 @@ COLUMNS: dict[str, pa.DataType] = {
     "attempt": INT,
     "seed": INT,
     "models": STRING,  # JSON: role -> model label
-    "unmasked": BOOL,  # in flight only: an item of a source whose mask failed
     # the edit stage (stages/edit/)
     "edited": IMAGE,
     "prompt": STRING,
@@ -119,12 +118,12 @@ MASK_COLUMNS = (*SOURCE_COLUMNS, *MASK_OUTPUT_COLUMNS, "t_mask", "workers")
 MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "workers", "error", "error_stage")
 ITEM_COLUMNS = ("id", "source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "attribute", "feasibility",
                 "slot", "edit_mode", "value", "value_description", "feasibility_margin", "bank_hash", "attempt", "seed", "models",
-                "workers", "error", "error_stage", "unmasked")
+                "workers", "error", "error_stage")
 EDIT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models", "t_edit")
 CHECK_COLUMNS = ("changed_inside", "changed_outside", "color_delta_e", "color_delta_e_source")
 JUDGE_COLUMNS = ("judge_answers", "judge_score", "accepted", "t_judge")
-# A generated row: the item (less what only travels), its edit, checks and verdict.
-ROW_COLUMNS = (*(c for c in ITEM_COLUMNS if c != "unmasked"), *EDIT_COLUMNS, *CHECK_COLUMNS, *JUDGE_COLUMNS, "exhausted")
+# A generated row: the item, its edit, checks and verdict.
+ROW_COLUMNS = (*ITEM_COLUMNS, *EDIT_COLUMNS, *CHECK_COLUMNS, *JUDGE_COLUMNS, "exhausted")
 ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", "attempt", "seed", "judge_score", "judge_answers",
                    "outcome", "t_edit", "t_judge")
 # Each keeps what its stages' seconds were (``pipeline/accounting.py``), and what the attempt was.

@@ -59,8 +59,8 @@ def model_labels(config: Config) -> str:
 class ExpandItems:
     """Turns a batch of source rows (with their masks, computed in this pass or read back) into
     the work items due in this round, skipping committed ids, as a typed table
-    (``schema.ITEM_COLUMNS``). The items of a source whose mask failed carry that error (and
-    ``unmasked``), so each is recorded as an error row and counted."""
+    (``schema.ITEM_COLUMNS``). The items of a source whose mask failed carry that error, so each
+    is recorded as an error row (the manifest's ledger counts it)."""
 
     def __init__(self, config: Config, bank: Bank, attempt: int, done: set[str], next_attempt: dict[str, int]):
         self.config, self.bank, self.attempt = config, bank, attempt
@@ -79,7 +79,7 @@ class ExpandItems:
                 item["seed"] = work_items.attempt_seed(self.config.run.seed, item["id"], self.attempt)
                 item["models"] = self.models
                 item["workers"] = source.get("workers") or "{}"
-                item["error"], item["error_stage"], item["unmasked"] = error, stage, bool(error)
+                item["error"], item["error_stage"] = error, stage
                 out.append(item)
         return schema.conform({c: [item.get(c) for item in out] for c in schema.ITEM_COLUMNS}, schema.ITEM_COLUMNS, in_flight=True)
 

@@ -64,5 +64,4 @@ def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: b
         retry=int((outcome[rejected] == "retry").sum()),
         dropped=int((outcome[rejected] == "dropped").sum()),
         flagged=int((outcome[rejected] == "kept_flagged").sum()),
-        unmasked=int(sum(bool(u) for u in batch["unmasked"])) if "unmasked" in batch else 0,
     )
