@@ -159,20 +159,22 @@ def check(folder: str, settings: dict[str, Any], job: str, made_from: dict[str, 
     before its first commit), so whatever was recorded is replaced. ``redo``: the other way out,
     said in the message."""
     recorded = read(folder) if stop and made else None
+    previous = recorded or {"settings": {}, "made_from": {}}
     made_from = made_from or {}
     if recorded is not None:
+        upstream = recorded.get("made_from", {})
         changed = differences(recorded["settings"], settings)
-        changed += [f"made from {name}: was {recorded.get('made_from', {}).get(name)!r}, now {ident!r} (that artifact was made anew)"
-                    for name, ident in made_from.items() if recorded.get("made_from", {}).get(name) not in (None, ident)]
+        changed += [f"made from {name}: was {upstream.get(name)!r}, now {ident!r} (that artifact was made anew)"
+                    for name, ident in made_from.items() if upstream.get(name) not in (None, ident)]
         if changed:
             raise SettingsChanged(
                 f"{folder} was made with other settings than this `varireal {job}` run has:\n  " + "\n  ".join(changed)
                 + f"\nAdding to it would mix two recipes. Write to a new run.output, set the values back, or "
                 + redo.format(folder=folder) + "."
             )
-    merged = {**(recorded or {}).get("settings", {}), **settings}
-    record = {"id": (recorded or {}).get("id") or uuid.uuid4().hex[:16], "job": job, "fingerprint": fingerprint(merged),
-              "keys": sorted(merged), "settings": merged, "made_from": {**(recorded or {}).get("made_from", {}), **made_from}}
+    merged = {**previous["settings"], **settings}
+    record = {"id": previous.get("id") or uuid.uuid4().hex[:16], "job": job, "fingerprint": fingerprint(merged),
+              "keys": sorted(merged), "settings": merged, "made_from": {**previous.get("made_from", {}), **made_from}}
     if record != recorded:
         storage.write_json(storage.join(folder, RECORD), record)
     return record

@@ -8,7 +8,7 @@ still a column of its declared type: a batch of only failed rows merges with a b
 ones. A stage that emits a column nobody declared, or a value that does not fit its column's type,
 raises ``SchemaError`` (a unit test calls every stage and conforms its output).
 
-Image columns (``IMAGE_COLUMNS``) travel as encoded bytes (``binary``) and are stored in the
+Image columns (those declared ``IMAGE``) travel as encoded bytes (``binary``) and are stored in the
 layout Hugging Face ``datasets`` gives its ``Image`` feature (``IMAGE``), named in the schema's
 ``huggingface`` metadata so that ``datasets`` decodes them.
 
@@ -39,7 +39,6 @@ STRING, INT, FLOAT, BOOL, BINARY = pa.string(), pa.int64(), pa.float64(), pa.boo
 BOX = pa.list_(pa.float64())
 # An encoded image at rest: Hugging Face datasets' Image layout (struct of the file's bytes and a path).
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-IMAGE_COLUMNS = ("image", "edited", "mask")
 
 
 class SchemaError(UserError, ValueError):
@@ -159,7 +158,8 @@ def schema(columns: Iterable[str], in_flight: bool = False) -> pa.Schema:
 
 def table_schema(table: str) -> pa.Schema:
     """The schema of one of ``TABLES`` at rest, with the ``huggingface`` metadata naming its image columns."""
-    return _with_image_metadata(schema(TABLES[table]))
+    at_rest = schema(TABLES[table])
+    return at_rest.with_metadata(_metadata(at_rest))
 
 
 # ----------------------------------------------------------------------------------- batches
@@ -229,20 +229,19 @@ def conform(data: Mapping[str, object] | pa.Table, columns: Iterable[str] | None
         arrays.append(_array(name, get(name), type_) if name in present else pa.nulls(n, type_))
         fields.append(pa.field(name, type_))
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    return table if in_flight else _with_image_metadata(table)
+    return table if in_flight else table.replace_schema_metadata(_metadata(table.schema))
 
 
-def _with_image_metadata(obj):
-    """A table or schema whose image columns are named ``Image`` features in its ``huggingface``
-    metadata, and whose metadata records the schema version."""
-    names = obj.column_names if isinstance(obj, pa.Table) else obj.names
-    present = [n for n in names if n in IMAGE_COLUMNS and (obj.schema if isinstance(obj, pa.Table) else obj).field(n).type == IMAGE]
-    metadata = dict((obj.schema if isinstance(obj, pa.Table) else obj).metadata or {})
+def _metadata(at_rest: pa.Schema) -> dict[bytes, bytes]:
+    """A schema's metadata at rest: the schema version, and the ``huggingface`` entry naming its
+    image columns ``Image`` features."""
+    metadata = dict(at_rest.metadata or {})
     metadata[VERSION_KEY.encode()] = str(SCHEMA_VERSION).encode()
-    if present:
-        features = {"info": {"features": {n: {"_type": "Image", "decode": True} for n in present}}}
+    images = [field.name for field in at_rest if field.type == IMAGE]
+    if images:
+        features = {"info": {"features": {name: {"_type": "Image", "decode": True} for name in images}}}
         metadata[b"huggingface"] = json.dumps(features).encode()
-    return obj.replace_schema_metadata(metadata) if isinstance(obj, pa.Table) else obj.with_metadata(metadata)
+    return metadata
 
 
 # ----------------------------------------------------------------------------------- versions
