@@ -88,48 +88,52 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(files, args.overrides)
 
 
-def _start(config: Config, args: argparse.Namespace) -> None:
+def _start(config: Config, args: argparse.Namespace) -> dict:
     from varireal_ray import progress, storage
     from varireal_ray.ray_utils import init_ray
 
     storage.check_writable(config.run.output)
     if getattr(args, "redo", False):
         redo(config, args.command)
-    preflight(config, args.command)  # one clear line in seconds, before a cluster starts
+    checked = preflight(config, args.command)  # one clear line in seconds, before a cluster starts
     progress.enable(not args.no_progress)
     if args.command != "report":  # the report reads files; it needs no cluster
         init_ray(config, verbose=args.verbose)
+    return checked
 
 
 def redo(config: Config, command: str) -> None:
     """``--redo``: discard the job's earlier artifact whole (its rows, masks, records; for train its
     trials and results, keeping the training views, which are keyed by their own settings)."""
-    from varireal_ray import run_folder, storage
+    from varireal_ray import fingerprint, run_folder, storage
 
     if command == "generate":
         targets = [run_folder.generated(config)]
     else:
         train = run_folder.train(config)
-        targets = [storage.join(train, name) for name in ("trials", "_tune", "results.json", "settings.json", "config.yaml")]
+        targets = [run_folder.trials(config), run_folder.tune_state(config), run_folder.train_results(config),
+                   storage.join(train, fingerprint.RECORD), run_folder.job_config(train)]
     for uri in targets:
         if storage.exists(uri):
             log.warning("--redo: discarding %s", uri)
             storage.remove_tree(uri)
 
 
-def preflight(config: Config, command: str) -> None:
-    """The checks a job can make before Ray starts (the demo's jobs make theirs as they come)."""
+def preflight(config: Config, command: str) -> dict:
+    """The checks a job can make before Ray starts (the demo's jobs make theirs as they come);
+    returns what the job takes from them (generate: the bank), so that it does not check again."""
     if command == "generate":
         from varireal_ray.pipeline.generate import preflight as generate_preflight
 
-        generate_preflight(config)
-    elif command == "train":
+        return {"bank": generate_preflight(config)}
+    if command == "train":
         from varireal_ray.models import load
         from varireal_ray.train.grid import check_settings
 
         # A misspelt model fails before any trial starts: every classifier the grid trains.
         load.check_roles(config.models, sorted({c.classifier for c in config.train.conditions}))
         check_settings(config)
+    return {}
 
 
 def cmd_prompts(config: Config) -> str:
@@ -143,11 +147,11 @@ def cmd_prompts(config: Config) -> str:
     return result.uri
 
 
-def cmd_generate(config: Config) -> dict:
+def cmd_generate(config: Config, bank=None) -> dict:  # bank: the preflight's, when it ran
     from varireal_ray import run_folder
     from varireal_ray.pipeline.generate import run_generate
 
-    manifest = run_generate(config)
+    manifest = run_generate(config, bank)
     print(f"generate: {manifest['rows']} rows in {len(manifest['shards'])} shards -> {run_folder.generated(config)}/manifest.json")
     return manifest
 
@@ -191,8 +195,7 @@ def cmd_demo(config: Config) -> None:
     for name, step in (("prompts", cmd_prompts), ("generate", cmd_generate), ("train", cmd_train), ("report", cmd_report)):
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
-        preflight(config, name)
-        step(config)
+        step(config, **preflight(config, name))
         timings[name] = time.perf_counter() - start
     print("\n=== done ===")
     print("  " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f}s")
@@ -225,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             cmd_models(config)
             return 0
-        _start(config, args)
+        checked = _start(config, args)
         try:
-            {"prompts": cmd_prompts, "generate": cmd_generate, "train": cmd_train, "report": cmd_report, "demo": cmd_demo}[args.command](config)
+            {"prompts": cmd_prompts, "generate": cmd_generate, "train": cmd_train, "report": cmd_report, "demo": cmd_demo}[args.command](config, **checked)
         finally:
             from varireal_ray.ray_utils import save_logs
 

@@ -65,8 +65,12 @@ def train_views(config: Config) -> str:
     return storage.join(train(config), "views")
 
 
+def trials(config: Config) -> str:
+    return storage.join(train(config), "trials")
+
+
 def trial(config: Config, name: str) -> str:
-    return storage.join(train(config), "trials", name)
+    return storage.join(trials(config), name)
 
 
 def tune_state(config: Config) -> str:

@@ -82,10 +82,15 @@ ITEM_STATES = ("accepted", "flagged", "error", "dropped", "pending")
 
 
 def item_states(expected: set[str], committed: dict[str, pa.Table]) -> dict[str, int]:
-    """How many of the ``expected`` ids are in each of ``ITEM_STATES``, from the committed tables
-    alone (never from what a process counted): a committed row is accepted or flagged; else the
-    item's last event decides, a judged attempt (dropped, or a retry: pending) or a failure
-    (error). The counts add up to ``len(expected)``."""
+    """How many of the ``expected`` ids are in each of ``ITEM_STATES`` (``item_outcomes``); the
+    counts add up to ``len(expected)``."""
+    return {state: len(ids) for state, ids in item_outcomes(expected, committed).items()}
+
+
+def item_outcomes(expected: set[str], committed: dict[str, pa.Table]) -> dict[str, set[str]]:
+    """The ``expected`` ids in each of ``ITEM_STATES``, from the committed tables alone (never
+    from what a process counted): a committed row is accepted or flagged; else the item's last
+    event decides, a judged attempt (dropped, or a retry: pending) or a failure (error)."""
     rows = committed["rows"]
     accepted_ids = set(rows.filter(pc.fill_null(rows["accepted"], False))["id"].to_pylist()) if rows.num_rows else set()
     row_ids = set(rows["id"].to_pylist()) if rows.num_rows else set()
@@ -98,12 +103,12 @@ def item_states(expected: set[str], committed: dict[str, pa.Table]) -> dict[str,
             key = (int(attempt or 0), 1 if what else 0, outcome)
             if i not in last or key[:2] >= last[i][:2]:
                 last[i] = key
-    counts = dict.fromkeys(ITEM_STATES, 0)
+    out: dict[str, set[str]] = {state: set() for state in ITEM_STATES}
     for i in expected:
         if i in row_ids:
-            counts["accepted" if i in accepted_ids else "flagged"] += 1
+            out["accepted" if i in accepted_ids else "flagged"].add(i)
         elif i in last and last[i][2] in ("error", "dropped"):
-            counts[last[i][2]] += 1
+            out[last[i][2]].add(i)
         else:
-            counts["pending"] += 1
-    return counts
+            out["pending"].add(i)
+    return out

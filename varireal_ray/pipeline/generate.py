@@ -185,12 +185,13 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
         return _totals(collect(ds, on_row=written))
 
 
-def error_summary(out: str, limit: int = 8) -> str:
-    """The commonest failure reasons of a run's error rows, counted by item, ``limit`` at most."""
-    errors = storage.read_commits_table(storage.join(out, "errors"), ["id", "error_stage", "error"])
-    if errors.num_rows == 0:
+def error_summary(errors: pa.Table, failed: set[str], limit: int = 8) -> str:
+    """The commonest reasons the ``failed`` items failed (their rows of the committed ``errors``
+    table), counted by item, ``limit`` at most."""
+    by_item = {i: f"[{s}] {e[:160]}" for i, s, e in zip(errors["id"].to_pylist(), errors["error_stage"].to_pylist(), errors["error"].to_pylist())
+               if i in failed} if errors.num_rows else {}
+    if not by_item:
         return "no errors"
-    by_item = {i: f"[{s}] {e[:160]}" for i, s, e in zip(errors["id"].to_pylist(), errors["error_stage"].to_pylist(), errors["error"].to_pylist())}
     reasons = Counter(by_item.values()).most_common()
     more = f"; and {len(reasons) - limit} other reasons" if len(reasons) > limit else ""
     return "; ".join(f"{n}x {r}" for r, n in reasons[:limit]) + more
@@ -222,11 +223,12 @@ def preflight(config: Config) -> Bank:
     return bank
 
 
-def run_generate(config: Config) -> dict:
-    """Run (or resume) generation; returns the manifest. Ray must be initialised (``preflight``
-    needs no Ray: the CLI runs it before starting a cluster)."""
+def run_generate(config: Config, bank: Bank | None = None) -> dict:
+    """Run (or resume) generation; returns the manifest. Ray must be initialised. ``bank``: what
+    ``preflight`` returned when the caller ran it already (the CLI does, before it starts Ray);
+    None runs it here."""
     out = run_folder.generated(config)
-    bank = preflight(config)
+    bank = bank if bank is not None else preflight(config)
     storage.write_bytes(run_folder.job_config(out), dump_config(config).encode())
     config = placement.plan_generation(config)  # every pool at once, or a message naming the setting
     gen = config.generate
@@ -242,7 +244,8 @@ def run_generate(config: Config) -> dict:
     committed = accounting.tables(out)  # every run's work on this dataset, retries included
     expected_ids = {i for r in train_sources(config, sources.ensure_manifest(config)).to_pylist()
                     for i in work_items.source_item_ids(config, r["source_id"])}
-    items = accounting.item_states(expected_ids, committed)
+    outcomes = accounting.item_outcomes(expected_ids, committed)
+    items = {state: len(ids) for state, ids in outcomes.items()}
     manifest = storage.write_manifest(
         out,
         bank_hash=bank.hash,
@@ -265,7 +268,7 @@ def run_generate(config: Config) -> dict:
     if items["error"] / max(len(expected_ids), 1) > config.generate.error_budget:
         raise GenerationFailed(
             f"{items['error']} of {len(expected_ids)} items failed (budget {config.generate.error_budget:.0%}); "
-            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(out)}. "
+            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(committed['errors'], outcomes['error'])}. "
             f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
         )
     return manifest

@@ -212,7 +212,7 @@ def run_trials(config: Config, cells: list[tuple[Condition, int]], crash_after_s
 
 def check_settings(config: Config) -> dict:
     """Trials finished with other settings, or on another generated dataset, stop the job here."""
-    made = storage.exists(storage.join(run_folder.train(config), "trials")) or storage.exists(run_folder.train_results(config))
+    made = storage.exists(run_folder.trials(config)) or storage.exists(run_folder.train_results(config))
     return fingerprint.check(run_folder.train(config), fingerprint.train_settings(config), "train",
                              made_from={"sources": fingerprint.artifact_id(run_folder.sources(config)),
                                         "generate": fingerprint.artifact_id(run_folder.generated(config))}, made=made)
