@@ -234,25 +234,28 @@ def image_led_judge(folder: Path, model_cache: Path) -> Path:
     that its verdict follows the image, not the question: image tokens ×30 through the projector,
     text embeddings ×0.01, logits ×20. A fresh seed then gives a different verdict, so at
     ``accept_threshold=0.5`` some items pass at once, some on a retry and some never (the random
-    tiny judge's scores hardly move between attempts). Built once per folder."""
+    tiny judge's scores hardly move between attempts). Built once per folder, published whole
+    (``cache.build_once``), as every tiny model is."""
     import shutil
 
     import torch
     from transformers import LlavaNextForConditionalGeneration
 
     from varireal_ray.models import tiny
+    from varireal_ray.models.cache import build_once
 
-    if (folder / "config.json").exists():
-        return folder
     source = tiny.ensure("judge", model_cache)
-    shutil.copytree(source, folder)
-    model = LlavaNextForConditionalGeneration.from_pretrained(source)
-    with torch.no_grad():
-        model.model.multi_modal_projector.linear_2.weight.mul_(30.0)
-        model.get_input_embeddings().weight.mul_(0.01)
-        model.lm_head.weight.mul_(20.0)
-    model.save_pretrained(folder)
-    return folder
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)  # the processor, tokenizer and template as they are
+        model = LlavaNextForConditionalGeneration.from_pretrained(source)
+        with torch.no_grad():
+            model.model.multi_modal_projector.linear_2.weight.mul_(30.0)
+            model.get_input_embeddings().weight.mul_(0.01)
+            model.lm_head.weight.mul_(20.0)
+        model.save_pretrained(tmp)
+
+    return build_once(folder, build)
 
 
 # Background edits of 2 sources a class (32 items), the judge on at 0.5, for 3 attempts.
