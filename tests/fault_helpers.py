@@ -33,7 +33,7 @@ SMALL_RUN = (
     "generate.feasibility=[feasible, infeasible]",
     "generate.images_per_real=1",
     "generate.shard_rows=2",
-    "generate.edit_stage.batch_size=2",
+    "generate.inpaint_stage.batch_size=2",
 )
 
 

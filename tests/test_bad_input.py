@@ -184,7 +184,7 @@ def test_a_class_the_bank_does_not_cover_stops_generation_before_any_work(tmp_pa
     [
         ("generate.attributes=[colour]", "generate.attributes.0", "'background', 'color' or 'texture'"),
         ("generate.attributes=[]", "generate.attributes", "at least one"),
-        ("generate.edit_stage.batch_size=0", "generate.edit_stage.batch_size", "greater than or equal to 1"),
+        ("generate.inpaint_stage.batch_size=0", "generate.inpaint_stage.batch_size", "greater than or equal to 1"),
         ("generate.error_budget=-0.1", "generate.error_budget", "greater than or equal to 0"),
         ("generate=5", "generate", "valid dictionary"),
         ("train.seeds=[one]", "train.seeds.0", "valid integer"),
@@ -219,7 +219,7 @@ def test_a_judge_that_fails_every_row_stops_the_run_after_its_first_batches(tmp_
         [
             f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}", f"models.judge.id={judge}", "generate.bank=builtin:demo",
             "generate.attributes=[color]", "generate.color.refine=null", "generate.feasibility=[feasible]",
-            "generate.edit_stage.batch_size=2", "generate.judge_stage.batch_size=2", "generate.shard_rows=2",
+            "generate.inpaint_stage.batch_size=2", "generate.judge_stage.batch_size=2", "generate.shard_rows=2",
         ],
     )
     with pytest.raises(SystematicFailure) as err:
@@ -401,7 +401,7 @@ def test_a_dataset_whose_bad_files_fill_whole_batches_ends_with_its_manifest_and
             f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}",
             "dataset.kind=folder", f"dataset.root={root}", "dataset.name=bad", f"generate.bank={tmp_path / 'bank'}",
             "generate.attributes=[color]", "generate.color.refine=null", "generate.images_per_real=2",
-            "generate.mask_stage.batch_size=4", "generate.edit_stage.batch_size=4", "generate.judge_stage.batch_size=4",
+            "generate.mask_stage.batch_size=4", "generate.inpaint_stage.batch_size=4", "generate.judge_stage.batch_size=4",
         ],
     )
     with pytest.raises(GenerationFailed) as err:

@@ -1,5 +1,6 @@
-"""The edit stage on real photos with the tiny diffusion pipelines: minimal by construction,
-reproducible by seed, and one bad row never fails the batch."""
+"""The edit pools on real photos with the tiny diffusion pipelines, chained in one process as the
+generate job chains their actor pools: minimal by construction, reproducible by seed, and one bad
+row never fails the batch."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from skimage import data
 
 from varireal_ray.config import ConfigError, load_config
 from varireal_ray.stages import common, named_colors, priors
-from varireal_ray.stages.edit import STAGE, EditStage, Job, batched
+from varireal_ray.stages.edit import POOLS, InpaintStage, Job, batched, edit_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,14 +66,28 @@ def _batch(rows: list[dict]) -> common.Batch:
     return batch
 
 
+EDIT_TIMES = ("t_text2image", "t_inpaint", "t_refine")
+
+
+class Chain:
+    """The edit pools of ``config``, loaded once, a batch through each in turn."""
+
+    def __init__(self, config):
+        self.config = config
+        self.pools = [pool(config) for pool in POOLS if pool.used(config)]
+
+    def __call__(self, batch):
+        return edit_in_process(self.config, batch, self.pools)
+
+
 @pytest.fixture(scope="module")
-def stage(model_cache) -> EditStage:
+def stage(model_cache) -> Chain:
     # The demo's step counts (1-2 denoising steps per diffusion call) at a 64 px working resolution.
     config = load_config(
         [REPO / "configs" / "demo.yaml"],
         [f"models.cache_dir={model_cache}", "generate.resolution=64"],
     )
-    return EditStage(config)
+    return Chain(config)
 
 
 def _assert_minimal(batch: common.Batch, i: int) -> None:
@@ -98,7 +113,9 @@ def test_mixed_batch_edits_every_attribute_minimally(stage):
     assert list(batch["error"]) == [""] * len(rows)
     for i in range(len(rows)):
         _assert_minimal(batch, i)
-        assert batch["t_edit"][i] > 0
+        taken = {"background": ("t_text2image", "t_inpaint"), "color": ("t_inpaint", "t_refine")}.get(batch["attribute"][i], EDIT_TIMES)
+        assert all((batch[t][i] > 0) == (t in taken) for t in EDIT_TIMES), (batch["attribute"][i], [batch[t][i] for t in EDIT_TIMES])
+        assert batch["generated"][i] is None and batch["inpainted"][i] is None  # the hand-offs are cleared
         assert batch["class_name"][i] in batch["prompt"][i]  # per-row prompts
         assert ATTRIBUTE_VALUES[batch["attribute"][i]][0] in batch["prompt"][i]
     color = [i for i in range(len(rows)) if batch["attribute"][i] == "color"]
@@ -156,12 +173,13 @@ def test_bad_rows_fail_alone_and_earlier_errors_pass_through(stage):
     unknown = {**_row("coffee", "texture", seed=3), "attribute": "shape"}
     batch = stage(_batch([*rows, wrong_mask, _row("coffee", "texture", seed=2), unknown]))
 
-    assert batch["error_stage"][1] == STAGE and "cannot decode" in batch["error"][1]
-    assert batch["error_stage"][3] == STAGE and "mask is 10x10 px" in batch["error"][3]
-    assert batch["error_stage"][5] == STAGE and "'shape' is not one of" in batch["error"][5]
+    # Each fails in the first pool it meets: the text-to-image pool (a background or texture row's first).
+    assert batch["error_stage"][1] == "text2image" and "cannot decode" in batch["error"][1]
+    assert batch["error_stage"][3] == "text2image" and "mask is 10x10 px" in batch["error"][3]
+    assert batch["error_stage"][5] == "text2image" and "'shape' is not one of" in batch["error"][5]
     # A row an earlier stage failed is passed on as it was.
     assert (batch["error"][2], batch["error_stage"][2]) == ("BadImage: empty file", "mask")
-    assert batch["edited"][2] is None and batch["t_edit"][2] == 0.0
+    assert batch["edited"][2] is None and all(batch[t][2] == 0.0 for t in EDIT_TIMES)
     for i in (0, 4):
         assert batch["error"][i] == ""
         _assert_minimal(batch, i)
@@ -178,9 +196,9 @@ def test_group_call_failure_falls_back_to_rows():
             raise RuntimeError("CUDA out of memory")
         return [f"out{job.row}" for job in group]
 
-    done = batched(batch, jobs, call)
+    done = batched(batch, jobs, call, "inpaint")
     assert [(job.row, out) for job, out in done] == [(0, "out0"), (2, "out2")]
-    assert list(batch["error_stage"]) == ["", STAGE, ""] and "out of memory" in batch["error"][1]
+    assert list(batch["error_stage"]) == ["", "inpaint", ""] and "out of memory" in batch["error"][1]
 
 
 def test_bad_prompt_template_fails_before_loading(model_cache):
@@ -189,7 +207,7 @@ def test_bad_prompt_template_fails_before_loading(model_cache):
         [f"models.cache_dir={model_cache}", "generate.color.prompt=a {clas_name} in {value}"],
     )
     with pytest.raises(ConfigError, match="generate.color.prompt"):
-        EditStage(config)
+        InpaintStage(config)
 
 
 # ------------------------------------------------------------------------------ recipe pieces

@@ -60,7 +60,7 @@ def test_settings_that_spread_the_work_or_extend_the_run_do_not_stop_it(tmp_path
     record = record_generation(config_for(tmp_path, model_cache, "generate.attributes=[background]"))
     again = record_generation(config_for(
         tmp_path, model_cache, "generate.attributes=[background, texture]", "generate.images_per_real=3",
-        "generate.edit_stage.concurrency=3", "generate.edit_stage.batch_size=2", "generate.judge_stage.num_gpus=0.5",
+        "generate.refine_stage.concurrency=3", "generate.inpaint_stage.batch_size=2", "generate.refine_stage.gpu_memory_gb=20", "generate.judge_stage.num_gpus=0.5",
         "generate.shard_rows=7", "generate.error_budget=0.5", "generate.placement=as_set", "generate.judge.max_tokens_per_forward=99",
         "dataset.max_images_per_class=1"))
     assert again["id"] == record["id"]  # the same artifact, extended

@@ -22,9 +22,10 @@ from varireal_ray.config import load_config
 from varireal_ray.models import miniatures
 
 REAL = REPO / "configs" / "real-models.yaml"
+POOLS = ("generate.mask_stage", "generate.text2image_stage", "generate.inpaint_stage", "generate.refine_stage", "generate.judge_stage")
 ON_CPU = [  # the real config asks for GPUs; the session's cluster has 4 logical CPUs and none
-    *(f"{stage}.{key}" for stage in ("prompts.resources", "generate.mask_stage", "generate.edit_stage", "generate.judge_stage", "train.trial")
-      for key in ("num_gpus=0", "num_cpus=0.5")),
+    *(f"{stage}.{key}" for stage in ("prompts.resources", *POOLS, "train.trial") for key in ("num_gpus=0", "num_cpus=0.5")),
+    *(f"{pool}.gpu_memory_gb=null" for pool in POOLS),
     "train.max_concurrent_trials=2",
 ]
 

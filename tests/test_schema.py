@@ -20,7 +20,7 @@ from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.stages.checks import check_edits
 from varireal_ray.stages.common import encode_image
-from varireal_ray.stages.edit import EditStage
+from varireal_ray.stages.edit import POOLS
 from varireal_ray.stages.judge import JudgeStage
 from varireal_ray.stages.mask import MaskStage
 
@@ -57,8 +57,11 @@ def test_every_stage_fits_the_schema_and_every_table_is_written_as_declared(tmp_
     assert handed_on.schema == schema.schema(schema.MASKED_SOURCE_COLUMNS, in_flight=True)
     items = ExpandItems(config, Bank.load("builtin:demo"), 0, set(), {})(_numpy(handed_on))
     assert items.schema == schema.schema(schema.ITEM_COLUMNS, in_flight=True) and items.num_rows == 12
-    edited = watched(EditStage, typed=True)(config)(load_images(_numpy(items)))
-    checked = schema.conform(check_edits(_numpy(edited), changed_delta_e=10.0), in_flight=True)
+    edited = load_images(_numpy(items))
+    for pool in POOLS:  # each edit pool's output, typed, is the next one's input
+        edited = _numpy(watched(pool, typed=True)(config)(edited))
+        assert not {"generated", "inpainted"} - set(edited)  # the hand-off columns are declared (in flight)
+    checked = schema.conform(check_edits(edited, changed_delta_e=10.0), in_flight=True)
     judged = watched(JudgeStage, typed=True)(config)(_numpy(checked))
     assert set(schema.JUDGE_COLUMNS) <= set(judged.column_names)
     # The unreadable source's items failed before they had a mask: its mask column is typed all the same.
@@ -129,6 +132,14 @@ def test_a_version_1_shard_with_an_untyped_column_is_read_in_todays_types(tmp_pa
     read = storage.read_parquet(str(tmp_path / "v1.parquet"))
     assert read.schema.field("judge_score").type == pa.float64() and read.schema.field("mask").type == schema.IMAGE
     assert storage.read_parquet(str(tmp_path / "v1.parquet"), ["id", "judge_score"])["judge_score"].type == pa.float64()
+
+
+def test_a_version_2_shard_reads_its_whole_edit_seconds_as_the_inpainting_pools(tmp_path):
+    """Version 2 timed the edit as one stage (``t_edit``); version 3 has one column a pool."""
+    old = pa.table({"id": ["a"], "t_edit": [2.5], "t_judge": [1.0]}).replace_schema_metadata({b"schema_version": b"2"})
+    storage.write_parquet(str(tmp_path / "v2.parquet"), old)
+    assert storage.read_parquet(str(tmp_path / "v2.parquet"), ["id", "t_inpaint"]).to_pylist() == [{"id": "a", "t_inpaint": 2.5}]
+    assert storage.read_parquet(str(tmp_path / "v2.parquet")).column_names == ["id", "t_inpaint", "t_judge"]
 
 
 def test_the_report_tables_have_their_declared_columns_and_types():

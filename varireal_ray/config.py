@@ -104,6 +104,10 @@ class ModelsConfig(Section):
     grounding: ModelRef = ModelRef(id="tiny:grounding")
     segmenter: ModelRef = ModelRef(id="tiny:segmenter")
     inpaint: ModelRef = ModelRef(id="tiny:inpaint")
+    # A VAE replacing the inpainting pipeline's own (null: keep it). SDXL's own VAE decodes in
+    # float32 (diffusers upcasts it: ``force_upcast``); ``madebyollin/sdxl-vae-fp16-fix`` decodes in
+    # float16, in about half the memory.
+    inpaint_vae: ModelRef | None = None
     text2image: ModelRef = ModelRef(id="tiny:text2image")
     # The color/texture refiner (generate.<attribute>.refine): a text-to-image base that loads
     # with a ControlNet, an optional VAE replacing the base's (null: keep the base's), and an
@@ -131,13 +135,33 @@ class TrialResources(Section):
 
 
 class StageResources(Section):
-    """How one stage maps onto Ray: an actor pool of ``concurrency`` actors."""
+    """How one stage maps onto Ray: an actor pool of ``concurrency`` actors.
+
+    An actor's GPU is asked for either as a share (``num_gpus``; above 1, whole GPUs) or as the GPU
+    memory it needs at the configured resolution and batch size (``gpu_memory_gb``, which then
+    decides the share: the plan turns it into a share of the GPUs the cluster has, and refuses
+    before any model loads when no GPU is big enough; ``pipeline/placement.py``)."""
 
     num_gpus: float = Field(0.0, ge=0.0)
+    gpu_memory_gb: float | None = Field(None, gt=0.0)  # GPU memory one actor needs (weights + activations)
     num_cpus: float = Field(0.5, gt=0.0)
     memory_gb: float | None = Field(None, gt=0.0)  # host memory each actor reserves (Ray's `memory`)
     batch_size: int = Field(4, ge=1)
     concurrency: int = Field(1, ge=1)
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.num_gpus > 0 or self.gpu_memory_gb is not None
+
+
+class DiffusionPoolResources(StageResources):
+    """An edit pool (a diffusers pipeline): its resources, and how it saves GPU memory."""
+
+    vae_slicing: bool = False  # decode a batch's latents one image at a time (the batch's peak falls)
+    vae_tiling: bool = False  # decode each image in overlapping tiles (for resolutions above 1024)
+    # Keep each model on the CPU until the pipeline calls it (diffusers' model CPU offload): fits a
+    # pool into less GPU memory at the cost of a transfer per call; only where nothing else fits.
+    cpu_offload: bool = False
 
 
 class RayConfig(Section):
@@ -382,14 +406,34 @@ class GenerateConfig(Section):
     # the same value and prompt and no mask (rows say which in edit_mode).
     modes: list[EditMode] = ["minimal"]
     unconstrained: UnconstrainedEditor = UnconstrainedEditor()
+    # One actor pool per model family (pipeline/flow.py): the masks (grounding + SAM 2), the
+    # text-to-image plates and swatches (SD 2.1), the inpainting (SDXL inpainting), the color/texture
+    # refinement (SDXL ControlNet + IP-Adapter) and the judge (LLaVA-NeXT). An item passes through
+    # the pools its recipe needs.
     mask_stage: StageResources = StageResources(batch_size=8)
-    edit_stage: StageResources = StageResources(batch_size=8)
+    text2image_stage: DiffusionPoolResources = DiffusionPoolResources(batch_size=8)
+    inpaint_stage: DiffusionPoolResources = DiffusionPoolResources(batch_size=8)
+    refine_stage: DiffusionPoolResources = DiffusionPoolResources(batch_size=8)
     judge_stage: StageResources = StageResources(batch_size=8)
-    # How the three stage pools meet the cluster (pipeline/placement.py). "fit": check that every
-    # actor fits at once before work starts, shrinking GPU shares (proportionally) where they do
-    # not, so no stage waits for another's GPU; "as_set": no check, Ray schedules them as set
-    # (autoscaling clusters, whose GPU nodes start on demand).
+    # How the pools meet the cluster (pipeline/placement.py). "fit": check that every actor fits
+    # at once before work starts, by GPU memory where a pool declares it and by share otherwise,
+    # shrinking share-only GPU asks (proportionally) where they do not fit, so no pool waits for
+    # another's GPU; "as_set": no check, Ray schedules them as set (autoscaling clusters, whose GPU
+    # nodes start on demand).
     placement: Literal["fit", "as_set"] = "fit"
+    # The memory of each GPU in GB, for GPUs Ray cannot name (logical GPUs of a local cluster) or to
+    # override what the plan reads (Ray's accelerator type, else the device itself). None: read it.
+    gpu_memory_gb: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_edit_stage(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "edit_stage" in data:
+            raise ValueError(
+                "generate.edit_stage is gone: the edit runs as one pool per model family; set "
+                "generate.text2image_stage, generate.inpaint_stage and generate.refine_stage instead"
+            )
+        return data
 
     _non_empty_unique = field_validator("attributes", "feasibility", "modes")(_non_empty_unique)
 

@@ -19,6 +19,9 @@ with an error naming both versions.
 Versions:
   1: before the schema: no version recorded; all-null columns could be typed ``null``.
   2: every table typed by this module; versions recorded.
+  3: the edit runs as three pools, each timing its own rows: ``t_text2image``, ``t_inpaint`` and
+     ``t_refine`` replace ``t_edit`` (read from version 2 as ``t_inpaint``: its seconds were the
+     whole edit's).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pyarrow as pa
 
 from varireal_ray.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Where a version lives: a key of a manifest or commit record, and of a Parquet file's metadata.
 VERSION_KEY = "schema_version"
 
@@ -79,14 +82,18 @@ COLUMNS: dict[str, pa.DataType] = {
     "attempt": INT,
     "seed": INT,
     "models": STRING,  # JSON: role -> model label
-    # the edit stage (stages/edit/)
+    # the edit pools (stages/edit/)
+    "generated": BINARY,  # in flight only: the text-to-image prior (PNG, working resolution)
+    "inpainted": BINARY,  # in flight only: the inpainting output the refinement starts from (PNG)
     "edited": IMAGE,
     "prompt": STRING,
     "prior": STRING,
     "inpaint": STRING,
     "refine": STRING,
     "edit_models": STRING,
-    "t_edit": FLOAT,
+    "t_text2image": FLOAT,
+    "t_inpaint": FLOAT,
+    "t_refine": FLOAT,
     # the model-free checks (stages/checks.py)
     "changed_inside": FLOAT,
     "changed_outside": FLOAT,
@@ -118,16 +125,19 @@ MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask"
 ITEM_COLUMNS = ("id", "source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "attribute", "feasibility",
                 "slot", "edit_mode", "value", "value_description", "feasibility_margin", "bank_hash", "attempt", "seed", "models",
                 "workers", "error", "error_stage")
-EDIT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models", "t_edit")
+# Each stage's seconds per row (``pipeline/accounting.py``): stage -> its column, in flow order.
+STAGE_TIMES = {"mask": "t_mask", "text2image": "t_text2image", "inpaint": "t_inpaint", "refine": "t_refine", "judge": "t_judge"}
+EDIT_TIMES = ("t_text2image", "t_inpaint", "t_refine")
+EDIT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models", *EDIT_TIMES)
 CHECK_COLUMNS = ("changed_inside", "changed_outside", "color_delta_e", "color_delta_e_source")
 JUDGE_COLUMNS = ("judge_answers", "judge_score", "accepted", "t_judge")
 # A generated row: the item, its edit, checks and verdict.
 ROW_COLUMNS = (*ITEM_COLUMNS, *EDIT_COLUMNS, *CHECK_COLUMNS, *JUDGE_COLUMNS, "exhausted")
 ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", "attempt", "seed", "judge_score", "judge_answers",
-                   "outcome", "t_edit", "t_judge")
+                   "outcome", *EDIT_TIMES, "t_judge")
 # Each keeps what its stages' seconds were (``pipeline/accounting.py``), and what the attempt was.
 ERROR_COLUMNS = ("id", "source_id", "image_uri", "class_name", "attribute", "feasibility", "attempt", "error_stage", "error",
-                 "t_edit", "t_judge")
+                 *EDIT_TIMES, "t_judge")
 # The synthetic rows' columns that select them for training (beyond the judge).
 SELECTION_COLUMNS = ("feasibility_margin", "changed_inside", "changed_outside", "color_delta_e", "edit_mode")
 VIEW_META_COLUMNS = ("id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error")
@@ -263,11 +273,29 @@ def file_version(table_or_schema: pa.Table | pa.Schema, where: str) -> int:
     return check_version(None if raw is None else raw.decode(), where)
 
 
+# Columns renamed since: version -> {name now: name in files of that version and before}.
+RENAMED = {2: {"t_inpaint": "t_edit"}}
+
+
+def stored_names(columns: Iterable[str], version: int) -> list[str]:
+    """The names ``columns`` have in a file of ``version`` (what to ask the file for)."""
+    names = list(columns)
+    for upto, renamed in RENAMED.items():
+        if version <= upto:
+            names = [renamed.get(c, c) for c in names]
+    return names
+
+
 def conform_read(table: pa.Table, where: str) -> pa.Table:
     """A table read back, in this version's types: version 1's ``null``-typed columns (a shard
     whose rows all lacked a value) become typed nulls; a newer version is refused. Columns this
-    module does not declare are kept as they are (a reader selects what it needs)."""
-    file_version(table, where)
+    module does not declare are kept as they are (a reader selects what it needs); version 2's
+    ``t_edit`` is read as ``t_inpaint`` (``RENAMED``)."""
+    version = file_version(table, where)
+    for upto, renamed in RENAMED.items():
+        old = {stored: now for now, stored in renamed.items()}
+        if version <= upto and not set(renamed) & set(table.column_names):
+            table = table.rename_columns([old.get(c, c) for c in table.column_names])
     for i, field in enumerate(table.schema):
         declared = COLUMNS.get(field.name)
         if declared is not None and field.type != declared and pa.types.is_null(field.type):

@@ -205,8 +205,9 @@ def read_parquet(uri: str, columns: list[str] | None = None, optional: dict[str,
         with (fs.open(path, "rb", cache_type="none") if is_remote(uri) else open(path, "rb")) as f:
             file = pq.ParquetFile(f, pre_buffer=True)
             have = set(file.schema_arrow.names)
-            schema.file_version(file.schema_arrow, uri)
-            table = schema.conform_read(file.read(columns=[*columns, *(c for c in optional if c in have)]), uri)
+            version = schema.file_version(file.schema_arrow, uri)
+            wanted = schema.stored_names([*columns, *(c for c in optional if c in have)], version)
+            table = schema.conform_read(file.read(columns=wanted), uri)
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} does not exist") from None
     for name, type_ in optional.items():

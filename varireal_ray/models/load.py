@@ -54,6 +54,7 @@ ROLES: dict[str, Role] = {
     "judge": Role("transformers", "AutoModelForImageTextToText", "AutoProcessor", "bfloat16"),
     # Diffusion: float16, as the checkpoints' fp16 variants (the fp16-fix VAE exists for this).
     "inpaint": Role("diffusers", "AutoPipelineForInpainting", gpu_dtype="float16"),
+    "inpaint_vae": Role("diffusers", "AutoencoderKL", gpu_dtype="float16"),
     "text2image": Role("diffusers", "AutoPipelineForText2Image", gpu_dtype="float16"),
     "refine_base": Role("diffusers", "AutoPipelineForText2Image", gpu_dtype="float16"),
     "refine_vae": Role("diffusers", "AutoencoderKL", gpu_dtype="float16"),

@@ -1,13 +1,14 @@
 """What the generated dataset cost, and how often the judge accepted, from the committed tables.
 
-Each stage times its own work per row (``t_mask`` per source image in ``masks/``; ``t_edit`` and
-``t_judge`` per attempt in ``attempts/``, and per failed row in ``errors/``), so the cost of an
-accepted image counts every retry and every dropped or failed item, across resumed runs:
+Each stage times its own work per row in its column (``schema.STAGE_TIMES``: ``t_mask`` per source
+image in ``masks/``; the edit pools' and the judge's per attempt in ``attempts/``, and per failed
+row in ``errors/``), so the cost of an accepted image counts every retry and every dropped or
+failed item, across resumed runs:
 
     seconds per accepted image of a stage = its seconds over every row it ran / accepted rows
 
-GPU-seconds are those seconds times the stage's ``num_gpus`` share (its actors hold that much of
-a GPU while they work). ``generate/manifest.json`` keeps the totals (``cost``); the report shows
+GPU-seconds are those seconds times the stage's GPU share (``generate.<stage>_stage.num_gpus``
+as planned: its actors hold that much of a GPU while they work). ``generate/manifest.json`` keeps the totals (``cost``); the report shows
 the table and the judge's acceptance per attempt.
 """
 
@@ -17,10 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from varireal_ray import storage
+from varireal_ray import schema, storage
 from varireal_ray.config import Config
-
-STAGES = (("mask", "t_mask", "mask_stage"), ("edit", "t_edit", "edit_stage"), ("judge", "t_judge", "judge_stage"))
 
 
 def _sum(table: pa.Table, column: str) -> float:
@@ -39,13 +38,19 @@ def tables(out: str) -> dict[str, pa.Table]:
     }
 
 
+def gpu_shares(config: Config) -> dict[str, float]:
+    """Each stage's GPU share per actor (``generate.<stage>_stage.num_gpus``; 0 for a stage without a pool)."""
+    return {stage: getattr(getattr(config.generate, f"{stage}_stage", None), "num_gpus", 0.0) for stage in schema.STAGE_TIMES}
+
+
 def cost(config: Config, committed: dict[str, pa.Table]) -> dict:
     """Seconds (and GPU-seconds) per stage in all and per accepted image, with the counts."""
     accepted = int(pc.sum(pc.fill_null(committed["rows"]["accepted"], False)).as_py() or 0) if committed["rows"].num_rows else 0
+    shares = gpu_shares(config)
     stages = {}
-    for stage, column, resources in STAGES:
+    for stage, column in schema.STAGE_TIMES.items():
         seconds = _sum(committed["masks"], column) if stage == "mask" else _sum(committed["attempts"], column) + _sum(committed["errors"], column)
-        gpus = getattr(config.generate, resources).num_gpus
+        gpus = shares[stage]
         stages[stage] = {
             "seconds": round(seconds, 3),
             "gpu_seconds": round(seconds * gpus, 3),

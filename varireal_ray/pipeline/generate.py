@@ -1,11 +1,14 @@
-"""The generate job: source manifest -> masks -> work items -> edit -> judge -> committed shards.
+"""The generate job: source manifest -> masks -> work items -> edit pools -> judge -> committed shards.
 
 One streaming pass over Ray Data per round, resumable from its commit records. Round ``a`` runs
-every item whose next attempt is ``a``:
+every item whose next attempt is ``a``, through the stages of ``flow.FLOW`` this config uses:
 
     committed masks ------------------------------------------+
-    sources without one -> load -> MaskStage -> commit masks -+-> items -> load -> EditStage
-                                                       -> checks (no model) -> JudgeStage -> write shards
+    sources without one -> load -> MaskStage -> commit masks -+-> items -> load
+        -> Text2ImageStage -> InpaintStage -> RefineStage -> checks (no model) -> JudgeStage -> write shards
+
+An item is worked on only by the edit pools its recipe names (``stages/edit/recipes.py``) and
+passes the others untouched.
 
 Masks are computed once per source image (round 0 computes the missing ones while the edit and
 judge pools already work on the first items) and read back by every later round and resumed run.
@@ -31,10 +34,9 @@ from varireal_ray.config import Config, dump_config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
-from varireal_ray.pipeline import accounting, placement
-from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images
+from varireal_ray.pipeline import accounting, flow, placement
+from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images, task_stage
 from varireal_ray.pipeline.writer import commit_masks, write_edits
-from varireal_ray.stages.checks import check_edits
 from varireal_ray.stages.common import Batch, batch_len
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
@@ -53,7 +55,7 @@ class GenerationFailed(UserError, RuntimeError):
 def model_labels(config: Config) -> str:
     """The models this config's stages load, ``{role: id[@revision][/subfolder][/weight file]}``
     as JSON: the ``models`` provenance on every row and in the manifest."""
-    return json.dumps(load.labels(config.models, generation_roles(config)), sort_keys=True)
+    return json.dumps(load.labels(config.models, flow.roles(config)), sort_keys=True)
 
 
 class ExpandItems:
@@ -103,8 +105,6 @@ def masked_sources(config: Config, out: str, train: list[dict] | None) -> ray.da
     """Every source row with its mask: the committed masks, and the missing ones of ``train``
     (round 0's sources; None in later rounds) computed on the way (load -> MaskStage -> commit, a
     batch at a time). None: no source."""
-    from varireal_ray.stages.mask import MaskStage
-
     masks = storage.join(out, "masks")
     records = storage.commits(masks)
     parts = []
@@ -116,10 +116,11 @@ def masked_sources(config: Config, out: str, train: list[dict] | None) -> ray.da
         todo = [{**r, "error": "", "error_stage": ""} for r in train if r["source_id"] not in done]
         log.info("masks: %d source images, %d already committed, %d to compute", len(train), len(done), len(todo))
         if todo:
-            batch = config.generate.mask_stage.batch_size
+            resources = flow.resources(config, flow.SOURCE_STAGE)
+            batch = resources.batch_size
             ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / batch))  # a batch per block
             ds = cpu_task(ds, load_images, batch_size=batch)
-            ds = actor_stage(ds, MaskStage, config.generate.mask_stage, config)
+            ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config)
             parts.append(cpu_task(ds, commit_masks, batch_size=batch, out_uri=out))
     if not parts:
         return None
@@ -150,9 +151,6 @@ def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str],
 
 def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
-    from varireal_ray.stages.edit import EditStage
-    from varireal_ray.stages.judge import JudgeStage
-
     gen = config.generate
     done, next_attempt = _progress(out)
     train = train_sources(config, sources.ensure_manifest(config)).to_pylist() if attempt == 0 else None
@@ -172,11 +170,11 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
         batch_format="numpy",
         zero_copy_batch=False,
     )
-    ds = cpu_task(in_rows(ds, gen.edit_stage.batch_size), load_images, batch_size=gen.edit_stage.batch_size)
-    ds = actor_stage(ds, EditStage, gen.edit_stage, config)
-    if gen.checks.enabled:
-        ds = cpu_task(ds, check_edits, batch_size=gen.edit_stage.batch_size, changed_delta_e=gen.checks.changed_delta_e)
-    ds = actor_stage(ds, JudgeStage, gen.judge_stage, config)
+    stages = flow.item_stages(config)
+    rows = min(flow.resources(config, s).batch_size for s in stages if s.section)  # every actor of every pool gets work
+    ds = cpu_task(in_rows(ds, rows), load_images, batch_size=rows)
+    for stage in stages:
+        ds = actor_stage(ds, stage, flow.resources(config, stage), config) if stage.section else task_stage(ds, stage, config, rows)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, typed=False, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
     with Progress(f"generate, round {attempt}", due, "items") as progress:
         def written(summary: dict) -> None:  # one writer batch: its items' outcomes
@@ -202,23 +200,17 @@ def preflight(config: Config) -> Bank:
     with one clear line: the output is writable, every model name resolves, every stage's own
     config checks pass, the bank covers every class, and the dataset in the run folder was made
     with these settings. Returns the bank."""
-    from varireal_ray.stages.edit import EditStage
-    from varireal_ray.stages.judge import JudgeStage
-    from varireal_ray.stages.mask import MaskStage
-
     out = run_folder.generated(config)
     storage.check_writable(out)  # a missing bucket fails in seconds
-    load.check_roles(config.models, generation_roles(config))  # and so does a misspelt model
-    for stage in (MaskStage, EditStage, JudgeStage):
-        if hasattr(stage, "check_config"):
-            stage.check_config(config)
+    load.check_roles(config.models, flow.roles(config))  # and so does a misspelt model
+    flow.check_config(config)
     bank = Bank.load(run_folder.bank(config))
     gen = config.generate
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
     # Rows made with other settings, models or bank stop the run here, naming what changed.
     made = any(storage.list_files(storage.join(out, *part, storage.COMMITS), ".json") for part in ((), ("masks",), ("errors",)))
-    fingerprint.check(out, fingerprint.generate_settings(config, generation_roles(config), bank.hash), "generate",
+    fingerprint.check(out, fingerprint.generate_settings(config, flow.roles(config), bank.hash), "generate",
                       made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))}, made=made)
     return bank
 
@@ -272,14 +264,4 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
             f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
         )
     return manifest
-
-
-def generation_roles(config: Config) -> list[str]:
-    """Every ``models.<role>`` the mask, edit and judge stages will load, as each declares."""
-    from varireal_ray.stages.edit import EditStage
-    from varireal_ray.stages.judge import JudgeStage
-    from varireal_ray.stages.mask import MaskStage
-
-    return [role for stage in (MaskStage, EditStage, JudgeStage) for role in stage.roles(config)]
-
 

@@ -1,25 +1,27 @@
-"""The GPU plan: before any work starts, fit the generation stages' actor pools onto the cluster
-so that every actor can run at the same time.
+"""The GPU plan: before any work starts, fit the generation pools onto the cluster so that every
+actor can run at the same time, by GPU memory where a pool declares it.
 
 A streaming pass needs all its pools at once: an actor that cannot be placed waits until another
-pool ends, and the rows before it pile up in the object store. So the plan packs every actor the
-way Ray's scheduler will (a fractional GPU share within one GPU, whole GPUs for a share above 1,
-CPUs and memory per node, and room left for the light data tasks) and then:
+pool ends, and the rows before it pile up in the object store. And Ray shares a GPU by bookkeeping
+only: the actors on one GPU share its memory, so pools placed by share alone can run out of memory
+mid-run. So the plan packs every actor the way Ray's scheduler will (a fractional GPU share within
+one GPU, whole GPUs for a share above 1, CPUs and memory per node, and room left for the light data
+tasks), each GPU with its memory:
 
-- when the shares as set fit, keeps them (on many GPUs, whole GPUs where a stage asks for one);
-- when they do not and ``generate.placement`` is ``fit``, shrinks every share below one GPU by the
-  same factor, the largest that packs (on one GPU: fractional shares of it, in the set ratio), and
-  logs what it chose;
-- otherwise, and whenever one actor asks more than any node has, stops with a message that names
-  the setting to change.
+- a pool that declares ``gpu_memory_gb`` (the memory one actor needs at its resolution and batch
+  size) gets the share of a GPU that memory is, and is placed only where that much is free;
+- a pool that declares only ``num_gpus`` keeps its share where the shares as set fit; when they do
+  not and ``generate.placement`` is ``fit``, every such share below one GPU shrinks by the same
+  factor, the largest that packs;
+- otherwise, and whenever one actor asks more than any node or GPU has, the plan stops, naming the
+  pool, what it needs, what the largest GPU has, and the setting to change.
+
+Each GPU's memory is read from Ray's accelerator type (``GPU_MEMORY_GB``), from the device itself
+where the type is unknown, or from ``generate.gpu_memory_gb`` (logical GPUs of a local cluster,
+and an override). The chosen placement is logged, GPU by GPU, before any model loads.
 
 ``generate.placement=as_set`` skips the plan: Ray schedules the pools as set. That is for
 autoscaling clusters, whose GPU nodes start only when an actor asks for them.
-
-Ray shares a GPU by bookkeeping only: the actors on one GPU share its memory. On one GPU with the
-real models the stages hold about 3 (mask), 14-30 (edit) and 15 (judge) GB in bfloat16
-(BENCHMARKS.md, real-size check), so a single GPU needs about 60 GB; on smaller cards give each
-stage its own GPU.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 from varireal_ray.config import Config, StageResources
 from varireal_ray.errors import UserError
+from varireal_ray.pipeline import flow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,12 @@ log = logging.getLogger(__name__)
 LIGHT_TASK_CPUS = 1.25
 # The smallest GPU share the plan hands out (below it, an actor would not be worth a GPU slot).
 MIN_SHARE = 0.01
+# GPU memory (GB) by Ray's accelerator type (``accelerator_type:<type>``). Where a type comes in two
+# sizes and Ray names both alike (A100, V100), the smaller: set generate.gpu_memory_gb for the larger.
+GPU_MEMORY_GB = {
+    "T4": 16, "V100": 16, "P100": 16, "A10G": 24, "A10": 24, "L4": 24, "A40": 48, "L40": 48, "L40S": 48,
+    "A100": 40, "A100-40G": 40, "A100-80G": 80, "H100": 80, "H200": 141, "B200": 180,
+}  # fmt: skip
 
 
 class PlacementError(UserError, RuntimeError):
@@ -46,74 +55,151 @@ class PlacementError(UserError, RuntimeError):
 
 @dataclass
 class Node:
-    """One alive node's schedulable capacity (Ray's ``CPU``, ``GPU`` and ``memory`` resources)."""
+    """One alive node's schedulable capacity (Ray's ``CPU``, ``GPU`` and ``memory`` resources), and
+    the memory of each of its GPUs (None: unknown)."""
 
     name: str
     cpus: float
     gpus: int
     memory_gb: float | None = None
+    gpu_memory_gb: float | None = None
     gpu_free: list[float] = field(init=False)  # each GPU's unassigned share, as packing goes
+    gpu_memory_free: list[float] = field(init=False)  # and its unassigned memory (GB)
+    placed: list[list[str]] = field(init=False)  # each GPU's actors, by pool name
 
     def __post_init__(self):
         self.gpu_free = [1.0] * self.gpus
+        self.gpu_memory_free = [self.gpu_memory_gb or 0.0] * self.gpus
+        self.placed = [[] for _ in range(self.gpus)]
+
+    def fresh(self) -> Node:
+        return Node(self.name, self.cpus, self.gpus, self.memory_gb, self.gpu_memory_gb)
 
 
-def cluster_nodes() -> list[Node]:
-    """The alive nodes of the Ray cluster this process is connected to."""
+def cluster_nodes(gpu_memory_gb: float | None = None) -> list[Node]:
+    """The alive nodes of the Ray cluster this process is connected to; each GPU's memory is
+    ``gpu_memory_gb`` if given, else read from the node's accelerator type, else from the device."""
     import ray
 
-    return [
-        Node(
+    nodes = []
+    for n in ray.nodes():
+        if not n.get("Alive"):
+            continue
+        resources = n["Resources"]
+        gpus = int(resources.get("GPU", 0.0))
+        memory = gpu_memory_gb
+        if gpus and memory is None:
+            kinds = [k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")]
+            memory = next((GPU_MEMORY_GB[k] for k in kinds if k in GPU_MEMORY_GB), None) or _device_memory(n["NodeID"])
+        nodes.append(Node(
             name=n.get("NodeManagerAddress") or n["NodeID"][:8],
-            cpus=float(n["Resources"].get("CPU", 0.0)),
-            gpus=int(n["Resources"].get("GPU", 0.0)),
-            memory_gb=n["Resources"].get("memory", 0.0) / 2**30 or None,
-        )
-        for n in ray.nodes()
-        if n.get("Alive")
-    ]
+            cpus=float(resources.get("CPU", 0.0)),
+            gpus=gpus,
+            memory_gb=resources.get("memory", 0.0) / 2**30 or None,
+            gpu_memory_gb=memory,
+        ))
+    return nodes
+
+
+def _device_memory(node_id: str) -> float | None:
+    """The memory of GPU 0 of a node, read on it (a one-GPU task before any pool holds a GPU);
+    None when it cannot be read in a minute."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def total_gb() -> float | None:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
+
+    try:
+        return ray.get(total_gb.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - unknown: a pool that declares GPU memory then says which setting to set
+        return None
 
 
 def generation_stages(config: Config) -> dict[str, StageResources]:
-    """The generation pools, by the setting that sizes each."""
-    gen = config.generate
-    return {"generate.mask_stage": gen.mask_stage, "generate.edit_stage": gen.edit_stage, "generate.judge_stage": gen.judge_stage}
+    """The pools this config runs, by the setting that sizes each."""
+    return {flow.setting(stage): flow.resources(config, stage) for stage in flow.pools(config)}
 
 
 def plan_generation(config: Config, nodes: list[Node] | None = None) -> Config:
-    """``config`` with stage resources that fit the cluster (``nodes``: the connected cluster's),
-    or ``PlacementError``. Logs the plan."""
-    nodes = cluster_nodes() if nodes is None else nodes
-    stages = plan(generation_stages(config), nodes, config.generate.placement)
-    gen = config.generate.model_copy(update={key.split(".")[1]: value for key, value in stages.items()})
+    """``config`` with pool resources that fit the cluster (``nodes``: the connected cluster's),
+    or ``PlacementError``. Logs the placement."""
+    gen = config.generate
+    if gen.placement == "as_set":
+        unshared = [s for s, a in generation_stages(config).items() if a.gpu_memory_gb and not a.num_gpus]
+        if unshared:
+            raise PlacementError(
+                f"{unshared[0]}.gpu_memory_gb is set, but with generate.placement=as_set Ray schedules the pools by share and "
+                f"no plan turns memory into one: set {unshared[0]}.num_gpus too"
+            )
+        log.info("placement: as set (generate.placement=as_set): Ray schedules the pools as they ask")
+        return config
+    nodes = cluster_nodes(gen.gpu_memory_gb) if nodes is None else nodes
+    stages = plan(generation_stages(config), nodes, gen.placement)
+    gen = gen.model_copy(update={key.split(".")[1]: value for key, value in stages.items()})
     return config.model_copy(update={"generate": gen})
 
 
 def plan(stages: dict[str, StageResources], nodes: list[Node], mode: str = "fit") -> dict[str, StageResources]:
-    """The stages' resources, adjusted to fit ``nodes`` all at once (see the module docstring)."""
+    """The stages' resources, adjusted to fit ``nodes`` all at once (see the module docstring);
+    a pool that declares GPU memory comes back with the share of a GPU it is."""
     if mode == "as_set":
         log.info("placement: as set (generate.placement=as_set): Ray schedules the pools as they ask")
         return stages
-    gpu_asks = [f"{setting}.num_gpus={ask.num_gpus:g}" for setting, ask in stages.items() if ask.num_gpus]
+    gpu_asks = [f"{setting}.{'gpu_memory_gb' if ask.gpu_memory_gb else 'num_gpus'}={ask.gpu_memory_gb or ask.num_gpus:g}"
+                for setting, ask in stages.items() if ask.uses_gpu]
     if gpu_asks and nodes and not any(n.gpus for n in nodes):
         raise PlacementError(
-            f"{', '.join(gpu_asks)} per actor, but the cluster has no GPU: set them to 0 to run on CPUs (slow), "
-            "or join a cluster with GPUs (on an autoscaling cluster that adds GPU nodes on demand: generate.placement=as_set)"
+            f"{', '.join(gpu_asks)} per actor, but the cluster has no GPU: set them to 0 (and gpu_memory_gb to null) to run on "
+            "CPUs (slow), or join a cluster with GPUs (on an autoscaling cluster that adds GPU nodes on demand: generate.placement=as_set)"
         )
+    stages = {setting: with_memory_share(setting, ask, nodes) for setting, ask in stages.items()}
     for setting, ask in stages.items():
         check_fits_a_node(setting, ask, nodes)
-    if _packs(stages, nodes):
-        _log_plan(stages, nodes, changed=False)
+    placed = _pack(stages, nodes)
+    if placed is not None:
+        _log_plan(stages, placed, changed=False)
         return stages
-    asked = sum(a.num_gpus * a.concurrency for a in stages.values())
+    asked = sum(a.num_gpus * a.concurrency for a in stages.values() if a.gpu_memory_gb is None)
     total_gpus = sum(n.gpus for n in nodes)
     if asked > 0:
         for factor in _factors(asked, total_gpus):
             shrunk = {s: _shrink(a, factor) for s, a in stages.items()}
-            if _packs(shrunk, nodes):
-                _log_plan(shrunk, nodes, changed=True, asked=asked)
+            placed = _pack(shrunk, nodes)
+            if placed is not None:
+                _log_plan(shrunk, placed, changed=True, asked=asked)
                 return shrunk
     raise PlacementError(_why_not(stages, nodes))
+
+
+def with_memory_share(setting: str, ask: StageResources, nodes: list[Node]) -> StageResources:
+    """A pool that declares GPU memory, with the share of a GPU that memory is (on the smallest GPU
+    that holds it, so the share never promises more than a GPU has); others as they are."""
+    need = ask.gpu_memory_gb
+    if need is None:
+        return ask
+    gpu_nodes = [n for n in nodes if n.gpus]
+    unknown = [n.name for n in gpu_nodes if n.gpu_memory_gb is None]
+    if unknown:
+        raise PlacementError(
+            f"{setting}.gpu_memory_gb={need:g}, but the GPU memory of node {unknown[0]} is unknown (Ray names no known GPU "
+            "type there): set generate.gpu_memory_gb to the memory of one GPU in GB"
+        )
+    holding = [n.gpu_memory_gb for n in gpu_nodes if n.gpu_memory_gb >= need]
+    if not holding:
+        largest = max(n.gpu_memory_gb for n in gpu_nodes)
+        raise PlacementError(
+            f"{setting} needs {need:g} GB of GPU memory per actor ({setting}.gpu_memory_gb, at generate.resolution and "
+            f"{setting}.batch_size={ask.batch_size}), but the largest GPU has {largest:g} GB: lower {setting}.batch_size and "
+            f"{setting}.gpu_memory_gb (for 24 GB cards: -c configs/gpu-24gb.yaml), or use GPUs with more memory"
+        )
+    if len(holding) < len(gpu_nodes):
+        log.warning("placement: %s needs %g GB per actor and some GPUs have less; Ray places by share, so on a cluster of "
+                    "mixed GPUs give the pool its own node type", setting, need)
+    return ask.model_copy(update={"num_gpus": min(1.0, math.ceil(need / min(holding) * 100) / 100)})
 
 
 def check_fits_a_node(setting: str, ask: StageResources, nodes: list[Node]) -> None:
@@ -145,22 +231,22 @@ def check_fits_a_node(setting: str, ask: StageResources, nodes: list[Node]) -> N
 
 
 def _actors(stages: dict[str, StageResources]) -> list[tuple[str, StageResources]]:
-    """Every actor, biggest GPU share first (first-fit decreasing packs best that way)."""
+    """Every actor, biggest GPU ask first (first-fit decreasing packs best that way)."""
     actors = [(s, a) for s, a in stages.items() for _ in range(a.concurrency)]
-    return sorted(actors, key=lambda sa: (sa[1].num_gpus, sa[1].num_cpus), reverse=True)
+    return sorted(actors, key=lambda sa: (sa[1].num_gpus, sa[1].gpu_memory_gb or 0.0, sa[1].num_cpus), reverse=True)
 
 
-def _packs(stages: dict[str, StageResources], nodes: list[Node]) -> bool:
-    """Whether every actor fits at once, placed first-fit decreasing, with CPUs to spare for the
-    light tasks."""
-    free = [Node(n.name, n.cpus, n.gpus, n.memory_gb) for n in nodes]
-    for _, ask in _actors(stages):
-        if not any(_place(ask, node) for node in free):
-            return False
-    return sum(n.cpus for n in free) >= LIGHT_TASK_CPUS - 1e-9
+def _pack(stages: dict[str, StageResources], nodes: list[Node]) -> list[Node] | None:
+    """The nodes with every actor placed at once, first-fit decreasing, with CPUs to spare for the
+    light tasks; None when they do not all fit."""
+    free = [n.fresh() for n in nodes]
+    for setting, ask in _actors(stages):
+        if not any(_place(setting, ask, node) for node in free):
+            return None
+    return free if sum(n.cpus for n in free) >= LIGHT_TASK_CPUS - 1e-9 else None
 
 
-def _place(ask: StageResources, node: Node) -> bool:
+def _place(setting: str, ask: StageResources, node: Node) -> bool:
     if node.cpus < ask.num_cpus - 1e-9 or (ask.memory_gb and node.memory_gb is not None and node.memory_gb < ask.memory_gb):
         return False
     if ask.num_gpus > 1:
@@ -168,12 +254,17 @@ def _place(ask: StageResources, node: Node) -> bool:
         if len(whole) < math.ceil(ask.num_gpus):
             return False
         for i in whole:
-            node.gpu_free[i] = 0.0
+            node.gpu_free[i], node.gpu_memory_free[i] = 0.0, 0.0
+            node.placed[i].append(setting)
     elif ask.num_gpus > 0:
-        slot = next((i for i, f in enumerate(node.gpu_free) if f >= ask.num_gpus - 1e-9), None)
+        need = ask.gpu_memory_gb or 0.0
+        slot = next((i for i, f in enumerate(node.gpu_free)
+                     if f >= ask.num_gpus - 1e-9 and node.gpu_memory_free[i] >= need - 1e-9), None)
         if slot is None:
             return False
         node.gpu_free[slot] -= ask.num_gpus
+        node.gpu_memory_free[slot] -= need
+        node.placed[slot].append(setting)
     node.cpus -= ask.num_cpus
     if ask.memory_gb and node.memory_gb is not None:
         node.memory_gb -= ask.memory_gb
@@ -190,33 +281,61 @@ def _factors(asked: float, total_gpus: int):
 
 
 def _shrink(ask: StageResources, factor: float) -> StageResources:
-    if ask.num_gpus == 0:
+    """A share-only GPU ask scaled by ``factor``; a pool that declared its memory keeps its share."""
+    if ask.num_gpus == 0 or ask.gpu_memory_gb is not None:
         return ask
     share = min(ask.num_gpus, 1.0) * factor  # a multi-GPU ask becomes a share of one GPU
     return ask.model_copy(update={"num_gpus": max(MIN_SHARE, math.floor(share * 100) / 100)})
 
 
-def _log_plan(stages: dict[str, StageResources], nodes: list[Node], changed: bool, asked: float = 0.0) -> None:
+def describe(stages: dict[str, StageResources], placed: list[Node]) -> list[str]:
+    """One line per GPU that holds actors: its node, memory, and each pool's actors on it."""
+    lines = []
+    for node in placed:
+        for i, settings in enumerate(node.placed):
+            if not settings:
+                continue
+            counts = {s: settings.count(s) for s in dict.fromkeys(settings)}
+            pools = ", ".join(f"{s.split('.')[-1]} {n} x ({_ask(stages[s])})" for s, n in counts.items())
+            memory = f" ({node.gpu_memory_gb:g} GB)" if node.gpu_memory_gb else ""
+            lines.append(f"{node.name} GPU {i}{memory}: {pools}")
+    return lines
+
+
+def _ask(ask: StageResources) -> str:
+    return f"{ask.num_gpus:g} GPU" + (f", {ask.gpu_memory_gb:g} GB" if ask.gpu_memory_gb else "")
+
+
+def _log_plan(stages: dict[str, StageResources], placed: list[Node], changed: bool, asked: float = 0.0) -> None:
     shares = ", ".join(f"{s.split('.')[-1]} {a.concurrency} x {a.num_gpus:g} GPU / {a.num_cpus:g} CPU" for s, a in stages.items())
-    gpus, cpus = sum(n.gpus for n in nodes), sum(n.cpus for n in nodes)
+    gpus, cpus = sum(n.gpus for n in placed), sum(n.cpus for n in placed)
+    where = "; ".join(describe(stages, placed)) or "no GPU"
     if changed:
         log.warning(
             "placement: the stages ask %.2f GPUs at once and the cluster has %d, so they share them: %s "
-            "(set generate.<stage>.num_gpus to choose the shares, or generate.placement=as_set to refuse)",
-            asked, gpus, shares,
+            "(set generate.<stage>.num_gpus or .gpu_memory_gb to choose the shares, or generate.placement=as_set to refuse); %s",
+            asked, gpus, shares, where,
         )
     else:
-        log.info("placement: %s, all at once on %d GPUs / %g CPUs", shares, gpus, cpus)
+        log.info("placement: %s, all at once on %d GPUs; %s", shares, gpus, where)
 
 
 def _why_not(stages: dict[str, StageResources], nodes: list[Node]) -> str:
-    asks = "; ".join(f"{s}: {a.concurrency} x ({a.num_gpus:g} GPU, {a.num_cpus:g} CPU)" for s, a in stages.items())
+    asks = "; ".join(f"{s}: {a.concurrency} x ({_ask(a)}, {a.num_cpus:g} CPU)" for s, a in stages.items())
     gpus, cpus = sum(n.gpus for n in nodes), sum(n.cpus for n in nodes)
     need_cpus = sum(a.num_cpus * a.concurrency for a in stages.values()) + LIGHT_TASK_CPUS
+    need_memory = sum((a.gpu_memory_gb or 0.0) * a.concurrency for a in stages.values())
+    have_memory = sum(n.gpus * (n.gpu_memory_gb or 0.0) for n in nodes)
     if need_cpus > cpus:
         cause = (
             f"they need {need_cpus:g} CPUs at once ({LIGHT_TASK_CPUS:g} of them for the data tasks) and the cluster "
             f"has {cpus:g}: lower generate.<stage>.num_cpus or .concurrency, or add CPUs (ray.num_cpus on a local cluster)"
+        )
+    elif need_memory:
+        cause = (
+            f"the pools that declare GPU memory need {need_memory:g} GB at once, packed whole actors to a GPU, and the cluster's "
+            f"GPUs have {have_memory:g} GB: add GPUs, lower generate.<stage>.concurrency, or lower a pool's batch_size and "
+            "gpu_memory_gb"
         )
     else:
         cause = "no split of the cluster's GPUs and CPUs holds them all: lower generate.<stage>.concurrency"

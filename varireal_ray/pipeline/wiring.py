@@ -49,10 +49,13 @@ class FailFast:
 
     def __call__(self, batch: Batch) -> Batch | pa.Table:
         ensure_error_columns(batch)
-        healthy = np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
-        out = stamp_worker(self.stage(batch), self.stage_cls.name, self.worker, healthy)
-        if self.batches and len(healthy):
-            self._watch([str(out["error"][i]) for i in healthy], [str(out["error_stage"][i]) for i in healthy])
+        # The rows the stage works on: every healthy row, or (a pool that passes the others on,
+        # as the edit pools do) those it ``takes``.
+        takes = getattr(self.stage, "takes", None)
+        mine = takes(batch) if takes else np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
+        out = stamp_worker(self.stage(batch), self.stage_cls.name, self.worker, mine)
+        if self.batches and len(mine):
+            self._watch([str(out["error"][i]) for i in mine], [str(out["error_stage"][i]) for i in mine])
         # Every column typed, even where every row failed, so batches merge whatever rows they hold.
         return schema.conform(out, in_flight=True) if self.typed else out
 
@@ -136,7 +139,8 @@ def in_rows(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
 
 def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources, config: Config) -> ray.data.Dataset:
     """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch (under ``FailFast``,
-    which also records the worker in each row's ``workers`` column)."""
+    which also records the worker in each row's ``workers`` column). ``resources`` as planned
+    (``placement``): a pool that declared GPU memory has its share by now."""
     return ds.map_batches(
         watched(stage_cls, typed=True),
         fn_constructor_kwargs={"config": config},
@@ -168,6 +172,16 @@ def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, typed: bool = True, **fn
     ``typed``: its output is cast to the declared schema (``schema.conform``), as a stage's is."""
     return ds.map_batches(conformed(fn) if typed else fn, fn_kwargs=fn_kwargs, batch_size=batch_size, num_cpus=0.25,
                           batch_format="numpy", zero_copy_batch=False)
+
+
+def task_stage(ds: ray.data.Dataset, stage_cls: type, config: Config, batch_size: int) -> ray.data.Dataset:
+    """A model-free stage (``section`` None) as light CPU tasks: ``stage_cls(config)(batch)``."""
+
+    def run(batch: Batch, config: Config) -> Batch:
+        return stage_cls(config)(batch)
+
+    run.__name__ = run.__qualname__ = stage_cls.__name__  # Ray Data names operators after it
+    return cpu_task(ds, run, batch_size=batch_size, config=config)
 
 
 def conformed(fn):

@@ -57,6 +57,31 @@ def delta_e_2000(a: np.ndarray, b: np.ndarray) -> float:
     return float(deltaE_ciede2000(a, b))
 
 
+class CheckStage:
+    """The checks as a flow stage: no model and no pool, it runs as light CPU tasks (``section``
+    None)."""
+
+    name = STAGE
+    section = None  # no actor pool: stateless CPU tasks between the edit and the judge
+    timing = None
+    inputs = ("image", "edited", "mask", "attribute", "value")
+    outputs = COLUMNS
+
+    @staticmethod
+    def roles(config) -> list[str]:
+        return []
+
+    @staticmethod
+    def used(config) -> bool:
+        return config.generate.checks.enabled
+
+    def __init__(self, config):
+        self.changed_delta_e = config.generate.checks.changed_delta_e
+
+    def __call__(self, batch: common.Batch) -> common.Batch:
+        return check_edits(batch, self.changed_delta_e)
+
+
 def check_edits(batch: common.Batch, changed_delta_e: float) -> common.Batch:
     """Adds ``COLUMNS`` to every edited row (rows without an edit keep nulls)."""
     common.ensure_error_columns(batch)

@@ -111,11 +111,19 @@ class JudgeStage:
     """The multimodal LLM filter; see the module docstring."""
 
     name = STAGE  # the stage as rows and errors name it
+    section = "judge_stage"  # generate.<section> sizes its pool
+    timing = "t_judge"
+    inputs = ("edited", "class_name", "attribute", "feasibility", "value", "value_description")
+    outputs = ("judge_answers", "judge_score", "accepted", "t_judge")
 
     @staticmethod
     def roles(config: Config) -> list[str]:
         """The ``models.<role>`` entries this stage loads (none when the judge is off)."""
         return ["judge"] if config.generate.judge.enabled else []
+
+    @staticmethod
+    def used(config: Config) -> bool:
+        return True  # every row passes (accepted unjudged when generate.judge.enabled is off)
 
     def __init__(self, config: Config):
         self.judge = config.generate.judge

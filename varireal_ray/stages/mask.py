@@ -183,11 +183,19 @@ class MaskStage:
     """Grounding + SAM 2 object masks with a GrabCut fallback; see the module docstring."""
 
     name = STAGE  # the stage as rows and errors name it
+    section = "mask_stage"  # generate.<section> sizes its pool
+    timing = "t_mask"
+    inputs = ("source_id", "class_name", "image", "box", "mask_uri")
+    outputs = (*schema.MASK_OUTPUT_COLUMNS, "t_mask")
 
     @staticmethod
     def roles(config: Config) -> list[str]:
         """The ``models.<role>`` entries this stage loads (none when every mask is the dataset's)."""
         return [] if config.generate.mask.source == "dataset" else ["grounding", "segmenter"]
+
+    @staticmethod
+    def used(config: Config) -> bool:
+        return True  # every source gets a mask (the dataset's, or the models')
 
     def __init__(self, config: Config):
         self.config = config

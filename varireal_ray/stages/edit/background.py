@@ -4,20 +4,21 @@ original object back."""
 
 from __future__ import annotations
 
-from varireal_ray.stages import common, priors
-from varireal_ray.stages.edit.job import PRIOR_SEED_OFFSET, Job, Pipelines, each, generate, inpaint
+from varireal_ray.config import BackgroundEditor, TextToImage
+from varireal_ray.stages import priors
+from varireal_ray.stages.edit.job import PRIOR_SEED_OFFSET, Job
 
 REGION = "background"  # what the edit may change; the composite keeps the rest
+REFINES = False  # no second pass
 
 
-def edit(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-    editor = jobs[0].editor
-    jobs = generate(pipes, batch, jobs, editor.plate_prompt, editor.plate)
-    jobs = each(batch, jobs, lambda job: plate_prior(job, pipes.resolution))
-    return inpaint(pipes, batch, jobs)
+def text2image(editor: BackgroundEditor) -> tuple[str, TextToImage]:
+    """The prompt template and settings of the plate (the text-to-image pool draws it)."""
+    return editor.plate_prompt, editor.plate
 
 
-def plate_prior(job: Job, resolution: int) -> None:
+def prior(job: Job, resolution: int) -> None:
+    """What inpainting starts from: the plate outside the dilated object, the object kept."""
     cfg = job.editor
     dilation = priors.scaled_px(cfg.dilation_px, resolution)
     blur = priors.scaled_px(cfg.blur_px, resolution, odd=True)

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from varireal_ray.stages import common, named_colors, priors
-from varireal_ray.stages.edit import refine
-from varireal_ray.stages.edit.job import Job, Pipelines, each, inpaint
+from varireal_ray.config import ObjectEditor
+from varireal_ray.stages import named_colors, priors
+from varireal_ray.stages.edit.job import Job
 
 REGION = "object"
+REFINES = True  # when the settings have a ``refine`` section
 
 
-def edit(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-    jobs = each(batch, jobs, color_prior)
-    jobs = inpaint(pipes, batch, jobs)
-    return refine.second_pass(pipes, batch, jobs)
+def text2image(editor: ObjectEditor) -> None:
+    return None  # the prior is a named color: no model draws it
 
 
-def color_prior(job: Job) -> None:
+def prior(job: Job, resolution: int) -> None:
     alpha = job.editor.blend_alpha
     rgb, source = named_colors.lookup(job.fields["value"])
     job.init = priors.blend(job.image, job.work_mask, np.array(rgb), alpha)

@@ -1,4 +1,4 @@
-"""One row in flight through an edit recipe, and the call helpers every recipe shares."""
+"""One row in flight through the edit pools, and the call helpers every pool shares."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from PIL import Image
 from varireal_ray.config import BackgroundEditor, Diffusion, ObjectEditor, TextToImage
 from varireal_ray.stages import common
 
-STAGE = "edit"
 # Plates, swatches and swatch crops draw from the row seed plus this, the inpainting noise from the
 # row seed itself, the refinement noise from the seed plus REFINE_SEED_OFFSET: one seed per row
 # reproduces the whole edit.
 PRIOR_SEED_OFFSET = 1
 REFINE_SEED_OFFSET = 2
+# What a row carries from one edit pool to the next, losslessly (PNG at the working resolution):
+# the text-to-image prior (plate or swatch), and the inpainting output the refinement starts from.
+HANDOFF = {"text2image": "generated", "inpaint": "inpainted"}
 # Fields a prompt template may use; ``value_full`` is the reference's "name: description" string.
 PROMPT_FIELDS = ("prefix", "class_name", "value", "value_description", "value_full")
 
@@ -36,6 +38,7 @@ class Job:
     prompt: str
     editor: BackgroundEditor | ObjectEditor | None = None  # the row's settings, feasibility applied
     recipe: str = ""  # the attribute's recipe, or "unconstrained" (the no-mask baseline)
+    steps: tuple[str, ...] = ()  # the edit pools the row passes through (``recipes.plan``)
     generated: np.ndarray | None = None  # the plate (background) or swatch (texture)
     init: np.ndarray | None = None  # what inpainting starts from: the source with the prior
     inpaint_mask: Image.Image | None = None
@@ -47,13 +50,13 @@ class Job:
 
 
 @dataclass
-class Pipelines:
-    """What a recipe calls: the loaded diffusion pipelines and the square working resolution."""
+class Pool:
+    """What a pool's step calls: its stage name (on failed rows), its one loaded pipeline and the
+    square working resolution."""
 
+    stage: str
     resolution: int
-    inpaint: Any
-    text2image: Any | None = None  # background plates and texture swatches
-    refiner: Any | None = None  # the color/texture second pass (``refine.py``)
+    pipe: Any
 
 
 def prompt_fields(prefix: str, class_name: str, value: str, description: str) -> dict[str, str]:
@@ -80,19 +83,20 @@ def negatives(negative_prompt: str | None, group: list) -> list[str] | None:
     return None if negative_prompt is None else [negative_prompt] * len(group)
 
 
-def each(batch: common.Batch, jobs: list[Job], fn: Callable[[Job], None]) -> list[Job]:
-    """``fn(job)`` for each job; a failure marks that row only. Returns the jobs that succeeded."""
+def each(batch: common.Batch, jobs: list[Job], fn: Callable[[Job], None], stage: str) -> list[Job]:
+    """``fn(job)`` for each job; a failure marks that row only (as ``stage``'s). Returns the jobs
+    that succeeded."""
     done = []
     for job in jobs:
         try:
             fn(job)
             done.append(job)
         except Exception as exc:  # noqa: BLE001 - a bad row must never kill the batch
-            common.fail_row(batch, job.row, STAGE, exc)
+            common.fail_row(batch, job.row, stage, exc)
     return done
 
 
-def batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], list]) -> list[tuple]:
+def batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], list], stage: str) -> list[tuple]:
     """``call(jobs)`` once for the group; if that fails, once per job, so one bad row fails alone.
     Returns ``(job, output)`` for the jobs that succeeded."""
     if not jobs:
@@ -101,25 +105,23 @@ def batched(batch: common.Batch, jobs: list[Job], call: Callable[[list[Job]], li
         return list(zip(jobs, call(jobs), strict=True))
     except Exception as exc:  # noqa: BLE001 - a lone row fails here; a group is retried below
         if len(jobs) == 1:
-            common.fail_row(batch, jobs[0].row, STAGE, exc)
+            common.fail_row(batch, jobs[0].row, stage, exc)
             return []
     done = []
     for job in jobs:
         try:
             done.append((job, call([job])[0]))
         except Exception as exc:  # noqa: BLE001 - recorded on the row
-            common.fail_row(batch, job.row, STAGE, exc)
+            common.fail_row(batch, job.row, stage, exc)
     return done
 
 
-def generate(pipes: Pipelines, batch: common.Batch, jobs: list[Job], template: str, d: TextToImage) -> list[Job]:
+def generate(pool: Pool, batch: common.Batch, jobs: list[Job], template: str, d: TextToImage) -> list[Job]:
     """Plates or swatches into ``job.generated``: one text-to-image call for the group."""
-    res = pipes.resolution
+    res = pool.resolution
 
     def call(group: list[Job]) -> list[np.ndarray]:
-        if pipes.text2image is None:
-            raise RuntimeError("models.text2image is not loaded: generate.attributes lists no background/texture")
-        out = pipes.text2image(
+        out = pool.pipe(
             prompt=[template.format(**job.fields) for job in group],
             height=res,
             width=res,
@@ -130,21 +132,21 @@ def generate(pipes: Pipelines, batch: common.Batch, jobs: list[Job], template: s
         )
         return [np.asarray(img.convert("RGB")) for img in out.images]
 
-    done = batched(batch, jobs, call)
+    done = batched(batch, jobs, call, pool.stage)
     for job, image in done:
         job.generated = image
     return [job for job, _ in done]
 
 
-def inpaint(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+def inpaint(pool: Pool, batch: common.Batch, jobs: list[Job]) -> list[Job]:
     """Inpaint each ``job.init`` inside ``job.inpaint_mask`` into ``job.edited``: one call."""
     if not jobs:
         return []
     d: Diffusion = jobs[0].editor.inpaint
-    res = pipes.resolution
+    res = pool.resolution
 
     def call(group: list[Job]) -> list[Image.Image]:
-        out = pipes.inpaint(
+        out = pool.pipe(
             prompt=[job.prompt for job in group],
             image=[Image.fromarray(job.init) for job in group],
             mask_image=[job.inpaint_mask for job in group],
@@ -158,7 +160,7 @@ def inpaint(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]
         )
         return list(out.images)
 
-    done = batched(batch, jobs, call)
+    done = batched(batch, jobs, call, pool.stage)
     for job, image in done:
         job.edited = image
     return [job for job, _ in done]

@@ -1,4 +1,5 @@
-"""The color/texture second pass (reference 1.8-1.9, stage 2): the image is generated again with
+"""The refinement pool (reference 1.8-1.9, stage 2; RealVisXL + ControlNet-canny + IP-Adapter Plus
+in the real configuration): the color/texture second pass. The image is generated again with
 a ControlNet-canny SDXL pipeline, guided by the edges of the original object
 (``priors.canny_guide``) and, through the IP-Adapter, by the stage-1 object on gray
 (``priors.ip_reference``); the final composite keeps only its object pixels.
@@ -13,19 +14,29 @@ import numpy as np
 from varireal_ray.config import Config, ConfigError
 from varireal_ray.models import load
 from varireal_ray.stages import common, priors
-from varireal_ray.stages.edit.job import REFINE_SEED_OFFSET, Job, Pipelines, batched, each, generator, negatives
+from varireal_ray.stages.edit.job import REFINE_SEED_OFFSET, Job, Pool, batched, each, generator, negatives
+from varireal_ray.stages.edit.pool import EditPool
 
-ROLES = ("refine_base", "refine_vae", "controlnet", "ip_adapter", "image_encoder")
 
+class RefineStage(EditPool):
+    """Refines each color/texture row's inpainting output (``job.edited``) in place, one call per group."""
 
-def roles(config: Config) -> list[str]:
-    """The ``models.<role>`` entries the second pass loads (``refine_vae`` only when set)."""
-    return [r for r in ROLES if r != "refine_vae" or config.models.refine_vae is not None]
+    name = "refine"
+    section = "refine_stage"
+    timing = "t_refine"
+    outputs = ()  # ``refine`` (its settings) is one of the final columns: empty where no second pass ran
+
+    def load(self, config: Config):
+        return load_refiner(config, self.device)
+
+    def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+        jobs = each(batch, jobs, lambda job: _inputs(job, self.pool.resolution), self.name)
+        return _regenerate(self.pool, batch, jobs)
 
 
 def load_refiner(config: Config, device):
     """The base loaded with its ControlNet (and VAE, and image encoder) as components, then the
-    IP-Adapter weights. Returns the pipeline and its models' labels."""
+    IP-Adapter weights."""
     models = config.models
     parts = {role: load.load(role, models, device) for role in ("controlnet", "image_encoder")}
     if models.refine_vae is not None:
@@ -37,26 +48,17 @@ def load_refiner(config: Config, device):
             f"models.refine_base = {models.refine_base.id!r} loads as {type(pipe).__name__}, which takes no "
             "ControlNet and IP-Adapter; use a Stable Diffusion (XL) text-to-image checkpoint"
         )
-    ip_label = load.load_ip_adapter(pipe, models)
+    load.load_ip_adapter(pipe, models)
     pipe.to(device)
     # diffusers repeats `ip_adapter_image_embeds` batch-size times and so mixes the references of
     # a batch (huggingface/diffusers#9813); ours are already one per row, in the pipeline's
     # (negative, positive) layout, so they go to the UNet as they are.
     pipe.prepare_ip_adapter_image_embeds = _embeds_as_given
-    vae = [parts["vae"].label] if "vae" in parts else []
-    return pipe, [base.label, *vae, parts["controlnet"].label, ip_label, parts["image_encoder"].label]
+    return pipe
 
 
 def _embeds_as_given(ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_cfg):
     return [embeds.to(device) for embeds in ip_adapter_image_embeds]
-
-
-def second_pass(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-    """Refine ``job.edited`` in place when the jobs' settings ask for it (one call for the group)."""
-    if not jobs or jobs[0].editor.refine is None:
-        return jobs
-    jobs = each(batch, jobs, lambda job: _inputs(job, pipes.resolution))
-    return _regenerate(pipes, batch, jobs)
 
 
 def _inputs(job: Job, resolution: int) -> None:
@@ -73,7 +75,7 @@ def _inputs(job: Job, resolution: int) -> None:
     )
 
 
-def _regenerate(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+def _regenerate(pool: Pool, batch: common.Batch, jobs: list[Job]) -> list[Job]:
     """Each image again from noise under its guide and reference, into ``job.edited``."""
     import torch
     from diffusers.models.embeddings import ImageProjection
@@ -81,7 +83,7 @@ def _regenerate(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[
 
     if not jobs:
         return []
-    r, res, pipe = jobs[0].editor.refine, pipes.resolution, pipes.refiner
+    r, res, pipe = jobs[0].editor.refine, pool.resolution, pool.pipe
     cfg = r.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None  # as the pipeline decides
     # Plus adapters (a Resampler) read the encoder's hidden states; plain ones its pooled embedding.
     plus = not isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)
@@ -106,7 +108,7 @@ def _regenerate(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[
         )
         return list(out.images)
 
-    done = batched(batch, jobs, call)
+    done = batched(batch, jobs, call, pool.stage)
     for job, image in done:
         job.edited = image
     return [job for job, _ in done]

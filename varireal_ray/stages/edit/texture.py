@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from varireal_ray.stages import common, priors
-from varireal_ray.stages.edit import refine
-from varireal_ray.stages.edit.job import PRIOR_SEED_OFFSET, Job, Pipelines, each, generate, inpaint
+from varireal_ray.config import ObjectEditor, TextToImage
+from varireal_ray.stages import priors
+from varireal_ray.stages.edit.job import PRIOR_SEED_OFFSET, Job
 
 REGION = "object"
+REFINES = True  # when the settings have a ``refine`` section
 
 
-def edit(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-    editor = jobs[0].editor
-    jobs = generate(pipes, batch, jobs, editor.swatch_prompt, editor.swatch)
-    jobs = each(batch, jobs, swatch_prior)
-    jobs = inpaint(pipes, batch, jobs)
-    return refine.second_pass(pipes, batch, jobs)
+def text2image(editor: ObjectEditor) -> tuple[str, TextToImage]:
+    """The prompt template and settings of the swatch (the text-to-image pool draws it)."""
+    return editor.swatch_prompt, editor.swatch
 
 
-def swatch_prior(job: Job) -> None:
+def prior(job: Job, resolution: int) -> None:
     alpha = job.editor.blend_alpha
     rng = np.random.default_rng(job.seed + PRIOR_SEED_OFFSET)
     patch, (x, y) = priors.swatch_patch(job.generated, rng)

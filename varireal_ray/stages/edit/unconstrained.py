@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from PIL import Image
 
-from varireal_ray.stages import common
-from varireal_ray.stages.edit.job import Job, Pipelines, each, inpaint
+from varireal_ray.stages.edit.job import Job
 
 REGION = "image"  # nothing is kept: the composite takes the whole generated image
+REFINES = False
 
 
-def edit(pipes: Pipelines, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-    return inpaint(pipes, batch, each(batch, jobs, whole_image))
+def text2image(editor) -> None:
+    return None
 
 
-def whole_image(job: Job) -> None:
+def prior(job: Job, resolution: int) -> None:
     job.init = job.image
     job.inpaint_mask = Image.new("L", job.work_mask.shape[::-1], 255)
     job.prior = "none: unconstrained, no mask"

@@ -1,0 +1,194 @@
+"""``EditPool``: what the three edit pools share. Each holds one diffusion model family
+(``text2image.py``, ``inpaint.py``, ``refine.py``), works on the rows whose plan
+(``recipes.plan``) names it, and passes every other row on untouched.
+
+A pool groups its rows by recipe and settings and calls its pipeline once per group (feasible and
+infeasible rows share a call unless ``<attribute>.infeasible`` changes something); a group call
+that fails is retried row by row, so one bad row fails alone, as ``error_stage`` = the pool.
+
+Between pools a row carries its intermediate image losslessly (PNG at the working resolution,
+``job.HANDOFF``); the last pool of a row's plan makes the final composite at the source's own
+resolution (``common.composite``), so the untouched region is the source's pixels exactly
+(DESIGN.md contract 6; exact in the stored image only with a lossless ``generate.image_format``),
+and clears the intermediates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from varireal_ray.config import Config, ConfigError
+from varireal_ray.models import load
+from varireal_ray.stages import common
+from varireal_ray.stages.edit import recipes
+from varireal_ray.stages.edit.job import HANDOFF, Job, Pool, each, prompt_fields
+
+log = logging.getLogger(__name__)
+
+FINAL_COLUMNS = ("edited", "edit_models", "refine")  # what the last pool of a row writes
+
+
+class EditPool:
+    """One edit pool: ``load`` its pipeline, ``step`` a group of jobs through it, ``record`` what
+    the step made on the row. Subclasses set ``name`` (the step, the ``workers`` key and the
+    ``error_stage`` of rows it fails), ``section``, ``timing``, ``outputs`` and ``model_roles``."""
+
+    name: str
+    section: str  # generate.<section> sizes the pool
+    timing: str  # the column of its seconds per row
+    inputs = ("image", "mask", "class_name", "attribute", "feasibility", "edit_mode", "value", "value_description", "seed")
+    outputs: tuple[str, ...]  # the columns it writes (a row's last pool also writes FINAL_COLUMNS)
+    check_config = staticmethod(recipes.check_config)  # run by the generate preflight, before Ray starts
+
+    @classmethod
+    def roles(cls, config: Config) -> list[str]:
+        return recipes.step_roles(config)[cls.name]
+
+    @classmethod
+    def used(cls, config: Config) -> bool:
+        """Whether some row of this config passes through this pool (else the flow leaves it out)."""
+        return cls.name in recipes.steps_used(config)
+
+    def __init__(self, config: Config):
+        recipes.check_config(config)
+        self.config, self.gen = config, config.generate
+        self.device = load.device()
+        self.plans: dict[tuple, recipes.RowPlan] = {}
+        self.pool = Pool(self.name, self.gen.resolution, self.save_memory(self.load(config)))
+        scale = getattr(self.pool.pipe, "vae_scale_factor", None)
+        if scale and self.gen.resolution % scale:
+            raise ConfigError(f"generate.resolution = {self.gen.resolution}: must be a multiple of {scale}")
+
+    def load(self, config: Config) -> Any:
+        raise NotImplementedError
+
+    def save_memory(self, pipe: Any) -> Any:
+        """The pool's memory settings (``generate.<section>``: VAE slicing and tiling, model CPU
+        offload) applied to its pipeline."""
+        options = getattr(self.config.generate, self.section)
+        if options.vae_slicing:
+            pipe.vae.enable_slicing()
+        if options.vae_tiling:
+            pipe.vae.enable_tiling()
+        if options.cpu_offload:
+            if self.device.type == "cuda":
+                log.warning("%s: generate.%s.cpu_offload: each model waits on the CPU until it is called, which costs a "
+                            "transfer per call; give the pool a GPU with more memory to turn it off", self.name, self.section)
+                pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                log.info("%s: generate.%s.cpu_offload has nothing to do on %s", self.name, self.section, self.device)
+        return pipe
+
+    def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+        """This pool's work on a group of jobs that share recipe and settings; returns the jobs
+        that succeeded (the others' rows are failed)."""
+        raise NotImplementedError
+
+    def record(self, batch: common.Batch, job: Job) -> None:
+        """Write what this step made on the job's row (beyond the image it hands on)."""
+
+    # ------------------------------------------------------------------------------ the batch
+    def plan(self, batch: common.Batch, i: int) -> recipes.RowPlan:
+        mode = batch["edit_mode"][i] if "edit_mode" in batch else None
+        key = (str(batch["attribute"][i]), str(batch["feasibility"][i]), mode)
+        if key not in self.plans:
+            self.plans[key] = recipes.plan(self.config, *key)
+        return self.plans[key]
+
+    def takes(self, batch: common.Batch) -> np.ndarray:
+        """The healthy rows this pool works on: those whose plan names it, and those without a
+        plan (an unknown attribute), which it fails."""
+        mine = []
+        for i in common.ok_rows(batch):
+            try:
+                if self.name in self.plan(batch, int(i)).steps:
+                    mine.append(int(i))
+            except Exception:  # noqa: BLE001 - failed (with its reason) by __call__
+                mine.append(int(i))
+        return np.array(mine, dtype=int)
+
+    def __call__(self, batch: common.Batch) -> common.Batch:
+        common.ensure_error_columns(batch)
+        for name in (*self.outputs, *FINAL_COLUMNS, *HANDOFF.values()):
+            common.new_column(batch, name)
+        common.new_column(batch, self.timing, 0.0)
+        rows = self.takes(batch)
+        with common.timed(batch, self.timing, rows):
+            jobs = []
+            for i in rows:
+                try:
+                    jobs.append(self._job(batch, int(i)))
+                except Exception as exc:  # noqa: BLE001 - a bad row must never kill the batch
+                    common.fail_row(batch, int(i), self.name, exc)
+            groups: list[list[Job]] = []
+            for job in jobs:
+                same = next((g for g in groups if g[0].editor == job.editor and g[0].recipe == job.recipe), None)
+                if same is None:
+                    groups.append([job])
+                else:
+                    same.append(job)
+            for group in groups:
+                done = self.step(batch, group)
+                each(batch, done, lambda job: self._hand_on(batch, job), self.name)
+        return batch
+
+    def _job(self, batch: common.Batch, i: int) -> Job:
+        """The row as a job: its plan, source and mask, their square working copies, the prompt,
+        and what earlier pools handed on."""
+        plan = self.plan(batch, i)
+        source = common.decode_image(batch["image"][i])
+        mask = common.decode_mask(batch["mask"][i])
+        if mask.shape != (source.height, source.width):
+            raise common.BadImage(f"mask is {mask.shape[1]}x{mask.shape[0]} px, image {source.width}x{source.height}")
+        region = recipes.RECIPES[plan.recipe].REGION
+        if region != "image" and not (~mask if region == "background" else mask).any():
+            raise ValueError(f"nothing to edit: the mask leaves no {region} pixels")
+        res = self.gen.resolution
+        fields = prompt_fields(self.config.dataset.prefix, str(batch["class_name"][i]), str(batch["value"][i]),
+                               str(batch["value_description"][i] or ""))
+        job = Job(
+            row=i,
+            seed=int(batch["seed"][i]),
+            source=np.asarray(source),
+            mask=mask,
+            image=np.asarray(common.pad_to_square(source, res)),
+            work_mask=common.pad_mask(mask, res),
+            fields=fields,
+            prompt=plan.editor.prompt.format(**fields),
+            editor=plan.editor,
+            recipe=plan.recipe,
+            steps=plan.steps,
+        )
+        if batch["generated"][i] is not None:
+            job.generated = np.asarray(common.decode_image(batch["generated"][i]))
+        if batch["inpainted"][i] is not None:
+            job.edited = common.decode_image(batch["inpainted"][i])
+        return job
+
+    def _hand_on(self, batch: common.Batch, job: Job) -> None:
+        self.record(batch, job)
+        if job.steps[-1] == self.name:
+            self._finish(batch, job)
+        else:  # the next pool of the row's plan starts from this
+            made = job.generated if self.name == "text2image" else job.edited
+            batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(made), "png")
+
+    def _finish(self, batch: common.Batch, job: Job) -> None:
+        """Back to the source's size, then the minimal-edit composite, encoded."""
+        height, width = job.mask.shape
+        restored = np.asarray(common.unpad(job.edited.convert("RGB"), (width, height)))
+        final = common.composite(job.source, restored, job.mask, recipes.RECIPES[job.recipe].REGION)
+        batch["edited"][job.row] = common.encode_image(final, self.gen.image_format)
+        batch["refine"][job.row] = job.refine
+        batch["edit_models"][job.row] = recipes.edit_models(self.config, job.steps)
+        for column in HANDOFF.values():
+            batch[column][job.row] = None
+
+
+def output_columns(pool: type[EditPool]) -> tuple[str, ...]:
+    """Every column a pool may write, as the schema declares them."""
+    return tuple(dict.fromkeys((*pool.outputs, *FINAL_COLUMNS, *HANDOFF.values(), pool.timing)))
+
