@@ -23,9 +23,9 @@ MB = 1024 * 1024
 
 
 def remove_edit_node(cluster: Cluster, workers: list, out: str, done: threading.Event) -> None:
-    """Once the EditStage actor is up (its models loaded, its batches to do), remove the worker
+    """Once the inpainting actor is up (its models loaded, its batches to do), remove the worker
     node it is on (no graceful drain: the node is gone, with its actors, tasks and objects)."""
-    actors = wait_for(lambda: alive_actors("MapWorker(MapBatches(EditStage))") or done.is_set(), 400, "a live EditStage actor")
+    actors = wait_for(lambda: alive_actors("MapWorker(MapBatches(InpaintStage))") or done.is_set(), 400, "a live InpaintStage actor")
     if done.is_set() or storage.committed_ids(out):
         print("the run got too far before the node could be removed", flush=True)
         return

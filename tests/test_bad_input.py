@@ -314,9 +314,9 @@ def test_a_model_name_that_does_not_resolve_stops_generation_before_any_work(tmp
 
 def test_models_that_resolve_pass_the_check(model_cache):
     config = load_config([REPO / "configs" / "demo.yaml"], [f"models.cache_dir={model_cache}"])
-    from varireal_ray.pipeline.generate import generation_roles
+    from varireal_ray.pipeline import flow
 
-    roles = generation_roles(config)
+    roles = flow.roles(config)
     assert {"grounding", "segmenter", "inpaint", "text2image", "refine_base", "controlnet", "judge"} <= set(roles)
     load.check_roles(config.models, [*roles, "llm", "embedder", "clip"])
 

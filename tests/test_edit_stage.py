@@ -79,6 +79,10 @@ class Chain:
     def __call__(self, batch):
         return edit_in_process(self.config, batch, self.pools)
 
+    def pipe(self, name: str):
+        """The pipeline the pool ``name`` holds (None: this config has no such pool)."""
+        return next((p.pool.pipe for p in self.pools if p.name == name), None)
+
 
 @pytest.fixture(scope="module")
 def stage(model_cache) -> Chain:
@@ -242,3 +246,23 @@ def test_swatch_patch_is_seeded_and_sharpened():
         return np.abs(np.diff(img.astype(int), axis=1)).mean()
 
     assert detail(a) > 1.2 * detail(upscaled)
+
+
+def test_the_inpainting_pool_decodes_with_its_configured_vae_a_slice_at_a_time(model_cache):
+    """``models.inpaint_vae`` (the fp16-fix VAE in the real configuration) replaces the inpainting
+    pipeline's own, loaded through the real loader, and ``vae_slicing`` decodes a batch one image at
+    a time: the edits stay minimal and name the VAE they were decoded with."""
+    from varireal_ray.models import load
+
+    config = load_config([REPO / "configs" / "demo.yaml"], [
+        f"models.cache_dir={model_cache}", "generate.resolution=64", "models.inpaint_vae.id=tiny:refine_vae",
+        "generate.inpaint_stage.vae_slicing=true", "generate.attributes=[color]", "generate.color.refine=null"])
+    pool = InpaintStage(config)
+    vae = pool.pool.pipe.vae
+    assert vae.use_slicing and vae.config == load.load("inpaint_vae", config.models, load.device("cpu")).model.config
+    assert vae.config != load.load("inpaint", config.models, load.device("cpu")).model.vae.config  # not the pipeline's own
+    batch = pool(_batch([_row(photo, "color", seed=k) for k, photo in enumerate(PHOTOS)]))
+    assert list(batch["error"]) == [""] * len(PHOTOS)
+    for i in range(len(PHOTOS)):
+        _assert_minimal(batch, i)
+        assert batch["edit_models"][i] == "tiny:inpaint,tiny:refine_vae"

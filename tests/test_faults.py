@@ -25,7 +25,7 @@ from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import run_generate
 
 
-EDIT_ACTOR = "MapWorker(MapBatches(EditStage))"  # how Ray Data names the edit stage's actors
+EDIT_ACTOR = "MapWorker(MapBatches(InpaintStage))"  # how Ray Data names the inpainting pool's actors
 
 
 def assert_each_expected_id_once(config) -> list[dict]:
@@ -131,7 +131,7 @@ def test_killed_stage_actor_is_replaced_and_nothing_is_lost(tmp_path, model_cach
     job.start()
     try:
         # Mid-stream: the edit actor is up (models loaded) and has every batch still to do.
-        victims = wait_for(lambda: alive_actors(EDIT_ACTOR) or not job.is_alive(), 300, "a live EditStage actor")
+        victims = wait_for(lambda: alive_actors(EDIT_ACTOR) or not job.is_alive(), 300, "a live InpaintStage actor")
         assert job.is_alive() and not storage.committed_ids(out), "the run got too far before the actor could be killed"
         os.kill(victims[0]["Pid"], signal.SIGKILL)  # the actor's worker process dies, as on an OOM kill
     finally:

@@ -9,7 +9,8 @@ import pytest
 from fault_helpers import REPO
 from varireal_ray import cli, fingerprint, run_folder, schema, sources, storage
 from varireal_ray.config import load_config
-from varireal_ray.pipeline.generate import generation_roles, run_generate
+from varireal_ray.pipeline import flow
+from varireal_ray.pipeline.generate import run_generate
 from varireal_ray.prompts.bank import Bank
 
 
@@ -79,7 +80,7 @@ def test_a_section_turned_off_or_a_changed_model_or_bank_stops(tmp_path, model_c
     folder = tiny.ensure("judge", model_cache)  # the same weights, named by their folder: still another model name
     with pytest.raises(fingerprint.SettingsChanged, match=f"models.judge.id: was 'tiny:judge', now '{folder}'"):
         record_generation(config_for(tmp_path, model_cache, f"models.judge.id={folder}"))
-    settings = fingerprint.generate_settings(config_for(tmp_path, model_cache), generation_roles(config_for(tmp_path, model_cache)), "0123")
+    settings = fingerprint.generate_settings(config_for(tmp_path, model_cache), flow.roles(config_for(tmp_path, model_cache)), "0123")
     sources.ensure_manifest(config_for(tmp_path, model_cache))
     with pytest.raises(fingerprint.SettingsChanged, match="bank_hash: was '[0-9a-f]+', now '0123'"):
         fingerprint.check(run_folder.generated(config_for(tmp_path, model_cache)), settings, "generate")

@@ -40,6 +40,10 @@ def rows_of(config):
     return storage.read_dataset(storage.join(config.run.output, "generate")).to_pylist()
 
 
+# The edit pools each attribute's rows pass through (the demo refines color and texture).
+POOLS_OF = {"background": ("text2image", "inpaint"), "color": ("inpaint", "refine"), "texture": ("text2image", "inpaint", "refine")}
+
+
 def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
     config = config_for(tmp_path / "run", model_cache, "generate.judge.on_exhausted=keep_flagged")
     manifest = run_generate(config)
@@ -66,10 +70,12 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
         assert (r["color_delta_e"] is not None) == known_color and (r["color_delta_e_source"] is not None) == known_color
         assert r["bank_hash"] and r["value"] and r["prompt"] and r["error"] == ""
         assert 0.0 <= r["judge_score"] <= 1.0 and r["attempt"] >= 0
-        workers = json.loads(r["workers"])  # which process ran each stage, to find a bad node
-        assert set(workers) == {"mask", "edit", "judge"}, workers
+        # Which process ran each stage, to find a bad node: only the pools the row's recipe needs.
+        workers = json.loads(r["workers"])
+        assert set(workers) == {"mask", *POOLS_OF[r["attribute"]], "judge"}, workers
         assert all(w["pid"] > 0 and w["host"] and w["node_ip"] for w in workers.values()), workers
-        assert len({w["pid"] for w in workers.values()}) == 3  # three actors, three processes
+        assert len({w["pid"] for w in workers.values()}) == len(workers)  # one actor, one process a pool
+        assert (r["t_text2image"] > 0, r["t_refine"] > 0) == ("text2image" in workers, "refine" in workers)
     attempts = storage.read_commits_table(storage.join(config.run.output, "generate", "attempts")).to_pylist()
     assert {a["id"] for a in attempts} == {r["id"] for r in rows}  # every attempt is on record
     _cost_counts_every_attempt(config, manifest, rows, attempts)
@@ -83,7 +89,8 @@ def _cost_counts_every_attempt(config, manifest, rows, attempts):
     accepted = sum(bool(r["accepted"]) for r in rows)
     assert cost["accepted"] == accepted > 0 and cost["attempts"] == len(attempts) and cost["failed"] == 0
     masks = storage.read_commits_table(storage.join(config.run.output, "generate", "masks")).to_pylist()
-    expected = {"mask": sum(m["t_mask"] for m in masks), "edit": sum(a["t_edit"] for a in attempts), "judge": sum(a["t_judge"] for a in attempts)}
+    expected = {"mask": sum(m["t_mask"] for m in masks),
+                **{stage: sum(a[f"t_{stage}"] for a in attempts) for stage in ("text2image", "inpaint", "refine", "judge")}}
     for stage, seconds in expected.items():
         got = cost["stages"][stage]
         assert seconds > 0 and got["seconds"] == pytest.approx(seconds, abs=1e-3), stage
@@ -144,10 +151,10 @@ def test_resume_after_lost_commits_gives_each_id_once(tmp_path, model_cache):
 
 
 def edit_actors_ever() -> int:
-    """EditStage actors this Ray cluster has started, alive or not (the GCS actor table)."""
+    """Inpainting actors this Ray cluster has started, alive or not (the GCS actor table)."""
     from ray._private import state
 
-    return sum(a["ActorClassName"] == "MapWorker(MapBatches(EditStage))" for a in state.actors().values())
+    return sum(a["ActorClassName"] == "MapWorker(MapBatches(InpaintStage))" for a in state.actors().values())
 
 
 def test_bad_images_become_error_rows_and_budget_applies(tmp_path, model_cache):

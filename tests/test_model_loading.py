@@ -13,7 +13,8 @@ import torch
 from varireal_ray.config import ModelRef, load_config
 from varireal_ray.models import load, registry
 from varireal_ray.models.registry import ModelNotFound
-from varireal_ray.pipeline.generate import generation_roles, model_labels
+from varireal_ray.pipeline import flow
+from varireal_ray.pipeline.generate import model_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def test_provenance_lists_exactly_the_models_the_stages_load(model_cache):
     # Background only: a plate model, no refiner.
     config = _config(model_cache, "generate.attributes=[background]")
     assert set(json.loads(model_labels(config))) == {"grounding", "segmenter", "inpaint", "text2image", "judge"}
-    assert set(generation_roles(config)) == set(json.loads(model_labels(config)))
+    assert set(flow.roles(config)) == set(json.loads(model_labels(config)))
 
 
 def test_revision_is_recorded_in_provenance(model_cache):

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
-from test_edit_stage import PHOTOS, _assert_minimal, _batch, _row
+from test_edit_stage import PHOTOS, Chain, _assert_minimal, _batch, _row
 
 from varireal_ray.config import ObjectEditor, load_config
 from varireal_ray.models import tiny
 from varireal_ray.models.registry import ModelNotFound
 from varireal_ray.stages import common, priors
-from varireal_ray.stages.edit import EditStage
+from varireal_ray.stages.edit import RefineStage
 
 REPO = Path(__file__).resolve().parents[1]
 # Infeasible color rows get their own alpha, strength and IP-Adapter scale.
@@ -34,8 +34,8 @@ def _config(model_cache, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def stage(model_cache) -> EditStage:
-    return EditStage(_config(model_cache, INFEASIBLE_COLOR))
+def stage(model_cache) -> Chain:
+    return Chain(_config(model_cache, INFEASIBLE_COLOR))
 
 
 def _object(shape=(64, 64)) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +108,7 @@ def test_tiny_refiner_loads_through_the_real_loaders(stage, model_cache):
     from diffusers.models.embeddings import IPAdapterPlusImageProjection
     from safetensors import safe_open
 
-    pipe = stage.refiner
+    pipe = stage.pipe("refine")
     assert isinstance(pipe, StableDiffusionXLControlNetPipeline)
     assert pipe.vae_scale_factor == 8 and pipe.vae.config.scaling_factor == 0.13025
     projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
@@ -150,8 +150,8 @@ def test_refined_edits_are_minimal_and_differ_from_stage1_alone(stage, model_cac
         _assert_minimal(batch, i)  # background exact on PNG, source size, the object changed
         assert batch["refine"][i].startswith("canny low=") and "seed=5" in batch["refine"][i]
     # The second pass changes the object: without it (refine: null) the same rows come out otherwise.
-    plain = EditStage(_config(model_cache, "generate.color.refine=null", "generate.texture.refine=null"))
-    assert plain.refiner is None
+    plain = Chain(_config(model_cache, "generate.color.refine=null", "generate.texture.refine=null"))
+    assert plain.pipe("refine") is None and not RefineStage.used(plain.config)  # no refinement pool at all
     without = plain(_batch(rows))
     for i in range(len(rows)):
         assert without["refine"][i] == "" and without["edit_models"][i].count(",") <= 1
@@ -200,4 +200,4 @@ def test_infeasible_rows_get_their_settings(stage):
 )
 def test_bad_refiner_model_fails_at_construction_naming_the_key(model_cache, override, key):
     with pytest.raises(ModelNotFound, match=key.replace(".", r"\.")):
-        EditStage(_config(model_cache, override))
+        RefineStage(_config(model_cache, override))

@@ -89,14 +89,14 @@ def test_the_dataset_part_reports_cost_acceptance_checks_and_margins(tmp_path):
     rows = synthetic_rows()
     dataset_uri = write_synthetic(output, rows)
     # Judged attempts: every row once at attempt 0 (rejected ones once more at attempt 1, accepted),
-    # each 2 s of edit and 1 s of judge; the failed rows in errors/ with 3 s of edit each.
+    # each 2 s of inpainting and 1 s of judge; the failed rows in errors/ with 3 s of inpainting each.
     judged = [r for r in rows if not r["error"]]
     attempts = [{"id": r["id"], "source_id": r["source_id"], "class_name": r["class_name"], "attribute": r["attribute"],
                  "feasibility": r["feasibility"], "attempt": 0, "outcome": "accepted" if r["accepted"] else "retry",
-                 "t_edit": 2.0, "t_judge": 1.0} for r in judged]
+                 "t_inpaint": 2.0, "t_judge": 1.0} for r in judged]
     attempts += [dict(a, attempt=1, outcome="accepted") for a in attempts if a["outcome"] == "retry"]
     storage.commit_shard(storage.join(dataset_uri, "attempts"), pa.Table.from_pylist(attempts))
-    failed = [{"id": r["id"], "source_id": r["source_id"], "error": r["error"], "t_edit": 3.0, "t_judge": None} for r in rows if r["error"]]
+    failed = [{"id": r["id"], "source_id": r["source_id"], "error": r["error"], "t_inpaint": 3.0, "t_judge": None} for r in rows if r["error"]]
     storage.commit_shard(storage.join(dataset_uri, "errors"), pa.Table.from_pylist(failed))
     sources = sorted({r["source_id"] for r in rows})
     storage.commit_shard(storage.join(dataset_uri, "masks"), pa.Table.from_pylist([{"source_id": s, "t_mask": 0.5} for s in sources]), id_column="source_id")
@@ -112,7 +112,7 @@ def test_the_dataset_part_reports_cost_acceptance_checks_and_margins(tmp_path):
 
     accepted = sum(r["accepted"] for r in rows)  # the rejected rows were kept, unaccepted
     cost = pd.read_csv(report / "cost.csv").set_index("stage")
-    assert cost.loc["edit", "seconds"] == 2.0 * len(attempts) + 3.0 * len(failed)
+    assert cost.loc["inpaint", "seconds"] == 2.0 * len(attempts) + 3.0 * len(failed)
     assert cost.loc["mask", "seconds"] == 0.5 * len(sources) and cost.loc["judge", "seconds"] == 1.0 * len(attempts)
     assert cost.loc["all", "seconds per accepted image"] == pytest.approx((2.0 * len(attempts) + 3.0 * len(failed) + 0.5 * len(sources) + len(attempts)) / accepted, abs=1e-3)
 

@@ -101,10 +101,10 @@ def _totals(summary: list[dict]) -> Counter:
     return total
 
 
-def masked_sources(config: Config, out: str, train: list[dict] | None) -> ray.data.Dataset | None:
+def masked_sources(config: Config, out: str, train: list[dict] | None, reserved: dict | None = None) -> ray.data.Dataset | None:
     """Every source row with its mask: the committed masks, and the missing ones of ``train``
     (round 0's sources; None in later rounds) computed on the way (load -> MaskStage -> commit, a
-    batch at a time). None: no source."""
+    batch at a time), in the mask pool's reservation (``reserved``) if it has one. None: no source."""
     masks = storage.join(out, "masks")
     records = storage.commits(masks)
     parts = []
@@ -120,7 +120,7 @@ def masked_sources(config: Config, out: str, train: list[dict] | None) -> ray.da
             batch = resources.batch_size
             ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / batch))  # a batch per block
             ds = cpu_task(ds, load_images, batch_size=batch)
-            ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config)
+            ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config, (reserved or {}).get(flow.SOURCE_STAGE.name))
             parts.append(cpu_task(ds, commit_masks, batch_size=batch, out_uri=out))
     if not parts:
         return None
@@ -157,7 +157,14 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     due = _due(config, attempt, train, done, next_attempt)
     if due == 0:
         return Counter()  # nothing to do: no actor pool (and no model) is started
-    ds = masked_sources(config, out, train)
+    with placement.reserved(config) as reserved:  # every GPU actor where the plan put it
+        return _stream(config, out, bank, attempt, train, done, next_attempt, due, reserved)
+
+
+def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict] | None, done: set[str],
+            next_attempt: dict[str, int], due: int, reserved: dict) -> Counter:
+    gen = config.generate
+    ds = masked_sources(config, out, train, reserved)
     if ds is None:
         return Counter()
     final = attempt == gen.judge.max_attempts - 1 or not gen.judge.enabled
@@ -174,7 +181,10 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     rows = min(flow.resources(config, s).batch_size for s in stages if s.section)  # every actor of every pool gets work
     ds = cpu_task(in_rows(ds, rows), load_images, batch_size=rows)
     for stage in stages:
-        ds = actor_stage(ds, stage, flow.resources(config, stage), config) if stage.section else task_stage(ds, stage, config, rows)
+        if stage.section:
+            ds = actor_stage(ds, stage, flow.resources(config, stage), config, reserved.get(stage.name))
+        else:
+            ds = task_stage(ds, stage, config, rows)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, typed=False, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
     with Progress(f"generate, round {attempt}", due, "items") as progress:
         def written(summary: dict) -> None:  # one writer batch: its items' outcomes

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from varireal_ray.config import Config, StageResources
 from varireal_ray.errors import UserError
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 LIGHT_TASK_CPUS = 1.25
 # The smallest GPU share the plan hands out (below it, an actor would not be worth a GPU slot).
 MIN_SHARE = 0.01
+# How long Ray may take to reserve a planned pool (its GPUs are free when the round starts).
+RESERVE_TIMEOUT_S = 120
 # GPU memory (GB) by Ray's accelerator type (``accelerator_type:<type>``). Where a type comes in two
 # sizes and Ray names both alike (A100, V100), the smaller: set generate.gpu_memory_gb for the larger.
 GPU_MEMORY_GB = {
@@ -156,6 +160,7 @@ def plan(stages: dict[str, StageResources], nodes: list[Node], mode: str = "fit"
             f"{', '.join(gpu_asks)} per actor, but the cluster has no GPU: set them to 0 (and gpu_memory_gb to null) to run on "
             "CPUs (slow), or join a cluster with GPUs (on an autoscaling cluster that adds GPU nodes on demand: generate.placement=as_set)"
         )
+    check_memory_fits(stages, nodes)
     stages = {setting: with_memory_share(setting, ask, nodes) for setting, ask in stages.items()}
     for setting, ask in stages.items():
         check_fits_a_node(setting, ask, nodes)
@@ -175,9 +180,24 @@ def plan(stages: dict[str, StageResources], nodes: list[Node], mode: str = "fit"
     raise PlacementError(_why_not(stages, nodes))
 
 
+def check_memory_fits(stages: dict[str, StageResources], nodes: list[Node]) -> None:
+    """Every pool that declares GPU memory fits the largest GPU; else name each that does not."""
+    known = [n.gpu_memory_gb for n in nodes if n.gpus and n.gpu_memory_gb]
+    largest = max(known, default=None)
+    too_big = [(s, a) for s, a in stages.items() if a.gpu_memory_gb and largest is not None and a.gpu_memory_gb > largest]
+    if too_big:
+        needs = "; ".join(f"{s} needs {a.gpu_memory_gb:g} GB of GPU memory per actor ({s}.gpu_memory_gb, at generate.resolution "
+                          f"and {s}.batch_size={a.batch_size})" for s, a in too_big)
+        first = too_big[0][0]
+        raise PlacementError(
+            f"{needs}, but the largest GPU has {largest:g} GB: lower {first}.batch_size and {first}.gpu_memory_gb (for 24 GB "
+            "cards: -c configs/gpu-24gb.yaml), or use GPUs with more memory"
+        )
+
+
 def with_memory_share(setting: str, ask: StageResources, nodes: list[Node]) -> StageResources:
     """A pool that declares GPU memory, with the share of a GPU that memory is (on the smallest GPU
-    that holds it, so the share never promises more than a GPU has); others as they are."""
+    that holds it); others as they are."""
     need = ask.gpu_memory_gb
     if need is None:
         return ask
@@ -189,17 +209,55 @@ def with_memory_share(setting: str, ask: StageResources, nodes: list[Node]) -> S
             "type there): set generate.gpu_memory_gb to the memory of one GPU in GB"
         )
     holding = [n.gpu_memory_gb for n in gpu_nodes if n.gpu_memory_gb >= need]
-    if not holding:
-        largest = max(n.gpu_memory_gb for n in gpu_nodes)
-        raise PlacementError(
-            f"{setting} needs {need:g} GB of GPU memory per actor ({setting}.gpu_memory_gb, at generate.resolution and "
-            f"{setting}.batch_size={ask.batch_size}), but the largest GPU has {largest:g} GB: lower {setting}.batch_size and "
-            f"{setting}.gpu_memory_gb (for 24 GB cards: -c configs/gpu-24gb.yaml), or use GPUs with more memory"
-        )
     if len(holding) < len(gpu_nodes):
         log.warning("placement: %s needs %g GB per actor and some GPUs have less; Ray places by share, so on a cluster of "
                     "mixed GPUs give the pool its own node type", setting, need)
-    return ask.model_copy(update={"num_gpus": min(1.0, math.ceil(need / min(holding) * 100) / 100)})
+    # Floored to Ray's resolution (1e-4 of a GPU), so that pools whose memory fills a card exactly
+    # fit it by share too; the plan holds the memory itself to the card's.
+    return ask.model_copy(update={"num_gpus": max(MIN_SHARE, math.floor(need / min(holding) * 1e4) / 1e4)})
+
+
+@contextmanager
+def reserved(config: Config) -> Iterator[dict[str, Any]]:
+    """The planned pools' GPU actors reserved where the plan put them: a placement group per GPU
+    pool, created biggest first and each ready before the next, so Ray fits each bundle as the plan
+    did (``_pack``). Without them Ray places the actors as Ray Data asks for them, pool by pool in
+    flow order, and a tight plan (three 24 GB cards for the 24 GB profile) leaves the last pool
+    waiting for a GPU that never frees. Yields ``{stage name: scheduling strategy}`` for
+    ``wiring.actor_stage``; nothing under ``generate.placement=as_set``. The groups are removed
+    when the round ends."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if config.generate.placement == "as_set":
+        yield {}
+        return
+    pools = [s for s in flow.pools(config) if flow.resources(config, s).num_gpus]
+    pools.sort(key=lambda s: _order(flow.resources(config, s)), reverse=True)
+    groups: dict[str, Any] = {}
+    try:
+        for stage in pools:
+            ask = flow.resources(config, stage)
+            bundle = {"CPU": ask.num_cpus, "GPU": ask.num_gpus, **({"memory": ask.memory_gb * 2**30} if ask.memory_gb else {})}
+            group = placement_group([bundle] * ask.concurrency, strategy="PACK", name=f"varireal-{stage.name}")
+            groups[stage.name] = PlacementGroupSchedulingStrategy(group)
+            try:
+                ray.get(group.ready(), timeout=RESERVE_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                raise PlacementError(
+                    f"{flow.setting(stage)}: Ray could not reserve {ask.concurrency} x {bundle} in {RESERVE_TIMEOUT_S} s, though the "
+                    "plan fit it: the cluster changed since (a node left, or another job holds its GPUs); re-run, or set "
+                    "generate.placement=as_set"
+                ) from None
+        yield groups
+    finally:
+        for strategy in groups.values():
+            remove_placement_group(strategy.placement_group)
+
+
+def _order(ask: StageResources) -> tuple:
+    return ask.num_gpus, ask.gpu_memory_gb or 0.0, ask.num_cpus
 
 
 def check_fits_a_node(setting: str, ask: StageResources, nodes: list[Node]) -> None:
@@ -231,14 +289,16 @@ def check_fits_a_node(setting: str, ask: StageResources, nodes: list[Node]) -> N
 
 
 def _actors(stages: dict[str, StageResources]) -> list[tuple[str, StageResources]]:
-    """Every actor, biggest GPU ask first (first-fit decreasing packs best that way)."""
+    """Every actor, biggest GPU ask first: the order ``reserved`` asks Ray for them (best-fit
+    decreasing packs well)."""
     actors = [(s, a) for s, a in stages.items() for _ in range(a.concurrency)]
-    return sorted(actors, key=lambda sa: (sa[1].num_gpus, sa[1].gpu_memory_gb or 0.0, sa[1].num_cpus), reverse=True)
+    return sorted(actors, key=lambda sa: _order(sa[1]), reverse=True)
 
 
 def _pack(stages: dict[str, StageResources], nodes: list[Node]) -> list[Node] | None:
-    """The nodes with every actor placed at once, first-fit decreasing, with CPUs to spare for the
-    light tasks; None when they do not all fit."""
+    """The nodes with every actor placed at once, biggest first, each on the first node that takes
+    it and there on the GPU it fits most tightly (as Ray places a fractional GPU ask), with CPUs to
+    spare for the light tasks; None when they do not all fit."""
     free = [n.fresh() for n in nodes]
     for setting, ask in _actors(stages):
         if not any(_place(setting, ask, node) for node in free):
@@ -256,12 +316,12 @@ def _place(setting: str, ask: StageResources, node: Node) -> bool:
         for i in whole:
             node.gpu_free[i], node.gpu_memory_free[i] = 0.0, 0.0
             node.placed[i].append(setting)
-    elif ask.num_gpus > 0:
+    elif ask.num_gpus > 0:  # as Ray allocates a fraction: the GPU it fits most tightly, the first of equals
         need = ask.gpu_memory_gb or 0.0
-        slot = next((i for i, f in enumerate(node.gpu_free)
-                     if f >= ask.num_gpus - 1e-9 and node.gpu_memory_free[i] >= need - 1e-9), None)
-        if slot is None:
+        fits = [i for i, f in enumerate(node.gpu_free) if f >= ask.num_gpus - 1e-9 and node.gpu_memory_free[i] >= need - 1e-9]
+        if not fits:
             return False
+        slot = min(fits, key=lambda i: (round(node.gpu_free[i] - ask.num_gpus, 6), i))
         node.gpu_free[slot] -= ask.num_gpus
         node.gpu_memory_free[slot] -= need
         node.placed[slot].append(setting)

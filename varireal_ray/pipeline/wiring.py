@@ -137,10 +137,12 @@ def in_rows(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
     return ds.repartition(target_num_rows_per_block=rows)
 
 
-def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources, config: Config) -> ray.data.Dataset:
+def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources, config: Config,
+                scheduling_strategy=None) -> ray.data.Dataset:
     """``stage_cls(config)`` once per actor, ``__call__(batch)`` per batch (under ``FailFast``,
     which also records the worker in each row's ``workers`` column). ``resources`` as planned
-    (``placement``): a pool that declared GPU memory has its share by now."""
+    (``placement``): a pool that declared GPU memory has its share by now; ``scheduling_strategy``:
+    the placement group the plan reserved for it (``placement.reserved``)."""
     return ds.map_batches(
         watched(stage_cls, typed=True),
         fn_constructor_kwargs={"config": config},
@@ -148,6 +150,7 @@ def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources
         num_cpus=resources.num_cpus,
         num_gpus=resources.num_gpus,
         **({"memory": int(resources.memory_gb * 2**30)} if resources.memory_gb else {}),
+        **({"scheduling_strategy": scheduling_strategy} if scheduling_strategy is not None else {}),
         compute=ray.data.ActorPoolStrategy(size=resources.concurrency),
         batch_format="numpy",
         zero_copy_batch=False,
