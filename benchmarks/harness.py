@@ -84,15 +84,18 @@ def chunks(items: list, size: int) -> Iterator[list]:
 
 
 class Stages:
-    """The three stage classes, each loaded once (``seconds_loading`` says how long that took)."""
+    """The mask stage, the edit pools this config uses and the judge, each loaded once in this
+    process (``seconds_loading`` says how long that took): today's fused single actor, as it were."""
 
     def __init__(self, config):
-        from varireal_ray.stages.edit import EditStage
+        from varireal_ray.stages.edit import POOLS, edit_in_process
         from varireal_ray.stages.judge import JudgeStage
         from varireal_ray.stages.mask import MaskStage
 
         start = time.perf_counter()
-        self.mask, self.edit, self.judge = MaskStage(config), EditStage(config), JudgeStage(config)
+        self.mask, self.judge = MaskStage(config), JudgeStage(config)
+        pools = [pool(config) for pool in POOLS if pool.used(config)]
+        self.edit = lambda batch: edit_in_process(config, batch, pools)
         self.seconds_loading = time.perf_counter() - start
 
 
@@ -146,7 +149,7 @@ class ShardBuffer:
 def run_fused(config) -> dict:
     """Generation with the stage classes in this process, no Ray, in the pipeline's order: each
     batch of ``mask_stage.batch_size`` sources is masked and its masks committed, its items are
-    edited and judged in batches of ``edit_stage.batch_size``, and judged rows are written with the
+    edited and judged in batches of ``inpaint_stage.batch_size``, and judged rows are written with the
     pipeline's own writer, ``shard_rows`` at a time. Returns counts and times."""
     from varireal_ray import run_folder, storage
     from varireal_ray.pipeline.writer import commit_masks, write_edits
@@ -163,7 +166,7 @@ def run_fused(config) -> dict:
         masked = rows_of(commit_masks(mask_sources(stages, rows), out))
         todo = expand_items(config, bank, masked)
         items += len(todo)
-        for batch in chunks(todo, gen.edit_stage.batch_size):
+        for batch in chunks(todo, gen.inpaint_stage.batch_size):
             edits.add(edit_and_judge(stages, batch))
     edits.flush()
     manifest = storage.write_manifest(out)
@@ -172,17 +175,20 @@ def run_fused(config) -> dict:
 
 
 def stage_seconds(out_uri: str) -> dict:
-    """Summed per-row compute time of each stage (the ``t_mask``/``t_edit``/``t_judge`` columns
-    the stages record), read from a finished run: the work, apart from any waiting."""
-    from varireal_ray import storage
+    """Summed per-row compute time of each stage (the columns of ``schema.STAGE_TIMES`` the
+    stages record; ``edit_s`` is the edit pools' together), read from a finished run: the work,
+    apart from any waiting."""
+    from varireal_ray import schema, storage
 
-    edits = storage.read_commits_table(out_uri, ["id", "t_edit", "t_judge"])
+    times = {stage: column for stage, column in schema.STAGE_TIMES.items() if stage != "mask"}
+    edits = storage.read_commits_table(out_uri, ["id", *times.values()])
     masks = storage.read_commits_table(storage.join(out_uri, "masks"), ["t_mask"])
+    seconds = {f"{stage}_s": round(float(np.nansum(edits[column].to_numpy(zero_copy_only=False))), 2) for stage, column in times.items()}
     return {
         # None where masks were not committed (the reference structure recomputes them per condition)
         "mask_s": round(float(np.nansum(masks["t_mask"].to_numpy(zero_copy_only=False))), 2) if masks.num_rows else None,
-        "edit_s": round(float(np.nansum(edits["t_edit"].to_numpy(zero_copy_only=False))), 2),
-        "judge_s": round(float(np.nansum(edits["t_judge"].to_numpy(zero_copy_only=False))), 2),
+        "edit_s": round(sum(seconds[f"{s}_s"] for s in ("text2image", "inpaint", "refine")), 2),
+        **seconds,
     }
 
 
@@ -197,7 +203,7 @@ def run_shape(out_uri: str, started: float, seconds: float) -> dict:
     records = sorted(storage.commits(out_uri), key=lambda r: r["committed_at"])
     times = [r["committed_at"] - started for r in records]
     workers = [json.loads(w) for w in storage.read_commits_table(out_uri, ["workers"])["workers"].to_pylist()]
-    per_actor = {stage: sorted(Counter(w[stage]["pid"] for w in workers if stage in w).values(), reverse=True) for stage in ("edit", "judge")}
+    per_actor = {stage: sorted(Counter(w[stage]["pid"] for w in workers if stage in w).values(), reverse=True) for stage in ("inpaint", "judge")}
     return {
         "edit_commits": len(times),
         "first_commit_at": round(times[0] / seconds, 3) if times else None,
@@ -205,7 +211,7 @@ def run_shape(out_uri: str, started: float, seconds: float) -> dict:
         # rows/s once rows flow: those committed after the first shard, over the time since it
         "steady_rows_per_s": round(sum(r["rows"] for r in records[1:]) / (times[-1] - times[0]), 3) if len(times) > 1 else None,
         "rows_committed_by_60pct": round(sum(r["rows"] for r, t in zip(records, times) if t <= 0.6 * seconds) / max(1, sum(r["rows"] for r in records)), 3),
-        "rows_per_edit_actor": per_actor["edit"],
+        "rows_per_inpaint_actor": per_actor["inpaint"],
         "rows_per_judge_actor": per_actor["judge"],
     }
 

@@ -3,7 +3,7 @@ point: one streaming pass, mask -> edit -> judge -> write as actor pools) agains
 classes fused in one process without Ray, on the same inputs (same sources, items, seeds and
 models). Goal: ratio >= 0.85. Also reports how the pipeline's work was spread: when its shards
 were committed (``commit_spread``: last minus first commit, over the run's wall time) and the rows
-each edit and judge actor made (``--set generate.edit_stage.concurrency=2`` for two edit actors).
+each inpainting and judge actor made (``--set generate.inpaint_stage.concurrency=2`` for two inpainting actors).
 
     python benchmarks/pipeline_efficiency.py                     # 16 sources, 96 items
     python benchmarks/pipeline_efficiency.py --images-per-class 16 --images-per-real 2 --repeats 2
