@@ -15,7 +15,7 @@ import numpy as np
 from skimage import data
 
 from varireal_ray.stages.checks import check_edits
-from varireal_ray.stages.common import encode_image, encode_mask
+from varireal_ray.images import encode_image, encode_mask
 
 
 def batch(size: int, rows: int) -> dict:

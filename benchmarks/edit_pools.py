@@ -9,7 +9,7 @@ and texture, the judge once) in the same Ray session, alternating, ``--repeats``
 split costs at most 10% of throughput on CPU. The rows of the two variants must be the same bytes
 (``same_edits``).
 
-    python benchmarks/edit_pools.py                                  # 4 images a class (2 sources), 36 items
+    python benchmarks/edit_pools.py                                  # 6 images a class: 2 sources each, 48 items
     python benchmarks/edit_pools.py --images-per-class 8 --repeats 2 --json edit-pools.json
 """
 
@@ -91,7 +91,7 @@ def edits(config) -> dict[str, bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images-per-class", type=int, default=4, help="demo dataset: images per class (half train)")
+    parser.add_argument("--images-per-class", type=int, default=6, help="demo dataset: images per class (2 val, 2 test, the rest train)")
     parser.add_argument("--images-per-real", type=int, default=1, help="items per source x attribute x feasibility")
     parser.add_argument("--repeats", type=int, default=1, help="single/split pairs, back to back")
     parser.add_argument("--cache-dir", default=None, help="models.cache_dir (default: the config's)")

@@ -210,7 +210,7 @@ def items(editor: str, count: int) -> list[dict]:
     import numpy as np
     import skimage.data
 
-    from varireal_ray.stages.common import encode_image, encode_mask
+    from varireal_ray.images import encode_image, encode_mask
 
     photo = skimage.data.chelsea()
     h, w = photo.shape[:2]

@@ -250,7 +250,7 @@ def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: 
 def _step(stage: str, actor, config, judge_forward: bool) -> str:
     import skimage.data
 
-    from varireal_ray.stages.common import encode_image
+    from varireal_ray.images import encode_image
 
     photo = encode_image(skimage.data.chelsea())
     if stage == "mask":

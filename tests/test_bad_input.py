@@ -25,7 +25,7 @@ from varireal_ray.pipeline.generate import GenerationFailed, run_generate
 from varireal_ray.pipeline.wiring import FailFast, SystematicFailure, watched
 from varireal_ray.prompts.bank import Bank, BankEntry, BankError
 from varireal_ray.sources.manifest import SourceError, train_sources
-from varireal_ray.stages.common import BadImage, decode_image
+from varireal_ray.images import BadImage, decode_image
 
 RNG = np.random.default_rng(7)
 RGB = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)

@@ -17,7 +17,7 @@ from PIL import Image
 
 import ray_head
 from varireal_ray import storage
-from varireal_ray.stages.common import decode_image, decode_mask
+from varireal_ray.images import decode_image, decode_mask
 
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from varireal_ray.stages import checks
-from varireal_ray.stages.common import decode_image, encode_image, encode_mask
+from varireal_ray.images import decode_image, encode_image, encode_mask
 
 # Sharma, Wu & Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes,
 # supplementary test data and mathematical observations", Table 1: pairs 1, 2, 7 and 17.

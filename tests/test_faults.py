@@ -80,7 +80,7 @@ def test_driver_killed_in_a_retry_round_then_same_command_finishes_every_retry(t
     """The driver dies after round 0 ended, with items waiting for their retry: the re-run derives
     its rounds from what was committed, runs them, and ends with every item in one place."""
     from fault_helpers import RETRY_RUN, image_led_judge
-    from varireal_ray.pipeline import accounting
+    from varireal_ray import accounting
 
     run = tmp_path / "run"
     judge = image_led_judge(model_cache / "image-led-judge", model_cache)

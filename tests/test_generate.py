@@ -11,7 +11,7 @@ from varireal_ray import sources, storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import GenerationFailed, run_generate
 from varireal_ray.stages import named_colors
-from varireal_ray.stages.common import decode_image, decode_mask
+from varireal_ray.images import decode_image, decode_mask
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 import torch
 
-from varireal_ray.stages.common import encode_image
+from varireal_ray.images import encode_image
 from varireal_ray.models.yes_no import p_yes
 from varireal_ray.stages.judge import QUESTIONS, JudgeStage, clean_value, questions_for
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from varireal_ray.stages.common import decode_mask, encode_image
+from varireal_ray.images import decode_mask, encode_image
 from varireal_ray.stages.mask import (
     MaskStage,
     best_detection,

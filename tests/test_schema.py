@@ -19,7 +19,7 @@ from varireal_ray.pipeline.wiring import load_images, watched
 from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.stages.checks import check_edits
-from varireal_ray.stages.common import encode_image
+from varireal_ray.images import encode_image
 from varireal_ray.stages.edit import POOLS
 from varireal_ray.stages.judge import JudgeStage
 from varireal_ray.stages.mask import MaskStage

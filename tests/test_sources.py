@@ -5,7 +5,7 @@ from PIL import Image
 from varireal_ray import sources, storage
 from varireal_ray.config import load_config
 from varireal_ray.sources import manifest
-from varireal_ray.stages.common import decode_image
+from varireal_ray.images import decode_image
 
 
 def test_demo_dataset_is_deterministic_with_splits(tmp_path):

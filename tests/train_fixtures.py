@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from varireal_ray import schema, storage
-from varireal_ray.stages.common import encode_image
+from varireal_ray.images import encode_image
 
 CLASSES = ["red stripes", "green bars", "blue checks"]
 SPLITS = {"train": 4, "val": 4, "test": 4}  # images per class

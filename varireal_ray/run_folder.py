@@ -6,12 +6,15 @@
       sources/manifest.parquet     the source images, their classes and splits (every job's input)
       sources/images/              the demo dataset's images (kind=demo only)
       bank/                        the prompt bank `varireal prompts` writes (unless generate.bank)
-      generate/                    the synthetic dataset, with masks/, attempts/ and errors/
+      generate/                    the synthetic dataset (shards/, commits/, manifest.json: storage.py), with
+        masks/                     one mask per source image (committed once, read back by every round)
+        attempts/                  every judged attempt, retries included (the cost and the acceptance)
+        errors/                    every failed row, with its image and reason
       train/results.json           one result per condition x seed
       train/views/<key>/           the training view: every image the trials read, resized once
-      train/trials/<trial>/        one trial's checkpoints and metrics
+      train/trials/<trial>/        one trial: result.json, metrics.jsonl, checkpoints/
       train/_tune/                 Ray Tune's experiment state (resume)
-      report/                      report.html and its figures
+      report/                      index.html, its CSV and Markdown tables, and its figures
       logs/ray/<session>/          Ray's own logs and the workers' output, of a cluster a job started
 
 Local paths and ``s3://`` prefixes alike (``storage.join``).
@@ -53,6 +56,19 @@ def generated(config: Config) -> str:
     return storage.join(config.run.output, "generate")
 
 
+def masks(generated_uri: str) -> str:
+    """The committed masks of a generated dataset (a dataset of their own: shards, commits)."""
+    return storage.join(generated_uri, "masks")
+
+
+def attempts(generated_uri: str) -> str:
+    return storage.join(generated_uri, "attempts")
+
+
+def errors(generated_uri: str) -> str:
+    return storage.join(generated_uri, "errors")
+
+
 def train(config: Config) -> str:
     return storage.join(config.run.output, "train")
 
@@ -73,12 +89,29 @@ def trial(config: Config, name: str) -> str:
     return storage.join(trials(config), name)
 
 
+def trial_result(trial_uri: str) -> str:
+    """A finished trial's result (its presence marks the trial done)."""
+    return storage.join(trial_uri, "result.json")
+
+
+def trial_metrics(trial_uri: str) -> str:
+    return storage.join(trial_uri, "metrics.jsonl")
+
+
+def trial_checkpoints(trial_uri: str) -> str:
+    return storage.join(trial_uri, "checkpoints")
+
+
 def tune_state(config: Config) -> str:
     return storage.join(train(config), "_tune")
 
 
 def report(config: Config) -> str:
     return storage.join(config.run.output, "report")
+
+
+def report_page(config: Config) -> str:
+    return storage.join(report(config), "index.html")
 
 
 def ray_logs(config: Config) -> str:

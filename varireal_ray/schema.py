@@ -64,7 +64,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "mask_box": BOX,
     "mask_source": STRING,  # grounding+sam2 | fallback:<kind> | dataset
     "mask_score": FLOAT,
-    "t_mask": FLOAT,  # seconds (pipeline/accounting.py)
+    "t_mask": FLOAT,  # seconds (accounting.py)
     # every row in flight
     "error": STRING,  # empty: healthy
     "error_stage": STRING,
@@ -125,17 +125,25 @@ MASKED_SOURCE_COLUMNS = ("source_id", "class_name", "label", "image_uri", "mask"
 ITEM_COLUMNS = ("id", "source_id", "class_name", "label", "image_uri", "mask", "mask_source", "t_mask", "attribute", "feasibility",
                 "slot", "edit_mode", "value", "value_description", "feasibility_margin", "bank_hash", "attempt", "seed", "models",
                 "workers", "error", "error_stage")
-# Each stage's seconds per row (``pipeline/accounting.py``): stage -> its column, in flow order.
+# Each stage's seconds per row (``accounting.py``): stage -> its column, in flow order.
 STAGE_TIMES = {"mask": "t_mask", "text2image": "t_text2image", "inpaint": "t_inpaint", "refine": "t_refine", "judge": "t_judge"}
 EDIT_TIMES = ("t_text2image", "t_inpaint", "t_refine")
 EDIT_COLUMNS = ("edited", "prompt", "prior", "inpaint", "refine", "edit_models", *EDIT_TIMES)
 CHECK_COLUMNS = ("changed_inside", "changed_outside", "color_delta_e", "color_delta_e_source")
+
+
+def kept_and_edited(attribute: str) -> tuple[str, str]:
+    """The changed-share columns of the region an edit of ``attribute`` must keep, and of the one it
+    edits: a background edit keeps the object (inside the mask), color and texture the rest."""
+    return ("changed_inside", "changed_outside") if attribute == "background" else ("changed_outside", "changed_inside")
+
+
 JUDGE_COLUMNS = ("judge_answers", "judge_score", "accepted", "t_judge")
 # A generated row: the item, its edit, checks and verdict.
 ROW_COLUMNS = (*ITEM_COLUMNS, *EDIT_COLUMNS, *CHECK_COLUMNS, *JUDGE_COLUMNS, "exhausted")
 ATTEMPT_COLUMNS = ("id", "source_id", "class_name", "attribute", "feasibility", "attempt", "seed", "judge_score", "judge_answers",
                    "outcome", *EDIT_TIMES, "t_judge")
-# Each keeps what its stages' seconds were (``pipeline/accounting.py``), and what the attempt was.
+# Each keeps what its stages' seconds were (``accounting.py``), and what the attempt was.
 ERROR_COLUMNS = ("id", "source_id", "image_uri", "class_name", "attribute", "feasibility", "attempt", "error_stage", "error",
                  *EDIT_TIMES, "t_judge")
 # The synthetic rows' columns that select them for training (beyond the judge).

@@ -29,12 +29,12 @@ from collections import Counter
 import pyarrow as pa
 import ray
 
-from varireal_ray import fingerprint, run_folder, schema, sources, storage
+from varireal_ray import accounting, fingerprint, run_folder, schema, sources, storage
 from varireal_ray.config import Config, dump_config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
-from varireal_ray.pipeline import accounting, flow, placement
+from varireal_ray.pipeline import flow, placement
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images, task_stage
 from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.stages.common import Batch, batch_len
@@ -105,7 +105,7 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
     """Every source row with its mask: the committed masks, and the missing ones of ``train``
     (round 0's sources; None in later rounds) computed on the way (load -> MaskStage -> commit, a
     batch at a time), in the mask pool's reservation (``reserved``) if it has one. None: no source."""
-    masks = storage.join(out, "masks")
+    masks = run_folder.masks(out)
     records = storage.commits(masks)
     parts = []
     if records:
@@ -130,7 +130,7 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
 def _progress(out: str) -> tuple[set[str], dict[str, int]]:
     """Committed (or dropped) ids, and the next attempt of every item that was rejected so far."""
     done = storage.committed_ids(out)
-    attempts = storage.read_commits_table(storage.join(out, "attempts"), ["id", "attempt", "outcome"])
+    attempts = storage.read_commits_table(run_folder.attempts(out), ["id", "attempt", "outcome"])
     next_attempt: dict[str, int] = {}
     for row in attempts.to_pylist():
         if row["outcome"] == "dropped":
@@ -219,7 +219,7 @@ def preflight(config: Config) -> Bank:
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
     # Rows made with other settings, models or bank stop the run here, naming what changed.
-    made = any(storage.list_files(storage.join(out, *part, storage.COMMITS), ".json") for part in ((), ("masks",), ("errors",)))
+    made = any(storage.list_files(storage.join(folder, storage.COMMITS), ".json") for folder in (out, run_folder.masks(out), run_folder.errors(out)))
     fingerprint.check(out, fingerprint.generate_settings(config, flow.roles(config), bank.hash), "generate",
                       made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))}, made=made)
     return bank
@@ -256,9 +256,9 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
         items=items,
         this_run={"errors": counts.get("errors", 0), "flagged": counts.get("flagged", 0), "dropped": counts.get("dropped", 0),
                   "seconds": round(time.perf_counter() - start, 1)},
-        masks=storage.join(out, "masks"),
-        errors=storage.join(out, "errors"),
-        attempts=storage.join(out, "attempts"),
+        masks=run_folder.masks(out),
+        errors=run_folder.errors(out),
+        attempts=run_folder.attempts(out),
         cost=accounting.cost(config, committed),
     )
     log.info("generate: %d rows committed in %d shards -> %s; items: %s", manifest["rows"], len(manifest["shards"]), out, items)

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from varireal_ray import schema, storage
+from varireal_ray import run_folder, schema, storage
 from varireal_ray.stages.common import Batch, batch_len
 
 
@@ -37,7 +37,7 @@ def commit_masks(batch: Batch, out_uri: str) -> pa.Table:
     on, the source bytes dropped: the edit pass expands them into items as they come (a failed
     source's items become error rows there, one per item)."""
     failed = np.array([bool(e) for e in batch["error"]])
-    _commit(storage.join(out_uri, "masks"), batch, np.flatnonzero(~failed), "masks", id_column="source_id")
+    _commit(run_folder.masks(out_uri), batch, np.flatnonzero(~failed), "masks", id_column="source_id")
     return schema.conform(batch, schema.MASKED_SOURCE_COLUMNS, in_flight=True)
 
 
@@ -56,8 +56,8 @@ def write_edits(batch: Batch, out_uri: str, final_attempt: bool, keep_flagged: b
 
     keep = ~failed & (accepted | (rejected & final_attempt & keep_flagged))
     rows = _commit(out_uri, batch, np.flatnonzero(keep), "rows")
-    _commit(storage.join(out_uri, "attempts"), batch, np.flatnonzero(~failed), "attempts")
-    errors = _commit(storage.join(out_uri, "errors"), batch, np.flatnonzero(failed), "errors")
+    _commit(run_folder.attempts(out_uri), batch, np.flatnonzero(~failed), "attempts")
+    errors = _commit(run_folder.errors(out_uri), batch, np.flatnonzero(failed), "errors")
     return _summary(
         rows=rows,
         errors=errors,

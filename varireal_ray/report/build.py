@@ -253,6 +253,6 @@ def build_report(config: Config) -> str:
         f"<div class='scroll'>{gallery.render(config, dataset_uri)}</div>" if generated else "<p>No generated dataset.</p>",
     ]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>varireal-ray report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    uri = storage.join(out, "index.html")
+    uri = run_folder.report_page(config)
     storage.write_bytes(uri, page.encode())
     return uri

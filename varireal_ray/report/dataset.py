@@ -10,11 +10,11 @@ import html
 
 import pandas as pd
 
-from varireal_ray import schema, storage
+from varireal_ray import run_folder, schema, storage
 from varireal_ray.config import Config
-from varireal_ray.pipeline import accounting
+from varireal_ray import accounting
 from varireal_ray.report.figures import png, pyplot
-from varireal_ray.stages.checks import kept_and_edited
+from varireal_ray.schema import kept_and_edited
 
 EDIT_ROLES = ("inpaint", "refine_base", "controlnet")
 ROW_COLUMNS = ["attribute", "feasibility", "accepted", "error"]
@@ -177,7 +177,7 @@ def section(config: Config, dataset_uri: str) -> tuple[str, dict[str, pd.DataFra
     manifest = storage.read_manifest(dataset_uri)
     # A dataset from before the cost was kept in its manifest: counted from its tables now.
     cost = manifest.get("cost") or accounting.cost(config, accounting.tables(dataset_uri))
-    attempts = storage.read_commits_table(storage.join(dataset_uri, "attempts"))
+    attempts = storage.read_commits_table(run_folder.attempts(dataset_uri))
     optional = {name: schema.type_of(name) for name in (*schema.SELECTION_COLUMNS, "color_delta_e_source")}
     rows = storage.read_dataset(dataset_uri, ROW_COLUMNS, optional=optional)
     rows = rows.to_pandas()

@@ -14,7 +14,7 @@ from PIL import Image
 from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.sources.manifest import build_table, slug
-from varireal_ray.stages.common import encode_image
+from varireal_ray.images import encode_image
 
 CLASSES = ("cat", "coffee cup", "motorcycle", "rocket")
 

@@ -25,12 +25,6 @@ STAGE = "checks"
 COLUMNS = schema.CHECK_COLUMNS
 
 
-def kept_and_edited(attribute: str) -> tuple[str, str]:
-    """The changed-share columns of the region an edit of ``attribute`` must keep, and of the one it
-    edits: a background edit keeps the object (inside the mask), color and texture the rest."""
-    return ("changed_inside", "changed_outside") if attribute == "background" else ("changed_outside", "changed_inside")
-
-
 def lab(image) -> np.ndarray:
     """CIELAB (D65) of an RGB image, H x W x 3 floats."""
     return rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varireal_ray import storage
+from varireal_ray import run_folder, storage
 from varireal_ray.train.weights import load_trained, load_trained_state_dict, save_trained
 
 KEEP = 2  # the latest checkpoint and one before it, in case the latest is unreadable
@@ -33,7 +33,7 @@ KEEP = 2  # the latest checkpoint and one before it, in case the latest is unrea
 
 def store(trial_uri: str, folder: Path, step: int, keep: int = KEEP) -> None:
     """Copy the checkpoint ``folder`` of ``step`` into the trial's folder and make it the latest."""
-    root = storage.join(trial_uri, "checkpoints")
+    root = run_folder.trial_checkpoints(trial_uri)
     name = f"step-{step:08d}"
     storage.upload_folder(str(folder), storage.join(root, name))
     before = _latest(root)
@@ -46,7 +46,7 @@ def store(trial_uri: str, folder: Path, step: int, keep: int = KEEP) -> None:
 
 def fetch(trial_uri: str, dest: Path) -> Path | None:
     """Copy the trial's latest checkpoint into ``dest``; None when it has none."""
-    root = storage.join(trial_uri, "checkpoints")
+    root = run_folder.trial_checkpoints(trial_uri)
     latest = _latest(root)
     if latest is None:
         return None

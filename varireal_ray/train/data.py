@@ -29,8 +29,8 @@ from varireal_ray.config import Condition, Config, TrainConfig
 from varireal_ray.errors import UserError
 from varireal_ray.sources import manifest
 from varireal_ray.sources.manifest import class_names
-from varireal_ray.stages.checks import kept_and_edited
-from varireal_ray.stages.common import decode_image
+from varireal_ray.schema import kept_and_edited
+from varireal_ray.images import decode_image
 from varireal_ray.train import view
 
 SOURCE_COLUMNS = ["source_id", "class_name", "label", "split", "image_uri"]

@@ -102,7 +102,7 @@ def preflight(config: Config) -> dict[str, str]:
 
 
 def finished_result(config: Config, condition: str, seed: int) -> dict | None:
-    uri = storage.join(trial_uri(config, condition, seed), "result.json")
+    uri = run_folder.trial_result(trial_uri(config, condition, seed))
     if not storage.exists(uri):
         return None
     result = storage.read_json(uri)

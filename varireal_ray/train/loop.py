@@ -142,7 +142,7 @@ def run_trial(
             log.warning("%s waited on its loader for %.0f%% of training (%d loader workers): the data path, not the "
                         "step, set its speed; give trials more CPUs (train.trial.num_cpus)",
                         name, 100 * result["loader_wait_fraction"], trial.workers)
-        storage.write_json(storage.join(trial.out_uri, "result.json"), result)
+        storage.write_json(run_folder.trial_result(trial.out_uri), result)
         tracking.finish(result)
         return result
 
@@ -288,7 +288,7 @@ def write_history(out_uri: str, history: list[dict]) -> None:
     """Rewrite ``metrics.jsonl`` whole: after a resume it holds exactly the evaluations of the
     checkpointed history plus those since, never a duplicate from the lost stretch."""
     body = "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in history)
-    storage.write_bytes(storage.join(out_uri, "metrics.jsonl"), body.encode())
+    storage.write_bytes(run_folder.trial_metrics(out_uri), body.encode())
 
 
 # ------------------------------------------------------------------------------- stored trials

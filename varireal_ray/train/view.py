@@ -47,7 +47,7 @@ from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 from varireal_ray.models.cache import build_once, cache_root
 from varireal_ray.progress import Progress
-from varireal_ray.stages.common import BadImage, decode_image
+from varireal_ray.images import BadImage, decode_image
 
 log = logging.getLogger(__name__)
 

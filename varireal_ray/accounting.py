@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from varireal_ray import schema, storage
+from varireal_ray import run_folder, schema, storage
 from varireal_ray.config import Config
 
 
@@ -31,9 +31,9 @@ def _sum(table: pa.Table, column: str) -> float:
 def tables(out: str) -> dict[str, pa.Table]:
     """The committed tables of a generation run under ``out`` (rows without image bytes)."""
     return {
-        "masks": storage.read_commits_table(storage.join(out, "masks"), ["source_id", "t_mask"]),
-        "attempts": storage.read_commits_table(storage.join(out, "attempts")),
-        "errors": storage.read_commits_table(storage.join(out, "errors")),
+        "masks": storage.read_commits_table(run_folder.masks(out), ["source_id", "t_mask"]),
+        "attempts": storage.read_commits_table(run_folder.attempts(out)),
+        "errors": storage.read_commits_table(run_folder.errors(out)),
         "rows": storage.read_commits_table(out, ["id", "accepted"]),
     }
 
