@@ -130,7 +130,7 @@ def test_killed_stage_actor_is_replaced_and_nothing_is_lost(tmp_path, model_cach
     job = threading.Thread(target=generate)
     job.start()
     try:
-        # Mid-stream: the edit actor is up (models loaded) and has every batch still to do.
+        # Mid-stream: the inpainting actor is up (models loaded) and has every batch still to do.
         victims = wait_for(lambda: alive_actors(EDIT_ACTOR) or not job.is_alive(), 300, "a live InpaintStage actor")
         assert job.is_alive() and not storage.committed_ids(out), "the run got too far before the actor could be killed"
         os.kill(victims[0]["Pid"], signal.SIGKILL)  # the actor's worker process dies, as on an OOM kill
@@ -187,7 +187,7 @@ def test_worker_node_removed_mid_run_the_job_finishes(tmp_path, model_cache):
             kill_session(proc.pid)
     text = log.read_text(errors="replace")
     assert rc == 0, text[-5000:]
-    assert "(edit actor there: True)" in text, text[-3000:]  # the node that held the edit stage
+    assert "(edit actor there: True)" in text, text[-3000:]  # the node that held the inpainting pool
     assert_each_expected_id_once(small_config(str(tmp_path / "run"), model_cache))
 
 
