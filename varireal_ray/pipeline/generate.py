@@ -151,18 +151,20 @@ def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str],
 
 def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
-    gen = config.generate
     done, next_attempt = _progress(out)
     train = train_sources(config, sources.ensure_manifest(config)).to_pylist() if attempt == 0 else None
     due = _due(config, attempt, train, done, next_attempt)
     if due == 0:
         return Counter()  # nothing to do: no actor pool (and no model) is started
-    with placement.reserved(config) as reserved:  # every GPU actor where the plan put it
+    pools = [s for s in flow.pools(config) if train is not None or s is not flow.SOURCE_STAGE]  # later rounds read masks back
+    with placement.reserved(config, pools) as reserved:  # every GPU actor where the plan put it
         return _stream(config, out, bank, attempt, train, done, next_attempt, due, reserved)
 
 
 def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict] | None, done: set[str],
             next_attempt: dict[str, int], due: int, reserved: dict) -> Counter:
+    """The round's Ray Data pass, its pools in their reservations (``reserved``: stage name ->
+    scheduling strategy), until every due item is written; the writers' counts."""
     gen = config.generate
     ds = masked_sources(config, out, train, reserved)
     if ds is None:

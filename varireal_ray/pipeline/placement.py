@@ -218,8 +218,8 @@ def with_memory_share(setting: str, ask: StageResources, nodes: list[Node]) -> S
 
 
 @contextmanager
-def reserved(config: Config) -> Iterator[dict[str, Any]]:
-    """The planned pools' GPU actors reserved where the plan put them: a placement group per GPU
+def reserved(config: Config, pools: list[type]) -> Iterator[dict[str, Any]]:
+    """The GPU actors of ``pools`` (planned) reserved where the plan put them: a placement group per GPU
     pool, created biggest first and each ready before the next, so Ray fits each bundle as the plan
     did (``_pack``). Without them Ray places the actors as Ray Data asks for them, pool by pool in
     flow order, and a tight plan (three 24 GB cards for the 24 GB profile) leaves the last pool
@@ -233,8 +233,7 @@ def reserved(config: Config) -> Iterator[dict[str, Any]]:
     if config.generate.placement == "as_set":
         yield {}
         return
-    pools = [s for s in flow.pools(config) if flow.resources(config, s).num_gpus]
-    pools.sort(key=lambda s: _order(flow.resources(config, s)), reverse=True)
+    pools = sorted((s for s in pools if flow.resources(config, s).num_gpus), key=lambda s: _order(flow.resources(config, s)), reverse=True)
     groups: dict[str, Any] = {}
     try:
         for stage in pools:
