@@ -168,7 +168,12 @@ def _config(work: Path, stage: str, dtype: str, resolution: int):
     elif stage in EDIT_POOLS:
         overrides.append(f"generate.attributes=[{EDIT_POOLS[stage]}]")
         overrides += real_model_overrides(work / "edit") + [f"models.{r}.dtype={dtype}" for r in diffusion]
-        overrides += [f"models.inpaint_vae={{id: {work / 'edit' / 'refine_vae'}, dtype: {dtype}}}", "generate.inpaint_stage.vae_slicing=true",
+        if dtype == "bfloat16" and not _cuda():
+            # bfloat16 convolutions at full resolution take minutes per image on a CPU without bf16
+            # units: the VAEs decode in float32 here (SD 2.1's is inside its pipeline: all of it).
+            overrides += ["models.text2image.dtype=float32", "models.refine_vae.dtype=float32"]
+        vae_dtype = dtype if _cuda() or dtype != "bfloat16" else "float32"
+        overrides += [f"models.inpaint_vae={{id: {work / 'edit' / 'refine_vae'}, dtype: {vae_dtype}}}", "generate.inpaint_stage.vae_slicing=true",
                       "generate.refine_stage.vae_slicing=true", "generate.text2image_stage.vae_slicing=true"]
         overrides += [f"generate.{a}.{part}.steps=1" for a, part in
                       (("background", "plate"), ("color", "refine"), ("texture", "swatch"), ("texture", "refine"))]  # fmt: skip
@@ -181,6 +186,12 @@ def _config(work: Path, stage: str, dtype: str, resolution: int):
     elif stage == "clip":
         overrides += ["models.clip.id=ViT-B-16", "train.image_size=224"]
     return harness.workload_config(work / "run", 5, 1, None, *overrides)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _rss_gb() -> float:
