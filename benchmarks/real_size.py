@@ -217,7 +217,7 @@ def _params(*modules) -> int:
     return total
 
 
-def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: bool, batch: int = 1) -> dict:
+def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: bool, batch: int = 1, load_only: bool = False) -> dict:
     """Load the stage actor, take one step; returns its figures."""
     import torch
 
@@ -252,6 +252,9 @@ def run_one(stage: str, work: Path, dtype: str, resolution: int, judge_forward: 
     figures = {"stage": stage, "params_b": round(_params(*[h for h in held if h is not None]) / 1e9, 3),
                "load_s": round(load_s, 1), "rss_after_load_gb": round(_rss_gb(), 2), "device_after_load_gb": _device_gb()}  # fmt: skip
 
+    if load_only:
+        figures["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return figures
     started = time.perf_counter()
     step = _step(stage, actor, config, judge_forward, batch)
     figures |= {"step": step, "step_s": round(time.perf_counter() - started, 1), "rss_peak_gb": round(_rss_gb(), 2), "device_peak_gb": _device_gb()}
@@ -345,18 +348,20 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256, help="the edit pools' working resolution (1024 in real runs)")
     parser.add_argument("--batch", type=int, default=1, help="items per edit pool call")
     parser.add_argument("--judge-forward", action="store_true")
+    parser.add_argument("--load-only", action="store_true", help="load each stage, take no step (parameters and memory after load)")
     parser.add_argument("--clean", action="store_true", help="delete each stage's weights after it ran")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--one", choices=STAGES, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one:
-        print("FIGURES " + json.dumps(run_one(args.one, args.work, args.dtype, args.resolution, args.judge_forward, args.batch)), flush=True)
+        print("FIGURES " + json.dumps(run_one(args.one, args.work, args.dtype, args.resolution, args.judge_forward, args.batch, args.load_only)), flush=True)
         return
     results = []
     for stage in args.stage or STAGES:
         build_s = build(stage, args.work)
         cmd = [sys.executable, __file__, "--one", stage, "--work", str(args.work), "--dtype", args.dtype,
-               "--resolution", str(args.resolution), "--batch", str(args.batch)] + (["--judge-forward"] if args.judge_forward else [])  # fmt: skip
+               "--resolution", str(args.resolution), "--batch", str(args.batch)] + (["--judge-forward"] if args.judge_forward else []) \
+            + (["--load-only"] if args.load_only else [])  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("FIGURES ")]
         if proc.returncode or not lines:
