@@ -394,7 +394,7 @@ def cap_steps(config, cap: int) -> None:
 
     gen = config.generate
     for d in (gen.background.plate, gen.background.inpaint, gen.color.inpaint, gen.texture.inpaint, gen.texture.swatch):
-        d.steps = min(d.steps, math.ceil(cap / d.strength))
+        d.steps = min(d.steps, math.ceil(cap / getattr(d, "strength", 1.0)))  # plates and swatches have no strength
     for r in (gen.color.refine, gen.texture.refine):
         r.steps = min(r.steps, cap)
 
