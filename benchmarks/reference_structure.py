@@ -3,7 +3,7 @@
 The reference (spec 1.1, 1.4, 1.14) runs one process per (class, attribute, feasibility): it loads
 its models, then for each source image of the class recomputes the mask and, one item at a time,
 edits, judges and saves. Here that structure is rebuilt with this project's own stage classes:
-per (class, attribute, feasibility) a fresh ``MaskStage``, ``EditStage`` (loading only what that
+per (class, attribute, feasibility) a fresh ``MaskStage``, the edit pools (loading only what that
 attribute needs, as the reference's editors did) and ``JudgeStage``; per source a batch-1 mask;
 per item a batch-1 edit, a batch-1 judgement and its own shard. The pipeline is the real
 ``varireal generate`` (masks once per source, batched actor pools). Same items, seeds and models:
