@@ -139,7 +139,7 @@ def plan_generation(config: Config, nodes: list[Node] | None = None) -> Config:
                 f"{unshared[0]}.gpu_memory_gb is set, but with generate.placement=as_set Ray schedules the pools by share and "
                 f"no plan turns memory into one: set {unshared[0]}.num_gpus too"
             )
-        log.info("placement: as set (generate.placement=as_set): Ray schedules the pools as they ask")
+        plan(generation_stages(config), [], gen.placement)  # logs that Ray schedules them
         return config
     nodes = cluster_nodes(gen.gpu_memory_gb) if nodes is None else nodes
     stages = plan(generation_stages(config), nodes, gen.placement)

@@ -14,7 +14,7 @@ import ray
 from varireal_ray import schema, storage
 from varireal_ray.config import Config, StageResources
 from varireal_ray.errors import UserError
-from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row, new_column
+from varireal_ray.stages.common import Batch, ensure_error_columns, for_each_row, new_column, ok_rows
 
 
 # Fault tolerance is Ray Data's own (and passing it again is deprecated in Ray 2.60): an actor
@@ -52,7 +52,7 @@ class FailFast:
         # The rows the stage works on: every healthy row, or (a pool that passes the others on,
         # as the edit pools do) those it ``takes``.
         takes = getattr(self.stage, "takes", None)
-        mine = takes(batch) if takes else np.flatnonzero(np.array([not e for e in batch["error"]], dtype=bool))
+        mine = takes(batch) if takes else ok_rows(batch)
         out = stamp_worker(self.stage(batch), self.stage_cls.name, self.worker, mine)
         if self.batches and len(mine):
             self._watch([str(out["error"][i]) for i in mine], [str(out["error_stage"][i]) for i in mine])

@@ -90,6 +90,10 @@ class EditPool:
     def record(self, batch: common.Batch, job: Job) -> None:
         """Write what this step made on the job's row (beyond the image it hands on)."""
 
+    def made(self, job: Job) -> Any:
+        """The image this step hands the next pool of the row's plan (``job.HANDOFF[name]``)."""
+        return job.edited
+
     # ------------------------------------------------------------------------------ the batch
     def plan(self, batch: common.Batch, i: int) -> recipes.RowPlan:
         mode = batch["edit_mode"][i] if "edit_mode" in batch else None
@@ -173,8 +177,7 @@ class EditPool:
         if job.steps[-1] == self.name:
             self._finish(batch, job)
         else:  # the next pool of the row's plan starts from this
-            made = job.generated if self.name == "text2image" else job.edited
-            batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(made), "png")
+            batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(self.made(job)), "png")
 
     def _finish(self, batch: common.Batch, job: Job) -> None:
         """Back to the source's size, then the minimal-edit composite, encoded."""
@@ -186,9 +189,3 @@ class EditPool:
         batch["edit_models"][job.row] = recipes.edit_models(self.config, job.steps)
         for column in HANDOFF.values():
             batch[column][job.row] = None
-
-
-def output_columns(pool: type[EditPool]) -> tuple[str, ...]:
-    """Every column a pool may write, as the schema declares them."""
-    return tuple(dict.fromkeys((*pool.outputs, *FINAL_COLUMNS, *HANDOFF.values(), pool.timing)))
-

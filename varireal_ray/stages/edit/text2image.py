@@ -26,3 +26,6 @@ class Text2ImageStage(EditPool):
     def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
         template, settings = recipes.RECIPES[jobs[0].recipe].text2image(jobs[0].editor)
         return generate(self.pool, batch, jobs, template, settings)
+
+    def made(self, job: Job):
+        return job.generated
