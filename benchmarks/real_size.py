@@ -108,33 +108,49 @@ def build_segmenter(folder: Path) -> None:
     tiny_detection._sam2_processor(1024).save_pretrained(folder)
 
 
-def build_judge(folder: Path) -> None:
-    """llava-hf/llava-v1.6-mistral-7b-hf: CLIP ViT-L/14-336 + Mistral-7B, anyres pinpoints."""
-    import torch
-    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, MistralConfig
+JUDGE_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def judge_config():
+    """llava-hf/llava-v1.6-mistral-7b-hf's config: CLIP ViT-L/14-336 + Mistral-7B, anyres pinpoints
+    (the miniature's tokenizer, the real vocabulary size)."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, MistralConfig
 
     from varireal_ray.models import tiny_judge
 
     tokenizer = tiny_judge._tokenizer()
-    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-    config = LlavaNextConfig(
+    return LlavaNextConfig(
         vision_config=CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
                                        num_hidden_layers=24, num_attention_heads=16, projection_dim=768),
         text_config=MistralConfig(vocab_size=32064, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768,
                                   sliding_window=None, pad_token_id=tokenizer.pad_token_id),
-        image_token_index=tokenizer.convert_tokens_to_ids(tiny_judge.IMAGE), image_grid_pinpoints=pinpoints,
+        image_token_index=tokenizer.convert_tokens_to_ids(tiny_judge.IMAGE), image_grid_pinpoints=JUDGE_PINPOINTS,
         vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,
     )  # fmt: skip
-    with torch.device("meta"):
-        model = LlavaNextForConditionalGeneration(config)
-    model = _random_(model.to_empty(device="cpu").to(torch.bfloat16))
-    model.save_pretrained(folder)
+
+
+def judge_processor():
+    """The real judge's processor (336 px views, its pinpoints) around the miniature's tokenizer."""
     from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
-    images = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=pinpoints)
-    LlavaNextProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-                       chat_template=tiny_judge.CHAT_TEMPLATE, num_additional_image_tokens=1).save_pretrained(folder)  # fmt: skip
+    from varireal_ray.models import tiny_judge
+
+    images = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=JUDGE_PINPOINTS)
+    return LlavaNextProcessor(image_processor=images, tokenizer=tiny_judge._tokenizer(), patch_size=14, vision_feature_select_strategy="default",
+                              chat_template=tiny_judge.CHAT_TEMPLATE, num_additional_image_tokens=1)  # fmt: skip
+
+
+def build_judge(folder: Path) -> None:
+    """llava-hf/llava-v1.6-mistral-7b-hf at true size, random weights."""
+    import torch
+    from transformers import LlavaNextForConditionalGeneration
+
+    with torch.device("meta"):
+        model = LlavaNextForConditionalGeneration(judge_config())
+    model = _random_(model.to_empty(device="cpu").to(torch.bfloat16))
+    model.save_pretrained(folder)
+    judge_processor().save_pretrained(folder)
 
 
 def build_llm(folder: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 import skimage.data
 import torch
 
-from varireal_ray.images import encode_image
+from varireal_ray.images import decode_image, encode_image
+from varireal_ray.models import shared_prefix
 from varireal_ray.models.yes_no import p_yes
 from varireal_ray.stages.judge import QUESTIONS, JudgeStage, clean_value, questions_for
 
@@ -131,25 +132,69 @@ def test_disabled_judge_accepts_everything_without_a_model(tiny_config):
 
 
 def test_a_batch_is_scored_in_forwards_within_the_token_budget(tiny_config):
-    """LLaVA-1.6 gives ~2.9k tokens per image and every row asks four questions: a batch goes
-    through the model in forwards of at most ``max_tokens_per_forward`` tokens, without a KV cache,
-    and scores as it does in one forward."""
+    """LLaVA-1.6 gives ~2.9k tokens per image: a batch goes through the model in forwards of at
+    most ``max_tokens_per_forward`` tokens (rows x padded length, at least one row), each row's
+    four questions in the same forward, and scores as it does in one forward."""
     whole = JudgeStage(tiny_config)(_batch())
-    tiny_config.generate.judge.max_tokens_per_forward = 1  # one prompt per forward
+    tiny_config.generate.judge.max_tokens_per_forward = 1  # one row per forward
     stage = JudgeStage(tiny_config)
     forwards = []
-    stage.model.register_forward_pre_hook(
-        lambda _, args, kwargs: forwards.append((tuple(kwargs["input_ids"].shape), kwargs.get("use_cache"))), with_kwargs=True
-    )
+    stage.model.register_forward_pre_hook(lambda _, args, kwargs: forwards.append(kwargs), with_kwargs=True)
     split = stage(_batch())
-    assert len(forwards) == 4 * len(ROWS) and {shape[0] for shape, _ in forwards} == {1}
-    assert {use_cache for _, use_cache in forwards} == {False}
+    assert [f["input_ids"].shape[0] for f in forwards] == [1] * len(ROWS)
+    assert all(f["use_cache"] is False and f["pixel_values"].shape[0] == 1 for f in forwards)  # one image a row
+    assert all(f["logits_to_keep"].shape == (1, 4) for f in forwards)  # four answers read per row
     np.testing.assert_allclose(split["judge_score"].astype(float), whole["judge_score"].astype(float), atol=1e-5)
 
-    length = forwards[0][0][1]
-    tiny_config.generate.judge.max_tokens_per_forward = 3 * length  # three prompts per forward
+    length = max(f["input_ids"].shape[1] for f in forwards)
+    tiny_config.generate.judge.max_tokens_per_forward = 2 * length  # two rows per forward
     forwards.clear()
     stage.judge = tiny_config.generate.judge
     stage(_batch())
-    assert [shape[0] for shape, _ in forwards] == [3] * (4 * len(ROWS) // 3) + ([4 * len(ROWS) % 3] if 4 * len(ROWS) % 3 else [])
-    assert max(rows * tokens for (rows, tokens), _ in forwards) <= 3 * length
+    assert [f["input_ids"].shape[0] for f in forwards] == [2] * (len(ROWS) // 2) + [len(ROWS) % 2] * (len(ROWS) % 2)
+    assert max(f["input_ids"].numel() for f in forwards) <= 2 * length
+
+
+def _alone(stage: JudgeStage, image, question: str) -> float:
+    """p(yes) for one question asked alone: its own prompt, its own copy of the image, no padding."""
+    inputs = stage.processor(images=[image], text=[stage._chat(question)], return_tensors="pt")
+    with torch.inference_mode():
+        logits = stage.model(**inputs, logits_to_keep=1).logits[:, -1]
+    return stage.answers.p_yes(logits).item()
+
+
+def test_questions_sharing_the_image_score_as_each_asked_alone(tiny_config, model_cache, tmp_path):
+    """The image and the chat's opening are encoded once per row and the four questions read
+    after them (a block mask, positions continued from the prefix): every answer equals the
+    question asked alone, with its own copy of the image. The judge is the tiny LLaVA-NeXT with
+    its logits scaled, so answers spread and a wrong mask or position would show."""
+    from fault_helpers import image_led_judge
+
+    tiny_config.models.judge.id = str(image_led_judge(tmp_path / "judge", model_cache))
+    stage = JudgeStage(tiny_config)
+    photos = [skimage.data.chelsea(), skimage.data.coffee()[:200], skimage.data.astronaut()[:, :300]]  # three shapes
+    images = [encode_image(photos[i % 3]) for i in range(len(ROWS))]
+    out = stage(_batch(images=images))
+    shared = np.array([[a["p_yes"] for a in json.loads(out["judge_answers"][i])] for i in range(len(ROWS))])
+    alone = np.array(
+        [[_alone(stage, decode_image(images[i]), a["question"]) for a in json.loads(out["judge_answers"][i])] for i in range(len(ROWS))]
+    )
+    assert np.ptp(alone) > 0.05  # the answers differ from row to row and question to question
+    np.testing.assert_allclose(shared, alone, atol=1e-3)
+
+
+def test_prompts_split_at_their_shared_prefix_and_each_keeps_a_token():
+    packed = shared_prefix.split([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 6, 7]])
+    assert packed.prefix == (1, 2) and packed.suffixes == ((3, 4), (5,), (3, 6, 7))
+    assert [packed.prompt(j) for j in range(3)] == [[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 6, 7]]
+    same = shared_prefix.split([[1, 2], [1, 2]])  # identical prompts: the answer is still read at a token of each
+    assert same.prefix == (1,) and same.suffixes == ((2,), (2,))
+    inputs = shared_prefix.batch([packed, same], pad_id=0, dtype=torch.float32)
+    assert inputs["input_ids"][1].tolist() == [0] * 5 + [1, 2, 2]  # left-padded to the longer row
+    assert inputs["position_ids"][0].tolist() == [0, 1, 2, 3, 2, 2, 3, 4]  # each suffix continues from the prefix
+    assert inputs["logits_to_keep"].tolist() == [[3, 4, 7], [6, 7, 7]]  # a row with fewer questions repeats its last
+    allowed = inputs["attention_mask"][:, 0] == 0
+    assert allowed[0, 4].tolist() == [True, True, False, False, True, False, False, False]  # suffix 2: prefix + itself
+    assert allowed[0, 6].tolist() == [True, True, False, False, False, True, True, False]  # suffix 3 likewise
+    assert allowed[1, 1].tolist() == [False, True] + [False] * 6  # a pad attends to itself only
+    assert not allowed[1, 5:, :5].any()  # and nothing attends to a pad

@@ -335,10 +335,10 @@ class JudgeConfig(Section):
     accept_threshold: float = Field(0.5, ge=0.0, le=1.0)  # mean correctness of the answers
     max_attempts: int = Field(3, ge=1, le=20)
     on_exhausted: Literal["drop", "keep_flagged"] = "keep_flagged"
-    # Tokens (prompts x padded length) in one judge forward: each row asks four questions about
-    # its image, and LLaVA-1.6 tiles an image into ~2.4-2.9k tokens, so a batch of 8 rows is ~77k
-    # tokens at once. A batch is split into forwards of at most this many tokens (at least one
-    # prompt each).
+    # Tokens (rows x padded length) in one judge forward: LLaVA-1.6 tiles an image into ~2.4-2.9k
+    # tokens, and a row packs them once with its four questions after them (~3k tokens), so a
+    # batch of 8 rows is ~24k tokens. A batch is split into forwards of at most this many tokens
+    # (at least one row each); a forward's activations grow with its tokens.
     max_tokens_per_forward: int = Field(16384, ge=1)
 
 

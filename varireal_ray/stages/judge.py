@@ -7,9 +7,13 @@ and leaked Compel weights like ``(tan)1.3`` into the text; here the model sees a
 and the value is stripped of weight syntax defensively.
 
 Each answer is scored without generating (``models/yes_no.py``): p(yes) is the softmax over the
-"yes" and "no" token logits at the last prompt position. All questions of all rows go through one left-padded forward
-pass per batch. ``judge_score`` is the mean probability of the expected answers; a row is
-``accepted`` when it reaches ``generate.judge.accept_threshold``.
+"yes" and "no" token logits at the last position of its question. A row's four questions share its
+image: the image and the chat's opening are encoded once, and the four questions read after them
+in the same forward (``models/shared_prefix.py``), each scoring as if asked alone, for about a
+quarter of the compute of four prompts (``benchmarks/judge_flops.py``). Rows go through the model
+in left-padded forwards of at most ``generate.judge.max_tokens_per_forward`` tokens.
+``judge_score`` is the mean probability of the expected answers; a row is ``accepted`` when it
+reaches ``generate.judge.accept_threshold``.
 
 Input columns: ``edited`` (encoded image), ``class_name``, ``attribute``, ``feasibility``,
 ``value``. Output columns: ``judge_answers`` (JSON list of {question, expected, p_yes}),
@@ -28,7 +32,7 @@ import torch
 from PIL import Image
 
 from varireal_ray.config import Config
-from varireal_ray.models import load
+from varireal_ray.models import load, shared_prefix
 from varireal_ray.models.yes_no import YesNo
 from varireal_ray.prompts.templates import with_article
 from varireal_ray.stages.common import (
@@ -45,10 +49,11 @@ from varireal_ray.stages.common import (
 STAGE = "judge"
 
 
-class Prompt(NamedTuple):
+class Questions(NamedTuple):
+    """One row's image and its (question, expected answer) pairs."""
+
     image: Image.Image
-    question: str
-    expected: str  # "yes" or "no"
+    pairs: list[tuple[str, str]]
 
 
 # (kind, template) per attribute. "presence": is the edit there (expected yes); "plausibility":
@@ -137,6 +142,9 @@ class JudgeStage:
         # The last position must be the prompt's last token in every row of a batch.
         self.processor.tokenizer.padding_side = "left"
         self.answers = YesNo(self.processor.tokenizer, "judge")
+        self.image_token = self.model.config.image_token_id
+        self.pad_id = self.processor.tokenizer.pad_token_id or 0
+        self._check_template()
 
     def __call__(self, batch: Batch) -> Batch:
         ensure_error_columns(batch)
@@ -148,67 +156,118 @@ class JudgeStage:
             if self.model is None:
                 batch["accepted"][rows] = True
                 return batch
-            prompts = self._prompts(batch)
+            questions = self._questions(batch)
             try:
-                p = self._p_yes([prompt for row in prompts.values() for prompt in row])
+                scores = self._p_yes(list(questions.values()))
             except Exception as exc:  # noqa: BLE001 - a failed forward fails these rows, not the job
-                for i in prompts:
+                for i in questions:
                     error = RuntimeError(f"judge model failed on the batch: {type(exc).__name__}: {exc}")
                     fail_row(batch, i, STAGE, error)
                 return batch
-            offset = 0
-            for i, row in prompts.items():
-                self._record(batch, i, row, p[offset : offset + len(row)])
-                offset += len(row)
+            for (i, row), p in zip(questions.items(), scores):
+                self._record(batch, i, row.pairs, p)
         return batch
 
-    def _prompts(self, batch: Batch) -> dict[int, list[Prompt]]:
+    def _questions(self, batch: Batch) -> dict[int, Questions]:
         """The questions of every healthy row (a row that fails to decode, or names an unknown
         attribute, gets its error here)."""
-        prompts: dict[int, list[Prompt]] = {}
+        questions: dict[int, Questions] = {}
 
         def build(i: int) -> None:
             image = decode_image(batch["edited"][i])
             cls = f"{self.prefix}{batch['class_name'][i]}"
             pairs = questions_for(str(batch["attribute"][i]), str(batch["feasibility"][i]), cls, batch["value"][i])
-            prompts[i] = [Prompt(image, question, expected) for question, expected in pairs]
+            questions[i] = Questions(image, pairs)
 
         for_each_row(batch, STAGE, build)
-        return prompts
+        return questions
 
-    def _p_yes(self, prompts: list[Prompt]) -> list[float]:
-        """p(yes) per prompt: the batch's prompts left-padded together, then scored in forwards
-        of at most ``generate.judge.max_tokens_per_forward`` tokens, with no KV cache (one
-        forward scores a prompt; nothing is generated)."""
-        if not prompts:
+    def _p_yes(self, rows: list[Questions]) -> list[list[float]]:
+        """p(yes) per question of each row. A row's questions share its image: they are packed
+        after one shared prefix and scored in one forward (``models/shared_prefix.py``), in
+        forwards of at most ``generate.judge.max_tokens_per_forward`` tokens (rows x padded
+        length; at least one row each)."""
+        if not rows:
             return []
-        texts = [self._chat(p.question) for p in prompts]
-        inputs = self.processor(images=[p.image for p in prompts], text=texts, padding=True, return_tensors="pt")
-        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        per_forward = max(1, self.judge.max_tokens_per_forward // inputs["input_ids"].shape[1])
-        scores = []
-        for start in range(0, len(prompts), per_forward):
-            chunk = {k: v[start : start + per_forward] for k, v in inputs.items()}
-            chunk = {
-                k: v.to(self.device, self.model.dtype) if torch.is_floating_point(v) else v.to(self.device)
-                for k, v in chunk.items()
-            }
+        packed, images = self._encode(rows)
+        scores: list[list[float]] = []
+        for chunk in self._chunks(packed):
+            inputs = shared_prefix.batch([packed[r] for r in chunk], self.pad_id, self.model.dtype, self.device)
+            inputs.update({key: value[chunk].to(self.device) for key, value in images.items()})
             with torch.inference_mode():
-                # logits_to_keep=1: the last position only, not prompts x length x vocabulary.
-                logits = self.model(**chunk, use_cache=False, logits_to_keep=1).logits[:, -1, :]
-            scores += self.answers.p_yes(logits).cpu().tolist()
+                logits = self.model(**inputs, use_cache=False).logits  # rows x questions x vocabulary
+            p = self.answers.p_yes(logits.flatten(0, 1)).view(len(chunk), -1).cpu().tolist()
+            scores += [p[k][: len(rows[r].pairs)] for k, r in enumerate(chunk)]
         return scores
+
+    def _encode(self, rows: list[Questions]) -> tuple[list[shared_prefix.Packed], dict[str, torch.Tensor]]:
+        """Each row's prompts as token ids split at their shared prefix, and the image inputs
+        (one image per row). The processor reads each image once, with the row's first prompt;
+        every prompt is tokenized as text and its image placeholder expanded to the count the
+        processor gave the image (the placeholder is a special token, so the text around it
+        tokenizes alike; the first prompt checks it)."""
+        chats = [[self._chat(question) for question, _ in row.pairs] for row in rows]
+        encoded = self.processor(images=[row.image for row in rows], text=[c[0] for c in chats], padding=True, return_tensors="pt")
+        texts = self.processor.tokenizer([chat for c in chats for chat in c])["input_ids"]
+        packed, at = [], 0
+        for r, chat in enumerate(chats):
+            first = encoded["input_ids"][r][encoded["attention_mask"][r].bool()].tolist()
+            count = first.count(self.image_token)
+            prompts = [self._expand(ids, count) for ids in texts[at : at + len(chat)]]
+            at += len(chat)
+            if prompts[0] != first:  # the processor tokenizes differently from its tokenizer
+                raise ValueError(
+                    "the judge's processor does not tokenize a prompt as its tokenizer does with the image "
+                    "placeholder expanded; the judge cannot share the image between its questions "
+                    "(models.judge.id)"
+                )
+            packed.append(shared_prefix.split(prompts))
+        images = {
+            key: value
+            for key, value in encoded.items()
+            if key not in ("input_ids", "attention_mask") and isinstance(value, torch.Tensor)
+        }
+        return packed, {k: v.to(self.model.dtype) if torch.is_floating_point(v) else v for k, v in images.items()}
+
+    def _expand(self, ids: list[int], count: int) -> list[int]:
+        at = ids.index(self.image_token)
+        return ids[:at] + [self.image_token] * count + ids[at + 1 :]
+
+    def _chunks(self, packed: list[shared_prefix.Packed]) -> list[list[int]]:
+        """Consecutive rows whose padded forward stays within the token budget."""
+        chunks: list[list[int]] = [[]]
+        longest = 0
+        for r, row in enumerate(packed):
+            if chunks[-1] and (len(chunks[-1]) + 1) * max(longest, row.length) > self.judge.max_tokens_per_forward:
+                chunks.append([])
+                longest = 0
+            chunks[-1].append(r)
+            longest = max(longest, row.length)
+        return chunks
 
     def _chat(self, question: str) -> str:
         """The model's own chat format: one user turn with the image and the question."""
         content = [{"type": "image"}, {"type": "text", "text": f"{question} {ANSWER_FORMAT}"}]
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
-    def _record(self, batch: Batch, i: int, prompts: list[Prompt], p: list[float]) -> None:
-        correct = [v if prompt.expected == "yes" else 1.0 - v for prompt, v in zip(prompts, p)]
+    def _check_template(self) -> None:
+        """Shared-prefix scoring needs the image before the first text that differs between
+        questions; a chat template that puts the question first cannot share the image."""
+        placeholder = self.processor.tokenizer.convert_ids_to_tokens(self.image_token)
+        a, b = self._chat("A?"), self._chat("B?")
+        differs = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        if placeholder not in a[:differs]:
+            raise ValueError(
+                f"the judge model's chat template puts the question before the image ({a!r}); the judge "
+                f"shares one image between its questions and needs the image first: choose another "
+                f"model (models.judge.id)"
+            )
+
+    def _record(self, batch: Batch, i: int, pairs: list[tuple[str, str]], p: list[float]) -> None:
+        correct = [v if expected == "yes" else 1.0 - v for (_, expected), v in zip(pairs, p)]
         score = float(np.mean(correct))
         batch["judge_answers"][i] = json.dumps(
-            [{"question": q.question, "expected": q.expected, "p_yes": round(v, 6)} for q, v in zip(prompts, p)]
+            [{"question": q, "expected": e, "p_yes": round(v, 6)} for (q, e), v in zip(pairs, p)]
         )
         batch["judge_score"][i] = score
         batch["accepted"][i] = score >= self.judge.accept_threshold
