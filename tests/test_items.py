@@ -76,3 +76,37 @@ def test_the_unconstrained_baseline_doubles_the_items_with_the_same_values_and_k
     assert {pair(i): i["value"] for i in baseline} == {pair(i): i["value"] for i in minimal}  # the same values, paired
     assert not {i["id"] for i in baseline} & {i["id"] for i in minimal}
     assert set(items.source_item_ids(load_config([], ["generate.images_per_real=2", "generate.modes=[minimal, unconstrained]"]), "cat-000")) == {i["id"] for i in both}
+
+
+def test_feasible_and_infeasible_rows_share_a_call_unless_a_setting_differs():
+    from varireal_ray.stages.edit import recipes
+
+    config = load_config([], [])
+    groups = recipes.call_groups(config)
+    assert len(groups) == 6 and len(set(groups.values())) == 3  # one call group per attribute
+    assert groups["color", "feasible", "minimal"] == groups["color", "infeasible", "minimal"]
+    config = load_config([], ["generate.color.infeasible.inpaint.strength=0.9", "generate.modes=[minimal,unconstrained]"])
+    groups = recipes.call_groups(config)
+    assert groups["color", "feasible", "minimal"] != groups["color", "infeasible", "minimal"]  # its own settings
+    assert groups["texture", "feasible", "minimal"] == groups["texture", "infeasible", "minimal"]
+    assert len({groups["color", "feasible", m] for m in ("minimal", "unconstrained")}) == 2  # another recipe
+
+
+def test_a_mask_batch_of_items_comes_out_ordered_by_call_group():
+    """Items leave ExpandItems grouped by recipe and settings, not by source: cut into blocks of a
+    pool's batch, each block is one group (here 4 sources: 8 background items, 4 + 4 color items, whose
+    infeasible rows have their own settings, and 8 texture items)."""
+    import numpy as np
+
+    from varireal_ray.pipeline.generate import ExpandItems
+    from varireal_ray.stages.edit import recipes
+
+    config = load_config([], ["generate.images_per_real=1", "generate.color.infeasible.inpaint.strength=0.9"])
+    sources = [{**SOURCE, "source_id": f"cat-{k:03d}", "error": "", "error_stage": "", "workers": "{}"} for k in range(4)]
+    batch = {name: np.array([s[name] for s in sources], dtype=object) for name in sources[0]}
+    table = ExpandItems(config, FakeBankForItems(3), 0, set(), {})(batch)
+    groups = recipes.call_groups(config)
+    order = [groups[a, f, "minimal"] for a, f in zip(table["attribute"].to_pylist(), table["feasibility"].to_pylist())]
+    assert order == sorted(order) and table.num_rows == 4 * 3 * 2
+    assert len(set(table["source_id"].to_pylist()[:8])) == 4  # the background group: every source's two items
+    assert [len(set(order[k : k + 4])) for k in range(0, len(order), 4)] == [1] * 6  # blocks of 4: one group each

@@ -38,6 +38,7 @@ from varireal_ray.pipeline import flow, placement
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images, task_stage
 from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.stages.common import Batch, batch_len
+from varireal_ray.stages.edit import recipes
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
@@ -62,12 +63,17 @@ class ExpandItems:
     """Turns a batch of source rows (with their masks, computed in this pass or read back) into
     the work items due in this round, skipping committed ids, as a typed table
     (``schema.ITEM_COLUMNS``). The items of a source whose mask failed carry that error, so each
-    is recorded as an error row (the manifest's ledger counts it)."""
+    is recorded as an error row (the manifest's ledger counts it).
+
+    A batch's items come out ordered by call group (``recipes.call_groups``: recipe and settings),
+    not by source, so the row-sized blocks after it, and the edit pools' batches, each hold one
+    group and make one full pipeline call wherever a group has a batch's worth of items."""
 
     def __init__(self, config: Config, bank: Bank, attempt: int, done: set[str], next_attempt: dict[str, int]):
         self.config, self.bank, self.attempt = config, bank, attempt
         self.done, self.next_attempt = done, next_attempt
         self.models = model_labels(config)
+        self.groups = recipes.call_groups(config)
 
     def __call__(self, batch: Batch) -> pa.Table:
         out = []
@@ -83,6 +89,7 @@ class ExpandItems:
                 item["workers"] = source.get("workers") or "{}"
                 item["error"], item["error_stage"] = error, stage
                 out.append(item)
+        out.sort(key=lambda item: self.groups[item["attribute"], item["feasibility"], item["edit_mode"]])  # stable
         return schema.conform({c: [item.get(c) for item in out] for c in schema.ITEM_COLUMNS}, schema.ITEM_COLUMNS, in_flight=True)
 
 

@@ -57,6 +57,22 @@ def plan(config: Config, attribute: str, feasibility: str, edit_mode: str | None
     return RowPlan(recipe, editor, steps)
 
 
+def call_groups(config: Config) -> dict[tuple[str, str, str], int]:
+    """Per (attribute, feasibility, edit mode) of the config, the index of its call group: rows
+    whose recipe and settings match share a pipeline call in every pool (``EditPool`` groups a
+    batch so), whatever their feasibility. Items are ordered by it before the pools
+    (``pipeline.generate.ExpandItems``), so a batch holds one group wherever the data allow."""
+    gen = config.generate
+    groups: list[tuple[str, object]] = []
+    index = {}
+    for kind in product(gen.attributes, gen.feasibility, gen.modes):
+        row = plan(config, *kind)
+        if (row.recipe, row.editor) not in groups:
+            groups.append((row.recipe, row.editor))
+        index[kind] = groups.index((row.recipe, row.editor))
+    return index
+
+
 def steps_used(config: Config) -> set[str]:
     """The edit pools some row of this config passes through."""
     gen = config.generate
