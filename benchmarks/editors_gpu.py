@@ -24,9 +24,13 @@ each UNet call, as in the reference.
     # reduced size on a CPU: tiny models at 128 px, the same steps and code path
     python benchmarks/editors_gpu.py --size tiny --device cpu
     # a quick proof that every part runs (a few minutes on 2 cores)
-    python benchmarks/editors_gpu.py --size tiny --device cpu --resolution 64 --batch 2 --reference-items 1 --max-steps 3
+    python benchmarks/editors_gpu.py --size tiny --device cpu --resolution 64 --batch 2 --reference-items 1 --max-steps 3 \
+        --speed off,channels_last,fuse_qkv,attention=math
 
-``--dtype bfloat16``, ``--channels-last`` and ``--compile`` try the optimisations the issue names.
+``--speed`` measures the pools' speed options (``generate.<pool>_stage``: ``compile``,
+``channels_last``, ``fuse_qkv``, ``attention``; ``stages/edit/speed.py``), each alone and together:
+``--speed off,channels_last,fuse_qkv,compile,attention=cudnn,auto`` (``auto`` is the shipped
+default, every option on a GPU); the reference structure is measured once, with the first.
 Random weights: the speed of a kernel does not depend on the weights' values. Prints one JSON
 line (``--json FILE`` also writes it).
 """
@@ -268,18 +272,27 @@ def pipelines(stage: Editor) -> list:
     return [p.pool.pipe for p in stage.pools]
 
 
-def optimise(stage, channels_last: bool, compile_unets: bool) -> None:
-    import torch
+SECTIONS = ("text2image_stage", "inpaint_stage", "refine_stage")
+OFF = {"compile": "off", "channels_last": "false", "fuse_qkv": "false", "attention": "auto"}
 
-    for pipe in pipelines(stage):
-        for name in ("unet", "controlnet", "vae"):
-            module = getattr(pipe, name, None)
-            if module is None:
-                continue
-            if channels_last:
-                module.to(memory_format=torch.channels_last)
-            if compile_unets and name != "vae":
-                setattr(pipe, name, torch.compile(module, mode="max-autotune-no-cudagraphs"))
+
+def speed_overrides(variant: str) -> list[str]:
+    """Each pool's speed options for one ``--speed`` variant: ``off`` (none), ``auto`` (the
+    shipped defaults: everything on a GPU), or one option alone on top of ``off``:
+    ``channels_last``, ``fuse_qkv``, ``compile`` or ``compile=<mode>``, ``attention=<kernel>``."""
+    if variant == "auto":
+        return []
+    options = dict(OFF)
+    name, _, value = variant.partition("=")
+    if name in ("channels_last", "fuse_qkv"):
+        options[name] = "true"
+    elif name == "compile":
+        options[name] = value or "max-autotune-no-cudagraphs"
+    elif name == "attention" and value:
+        options[name] = value
+    elif name != "off":
+        raise SystemExit(f"--speed {variant!r}: expected off, auto, channels_last, fuse_qkv, compile[=mode] or attention=<kernel>")
+    return [f"generate.{section}.{key}={value}" for section in SECTIONS for key, value in options.items()]
 
 
 def count_flops(stage, editor: str, batch: int) -> dict:
@@ -333,7 +346,7 @@ def unet_bound(stage, batch: int, resolution: int, repeats: int = 5) -> dict:
 
 
 def measure_editor(config, editor: str, batch: int, count: int, reference_items: int, peak_tflops: float | None,
-                   channels_last: bool = False, compile_unets: bool = False, offload: bool = True) -> dict:
+                   offload: bool = True, reference: bool = True) -> dict:
     """Pipeline and reference-structure figures for one editor (see the module docstring)."""
     import gc
 
@@ -343,8 +356,7 @@ def measure_editor(config, editor: str, batch: int, count: int, reference_items:
 
     one = config.model_copy(deep=True)
     one.generate.attributes, one.generate.feasibility = [editor], ["feasible"]
-    (stage, load_s) = harness.timed(lambda: Editor(one))
-    optimise(stage, channels_last, compile_unets)
+    (stage, load_s) = harness.timed(lambda: Editor(one))  # with the pools' speed options applied
     run_batches(stage, editor, batch, batch)  # warm-up: CUDA context, kernels, compile
     seconds, rows = run_batches(stage, editor, count, batch)
     images_per_s = count / seconds
@@ -364,8 +376,11 @@ def measure_editor(config, editor: str, batch: int, count: int, reference_items:
     del stage
     gc.collect()
     if torch.cuda.is_available():
+        figures["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    if not reference:
+        return figures
 
     # The reference's structure: its own model load, batch 1, whole-model CPU offload.
     (stage, ref_load_s) = harness.timed(lambda: Editor(one))
@@ -380,7 +395,7 @@ def measure_editor(config, editor: str, batch: int, count: int, reference_items:
         "reference_images_per_s": round(reference_items / ref_seconds, 4), "reference_model_load_s": round(ref_load_s, 1),
         "reference_cpu_offload": offloaded,
         "speedup_vs_reference": round(images_per_s / (reference_items / ref_seconds), 2),
-        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "reference_peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }  # fmt: skip
     del stage
     gc.collect()
@@ -399,12 +414,12 @@ def cap_steps(config, cap: int) -> None:
         r.steps = min(r.steps, cap)
 
 
-def bench_config(size: str, cache_dir: Path, resolution: int, dtype: str, max_steps: int | None = None):
-    """The benchmark's config: the reference's steps (at most ``max_steps``) at ``resolution``;
-    tiny models, or the real-size random ones built into ``cache_dir``."""
+def bench_config(size: str, cache_dir: Path, resolution: int, dtype: str, max_steps: int | None = None, speed: list[str] = ()):
+    """The benchmark's config: the reference's steps (at most ``max_steps``) at ``resolution``,
+    the pools' ``speed`` options; tiny models, or the real-size random ones built into ``cache_dir``."""
     from varireal_ray.config import load_config
 
-    overrides = [f"models.cache_dir={cache_dir}", f"generate.resolution={resolution}", *REFERENCE_STEPS]
+    overrides = [f"models.cache_dir={cache_dir}", f"generate.resolution={resolution}", *REFERENCE_STEPS, *speed]
     if size == "real":
         overrides += real_model_overrides(cache_dir / "real-random")
     roles = ("inpaint", "text2image", "refine_base", "refine_vae", "controlnet", "image_encoder")
@@ -426,8 +441,8 @@ def main() -> None:
     parser.add_argument("--reference-items", type=int, default=2, help="timed batch-1 items per editor")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak dense TFLOP/s at --dtype (H100 SXM bf16/fp16: 989)")
     parser.add_argument("--dtype", choices=("auto", "float16", "bfloat16", "float32"), default="auto", help="auto: float16 on GPU (as the reference)")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNets and ControlNet")
+    parser.add_argument("--speed", default="off,auto", help="comma-separated speed variants, each measured: off, auto (the "
+                        "defaults: all on a GPU), channels_last, fuse_qkv, compile[=mode], attention=<flash|efficient|cudnn|math>")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every step count (quick CPU proof; figures then are not the reference's)")
     parser.add_argument("--no-offload", action="store_true", help="reference structure without CPU offload")
     parser.add_argument("--cache-dir", default=None, help="where models are built (default: a temp folder for tiny; ~/.cache/varireal-bench for real)")
@@ -448,17 +463,21 @@ def main() -> None:
     build_s = 0.0
     if args.size == "real":
         _, build_s = harness.timed(lambda: build_real_models(cache / "real-random", device))
-    config = bench_config(args.size, cache, resolution, args.dtype, args.max_steps)
-    results = [
-        measure_editor(config, editor, args.batch, args.items or 2 * args.batch, args.reference_items, args.peak_tflops,
-                       args.channels_last, args.compile, not args.no_offload)
-        for editor in args.editors.split(",")
-    ]  # fmt: skip
+    variants = {}
+    for k, variant in enumerate(args.speed.split(",")):
+        config = bench_config(args.size, cache, resolution, args.dtype, args.max_steps, speed_overrides(variant))
+        variants[variant] = [
+            measure_editor(config, editor, args.batch, args.items or 2 * args.batch, args.reference_items, args.peak_tflops,
+                           not args.no_offload, reference=k == 0)  # the reference structure once, with the first variant
+            for editor in args.editors.split(",")
+        ]  # fmt: skip
+    first = next(iter(variants.values()))
+    speedups = {variant: {r["editor"]: round(r["images_per_s"] / f["images_per_s"], 3) for r, f in zip(results, first)}
+                for variant, results in variants.items()}  # fmt: skip
     figures = {
         "benchmark": "editors_gpu", "size": args.size, "device": device, "resolution": resolution,
-        "dtype": args.dtype, "channels_last": args.channels_last, "compile": args.compile,
-        "peak_tflops": args.peak_tflops, "max_steps": args.max_steps, "model_build_s": round(build_s, 1), "editors": results,
-        "machine": harness.machine(),
+        "dtype": args.dtype, "peak_tflops": args.peak_tflops, "max_steps": args.max_steps, "model_build_s": round(build_s, 1),
+        "variants": variants, f"speedup_over_{next(iter(variants))}": speedups, "machine": harness.machine(),
     }  # fmt: skip
     harness.emit(figures, args.json)
 

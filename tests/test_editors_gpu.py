@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 def real_config(tmp_path_factory):
     cache = Path.home() / ".cache" / "varireal-bench"
     editors_gpu.build_real_models(cache / "real-random", "cuda")
-    return editors_gpu.bench_config("real", cache, 1024, "auto")
+    return editors_gpu.bench_config("real", cache, 1024, "auto", speed=editors_gpu.speed_overrides("off"))
 
 
 @pytest.mark.parametrize("editor", editors_gpu.EDITORS)

@@ -154,14 +154,35 @@ class StageResources(Section):
         return self.num_gpus > 0 or self.gpu_memory_gb is not None
 
 
+CompileMode = Literal["auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+Attention = Literal["auto", "flash", "efficient", "cudnn", "math"]
+
+
 class DiffusionPoolResources(StageResources):
-    """An edit pool (a diffusers pipeline): its resources, and how it saves GPU memory."""
+    """An edit pool (a diffusers pipeline): its resources, how it saves GPU memory, and how it
+    runs fast (``stages/edit/speed.py``). "auto" turns a speed option on where the pool runs on a
+    CUDA GPU and off on a CPU, where none of them helps and compiling costs minutes."""
 
     vae_slicing: bool = False  # decode a batch's latents one image at a time (the batch's peak falls)
     vae_tiling: bool = False  # decode each image in overlapping tiles (for resolutions above 1024)
     # Keep each model on the CPU until the pipeline calls it (diffusers' model CPU offload): fits a
     # pool into less GPU memory at the cost of a transfer per call; only where nothing else fits.
     cpu_offload: bool = False
+    # torch.compile the denoisers (UNet, ControlNet) in this mode; auto: max-autotune-no-cudagraphs
+    # on a GPU (minutes of compiling per actor and per batch shape, then faster steps), off on a
+    # CPU or with cpu_offload.
+    compile: CompileMode = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # the convolution models' memory format (NHWC)
+    fuse_qkv: bool | Literal["auto"] = "auto"  # one projection for q, k, v (IP-Adapter's layers kept)
+    # torch's scaled-dot-product attention kernel: auto lets torch choose; flash and math run on a
+    # CPU too, efficient and cudnn need a CUDA GPU.
+    attention: Attention = "auto"
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        """YAML reads ``compile: off`` as false (and ``on`` as true)."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class RayConfig(Section):

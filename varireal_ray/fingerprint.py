@@ -36,7 +36,7 @@ RECORD = "settings.json"
 
 # Dotted-key patterns that never shape content (see the module docstring).
 NOT_CONTENT = tuple(re.compile(p) for p in (
-    r"(^|\.)(num_gpus|gpu_memory_gb|num_cpus|memory_gb|batch_size|concurrency|vae_slicing|vae_tiling|cpu_offload)$",
+    r"(^|\.)(num_gpus|gpu_memory_gb|num_cpus|memory_gb|batch_size|concurrency|vae_slicing|vae_tiling|cpu_offload|compile|channels_last|fuse_qkv|attention)$",
     r"^generate\.(placement|shard_rows|error_budget|bank|attributes|feasibility|modes|images_per_real)$",
     r"^generate\.judge\.max_tokens_per_forward$",
     r"^train\.(max_concurrent_trials|eval_batch_size|seeds|grid\..*|mlflow\..*|view\.cache_dir)$",

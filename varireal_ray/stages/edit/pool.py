@@ -4,7 +4,8 @@
 
 A pool groups its rows by recipe and settings and calls its pipeline once per group (feasible and
 infeasible rows share a call unless ``<attribute>.infeasible`` changes something); a group call
-that fails is retried row by row, so one bad row fails alone, as ``error_stage`` = the pool.
+that fails is retried row by row, so one bad row fails alone, as ``error_stage`` = the pool. Its
+pipeline runs with the pool's speed options (``speed.py``) and memory options (``save_memory``).
 
 Between pools a row carries its intermediate image losslessly (PNG at the working resolution,
 ``job.HANDOFF``); the last pool of a row's plan makes the final composite at the source's own
@@ -23,7 +24,7 @@ import numpy as np
 from varireal_ray.config import Config, ConfigError
 from varireal_ray.models import load
 from varireal_ray.stages import common
-from varireal_ray.stages.edit import recipes
+from varireal_ray.stages.edit import recipes, speed
 from varireal_ray.stages.edit.job import HANDOFF, Job, Pool, each, prompt_fields
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,12 @@ class EditPool:
         self.config, self.gen = config, config.generate
         self.device = load.device()
         self.plans: dict[tuple, recipes.RowPlan] = {}
-        self.pool = Pool(self.name, self.gen.resolution, self.save_memory(self.load(config)))
+        options = getattr(config.generate, self.section)
+        self.speed = speed.resolve(options, self.device, f"generate.{self.section}")
+        pipe = self.save_memory(self.load(config))
+        self.fast = speed.apply(pipe, self.speed)  # the context every pipeline call runs in
+        log.info("%s: speed options: %s", self.name, self.speed.describe())
+        self.pool = Pool(self.name, self.gen.resolution, pipe)
         scale = getattr(self.pool.pipe, "vae_scale_factor", None)
         if scale and self.gen.resolution % scale:
             raise ConfigError(f"generate.resolution = {self.gen.resolution}: must be a multiple of {scale}")
@@ -135,7 +141,8 @@ class EditPool:
                 else:
                     same.append(job)
             for group in groups:
-                done = self.step(batch, group)
+                with self.fast():
+                    done = self.step(batch, group)
                 each(batch, done, lambda job: self._hand_on(batch, job), self.name)
         return batch
 
