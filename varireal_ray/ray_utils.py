@@ -18,7 +18,7 @@ class ClusterError(UserError, ConnectionError):
 
 
 # Passed to every worker so workers behave like the driver (offline hub, quiet tokenizers).
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 
 
 _started_logs: str | None = None  # the logs folder of a cluster this process started (None: joined)

@@ -83,6 +83,8 @@ def resolve(ref: ModelRef, models: ModelsConfig, role: str = "", *, fetch: bool 
         return Resolved(str(fetch_prefix(name, cache_root(models))), None, name)
     local = Path(os.path.expanduser(name))
     if local.exists():
+        if not fetch:
+            check_parts(ref, [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()], where, role)
         return Resolved(str(local.resolve()), None, name)
     if name.startswith(("/", ".", "~")) or not HUB_ID.match(name):
         raise ModelNotFound(
@@ -91,8 +93,28 @@ def resolve(ref: ModelRef, models: ModelsConfig, role: str = "", *, fetch: bool 
         )
     resolved = Resolved(name, ref.revision, name)
     if not fetch:
-        _check_hub(resolved, where, role)
+        files = _check_hub(resolved, where, role)
+        if files is not None:
+            check_parts(ref, files, where, role)
     return resolved
+
+
+def check_parts(ref: ModelRef, files: list[str], where: str, role: str) -> None:
+    """The ``subfolder`` and ``weight_name`` a role gives must be in its repository or folder
+    (``files``: their paths inside it)."""
+    subfolder = (getattr(ref, "subfolder", None) or "").strip("/")
+    weight = getattr(ref, "weight_name", None)
+    if subfolder and not any(f.startswith(subfolder + "/") for f in files):
+        folders = sorted({f.split("/", 1)[0] for f in files if "/" in f})
+        raise ModelNotFound(f"{where} has no folder {subfolder!r} (its folders: {', '.join(folders) or 'none'}); fix models.{role}.subfolder")
+    if weight:
+        name = f"{subfolder}/{weight}" if subfolder else weight
+        if name not in files:
+            near = sorted(f.rsplit("/", 1)[-1] for f in files if f.rsplit("/", 1)[0] == subfolder and f.endswith((".safetensors", ".bin")))
+            raise ModelNotFound(
+                f"{where} has no {name} (weight files in {subfolder or 'its root'}: {', '.join(near) or 'none'}); "
+                f"fix models.{role}.weight_name or .subfolder"
+            )
 
 
 def fetch_prefix(uri: str, cache: Path) -> Path:
@@ -116,8 +138,9 @@ def hub_error(resolved: Resolved, exc: Exception, role: str) -> ModelNotFound:
     )
 
 
-def _check_hub(resolved: Resolved, where: str, role: str) -> None:
-    """Is the hub id (and revision) on the hub, or, offline, in the local Hugging Face cache?"""
+def _check_hub(resolved: Resolved, where: str, role: str) -> list[str] | None:
+    """Is the hub id (and revision) on the hub, or, offline, in the local Hugging Face cache?
+    Returns the repository's files (None when the hub could not be asked)."""
     fix = f"fix models.{role}.id (and .revision), or point it at a local folder or s3:// prefix"
     mirror = WITHDRAWN.get(resolved.path)
     if mirror:
@@ -126,21 +149,24 @@ def _check_hub(resolved: Resolved, where: str, role: str) -> None:
         from huggingface_hub import snapshot_download
 
         try:
-            snapshot_download(resolved.path, revision=resolved.revision, local_files_only=True)
+            snapshot = Path(snapshot_download(resolved.path, revision=resolved.revision, local_files_only=True))
         except Exception:  # noqa: BLE001 - any miss means "not in the cache"
             raise ModelNotFound(
                 f"{where} (revision {resolved.revision or 'main'}) is not in the local Hugging Face cache and "
-                f"HF_HUB_OFFLINE=1 forbids downloading it; download it first (hf download {resolved.path}), or {fix}"
+                f"HF_HUB_OFFLINE=1 forbids downloading it; fetch it first (`varireal models --download` where the hub "
+                f"is reachable), or {fix}"
             ) from None
-        return
+        return [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        HfApi().model_info(resolved.path, revision=resolved.revision)
+        info = HfApi().model_info(resolved.path, revision=resolved.revision)
+        return [sibling.rfilename for sibling in info.siblings or []]
     except RevisionNotFoundError:
         raise ModelNotFound(f"{where}: the hub has no revision {resolved.revision!r} of it; {fix}") from None
     except RepositoryNotFoundError:
         raise ModelNotFound(f"{where}: no such model on the Hugging Face hub (a private or gated one needs HF_TOKEN); {fix}") from None
     except Exception as exc:  # noqa: BLE001 - the hub is unreachable: the loader will say more
         log.warning("%s: could not check it on the hub (%s: %s); loading will try", where, type(exc).__name__, exc)
+        return None
