@@ -9,7 +9,7 @@ the step. Each stage runs in a fresh process, so one's memory never counts again
 
     python benchmarks/real_size.py                       # every stage, bfloat16, on this machine
     python benchmarks/real_size.py --stage text2image --stage inpaint --stage refine --json real-size-edit.json
-    python benchmarks/real_size.py --stage judge --judge-forward   # + the judge's 2.9k-token forward
+    python benchmarks/real_size.py --stage judge --judge-forward   # + one judged row (~3k tokens)
 
 Stages and what they load (each as its pool's actor does; the edit pools' weights are built by
 ``benchmarks/editors_gpu.py``), each step at ``--resolution`` with ``--batch`` items:
@@ -20,8 +20,9 @@ Stages and what they load (each as its pool's actor does; the edit pools' weight
   and VAE slicing, as ``configs/real-models.yaml`` sets them; color items, one denoising step;
 - ``refine``: RealVisXL (SDXL) + ControlNet-canny SDXL + the fp16-fix VAE + IP-Adapter Plus SDXL
   with its ViT-H image encoder; color items refined from their source, one denoising step;
-- ``judge``: LLaVA-NeXT (LLaVA-1.6) Mistral-7B with anyres; its forward (one image, one question,
-  ~2.9k tokens) is opt-in on a CPU (``--judge-forward``: minutes on two cores);
+- ``judge``: LLaVA-NeXT (LLaVA-1.6) Mistral-7B with anyres; its forward (one image and its four
+  questions after one shared prefix, ~3k tokens) is opt-in on a CPU (``--judge-forward``: minutes
+  on two cores); on a GPU its ``step_s`` is the seconds per judged row;
 - ``llm``: Qwen2.5-7B-Instruct, one generated token for one bank request through ``ValueWriter``;
 - ``clip``: open_clip ViT-B-16 (random weights), one LoRA training step at 224 px.
 
