@@ -157,9 +157,11 @@ def test_driver_env_merges_with_the_jobs_runtime_env(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://s3.local:9000")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/mnt/hf-cache")  # where `varireal models --download` put the weights
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": job}))
     merged = _merge_runtime_env(job, {"env_vars": worker_env()})
     assert merged is not None, "conflicting runtime_envs"
-    assert merged["env_vars"] == {**job["env_vars"], "AWS_DEFAULT_REGION": "eu-west-1", "TOKENIZERS_PARALLELISM": "false"}
+    assert merged["env_vars"] == {**job["env_vars"], "AWS_DEFAULT_REGION": "eu-west-1", "HF_HUB_CACHE": "/mnt/hf-cache",
+                                  "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")  # outside a job everything is forwarded
     assert {"AWS_ENDPOINT_URL", "HF_HUB_OFFLINE", "AWS_DEFAULT_REGION"} <= set(worker_env())
