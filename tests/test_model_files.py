@@ -76,7 +76,7 @@ def test_a_missing_subfolder_or_weight_file_is_named_by_role(real, model_cache, 
         hub_files.needs(config.models, gpu=False)
     with pytest.raises(ModelNotFound, match=message):  # the preflight says the same, before any job
         load.check_roles(config.models, [setting.split(".")[1]])
-    assert cli.main(["models", "-c", str(REAL), "--set", f"models.cache_dir={model_cache}", "--set", setting]) == 1
+    assert cli.main(["models", "--no-progress", "-c", str(REAL), "--set", f"models.cache_dir={model_cache}", "--set", setting]) == 1
     assert "error:" in capsys.readouterr().err
 
 

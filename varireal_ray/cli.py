@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not getattr(args, "verbose", False):  # the job's own view is the progress shown
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # hub and transformers bars ("Loading weights")
+    from varireal_ray import progress
     from varireal_ray.errors import UserError
 
     try:
@@ -258,8 +259,6 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_config(config), end="")
             return 0
         if args.command == "models":
-            from varireal_ray import progress
-
             progress.enable(not args.no_progress)
             cmd_models(config, download=args.download, lock=args.lock)
             return 0
@@ -277,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        progress.enable(False)  # the views are this command's: a caller in the same process starts silent
 
 
 if __name__ == "__main__":
