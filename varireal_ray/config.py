@@ -396,6 +396,37 @@ def _non_empty_unique(v: list) -> list:
     return v
 
 
+class StageTime(Section):
+    """How long a simulated stage holds its actor (and its GPU) per call: ``per_batch`` seconds once,
+    plus ``per_row`` for each row the model would have seen."""
+
+    per_batch: float = Field(0.0, ge=0.0)
+    per_row: float = Field(0.0, ge=0.0)
+
+    def seconds(self, rows: int) -> float:
+        return self.per_batch + self.per_row * rows if rows else 0.0
+
+
+class Simulate(Section):
+    """The generate job's own machinery with every model replaced by a timer (``simulate.py``):
+    each model-backed stage holds its actor, and its GPU share, for the configured time, then
+    returns outputs of the right types and shapes (a centred-box mask; the working image inverted
+    as the edit; the judge's answers). Everything else runs as in a real job: the wiring, the
+    placement, the writers and commit records, the rounds, resume and the manifest. For measuring
+    the control plane at scale (``configs/simulate.yaml``, ``benchmarks/control_plane.py``); its
+    rows are not data."""
+
+    enabled: bool = False
+    mask: StageTime = StageTime()
+    text2image: StageTime = StageTime()
+    inpaint: StageTime = StageTime()
+    refine: StageTime = StageTime()
+    judge: StageTime = StageTime()
+    # The share of judged attempts the simulated judge rejects, chosen by a hash of (item id,
+    # attempt), so a run is reproducible and retries happen.
+    reject_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+
 class GenerateConfig(Section):
     attributes: list[Attribute] = list(ATTRIBUTES)
     feasibility: list[Feasibility] = list(FEASIBILITIES)
@@ -425,6 +456,7 @@ class GenerateConfig(Section):
         ),
     )
     judge: JudgeConfig = JudgeConfig()
+    simulate: Simulate = Simulate()  # models replaced by timers: the control plane alone
     checks: EditChecks = EditChecks()
     # Minimal edits (the method), and optionally the unconstrained baseline: each item again with
     # the same value and prompt and no mask (rows say which in edit_mode).

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from varireal_ray import simulate
 from varireal_ray.config import Config
 from varireal_ray.models import load, shared_prefix
 from varireal_ray.models.yes_no import YesNo
@@ -123,19 +124,21 @@ class JudgeStage:
 
     @staticmethod
     def roles(config: Config) -> list[str]:
-        """The ``models.<role>`` entries this stage loads (none when the judge is off)."""
-        return ["judge"] if config.generate.judge.enabled else []
+        """The ``models.<role>`` entries this stage loads (none when the judge is off or simulated)."""
+        return ["judge"] if config.generate.judge.enabled and not simulate.enabled(config) else []
 
     @staticmethod
     def used(config: Config) -> bool:
         return True  # every row passes (accepted unjudged when generate.judge.enabled is off)
 
     def __init__(self, config: Config):
+        self.config = config
         self.judge = config.generate.judge
         self.prefix = config.dataset.prefix
         self.model = self.processor = None
-        if not self.judge.enabled:
-            return  # every row is accepted unjudged: no model to load
+        self.simulated = self.judge.enabled and simulate.enabled(config)
+        if not self.judge.enabled or self.simulated:
+            return  # every row is accepted unjudged, or by the simulation: no model to load
         self.device = load.device()
         loaded = load.load("judge", config.models, self.device)
         self.model, self.processor = loaded.model, loaded.processor
@@ -153,12 +156,12 @@ class JudgeStage:
         new_column(batch, "accepted", False)
         rows = ok_rows(batch)
         with timed(batch, "t_judge", rows):
-            if self.model is None:
+            if self.model is None and not self.simulated:
                 batch["accepted"][rows] = True
                 return batch
             questions = self._questions(batch)
             try:
-                scores = self._p_yes(list(questions.values()))
+                scores = self._simulate(batch, questions) if self.simulated else self._p_yes(list(questions.values()))
             except Exception as exc:  # noqa: BLE001 - a failed forward fails these rows, not the job
                 for i in questions:
                     error = RuntimeError(f"judge model failed on the batch: {type(exc).__name__}: {exc}")
@@ -198,6 +201,16 @@ class JudgeStage:
                 logits = self.model(**inputs, use_cache=False).logits  # rows x questions x vocabulary
             p = self.answers.p_yes(logits.flatten(0, 1)).view(len(chunk), -1).cpu().tolist()
             scores += [p[k][: len(rows[r].pairs)] for k, r in enumerate(chunk)]
+        return scores
+
+    def _simulate(self, batch: Batch, questions: dict[int, Questions]) -> list[list[float]]:
+        """``generate.simulate``: the model's time, then every answer right for an accepted attempt
+        and wrong for a rejected one (``simulate.accepted``)."""
+        simulate.hold(self.config, STAGE, len(questions))
+        scores = []
+        for i, row in questions.items():
+            right = simulate.accepted(self.config, str(batch["id"][i]), int(batch["attempt"][i]))
+            scores.append([float((expected == "yes") == right) for _, expected in row.pairs])
         return scores
 
     def _encode(self, rows: list[Questions]) -> tuple[list[shared_prefix.Packed], dict[str, torch.Tensor]]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from varireal_ray import schema, storage
+from varireal_ray import schema, simulate, storage
 from varireal_ray.config import Config
 from varireal_ray.models import load
 from varireal_ray.stages.common import (
@@ -190,8 +190,9 @@ class MaskStage:
 
     @staticmethod
     def roles(config: Config) -> list[str]:
-        """The ``models.<role>`` entries this stage loads (none when every mask is the dataset's)."""
-        return [] if config.generate.mask.source == "dataset" else ["grounding", "segmenter"]
+        """The ``models.<role>`` entries this stage loads (none when every mask is the dataset's, or
+        the models are simulated)."""
+        return [] if config.generate.mask.source == "dataset" or simulate.enabled(config) else ["grounding", "segmenter"]
 
     @staticmethod
     def used(config: Config) -> bool:
@@ -204,6 +205,7 @@ class MaskStage:
         self.prefix = config.dataset.prefix
         self.object_values = dataset_object_values(config)
         self.device = load.device()
+        self.simulated = simulate.enabled(config)
         if self.roles(config):
             grounding = load.load("grounding", config.models, self.device)
             segmenter = load.load("segmenter", config.models, self.device)
@@ -225,8 +227,11 @@ class MaskStage:
                     sources[i] = self._prepare(batch, i)
 
             for_each_row(batch, STAGE, prepare)
-            self._detect(batch, {i: s for i, s in sources.items() if s.dataset_box is None})
-            self._segment(batch, {i: s for i, s in sources.items() if s.box is not None})
+            if self.simulated:
+                self._simulate(sources)
+            else:
+                self._detect(batch, {i: s for i, s in sources.items() if s.dataset_box is None})
+                self._segment(batch, {i: s for i, s in sources.items() if s.box is not None})
             for_each_row(batch, STAGE, lambda i: self._finish(batch, i, sources[i]) if i in sources else None)
         return batch
 
@@ -323,6 +328,14 @@ class MaskStage:
         for i, mask in zip(rows, masks):
             sources[i].sam_mask = mask[0, 0].numpy().astype(bool)  # (objects=1, masks=1, H, W)
 
+    def _simulate(self, sources: dict[int, _Source]) -> None:
+        """``generate.simulate``: the models' time, and the centred box as their detection and mask."""
+        simulate.hold(self.config, STAGE, len(sources))
+        for source in sources.values():
+            width, height = (v * source.scale for v in source.image.size)
+            source.box, source.score = source.box or centred_box(width, height), 1.0
+            source.sam_mask = box_mask(source.box, self.resolution, self.resolution)
+
     def _finish(self, batch: Batch, i: int, source: _Source) -> None:
         width, height = source.image.size
         mask, origin = None, None
@@ -330,6 +343,7 @@ class MaskStage:
             # Crop the padding first, so that a blob SAM 2 put there cannot win the component vote.
             mask = self._refine(unpad_mask(source.sam_mask, (width, height)))
             origin = "dataset_box+sam2" if source.dataset_box is not None else "grounding+sam2"
+            origin = "simulated" if self.simulated else origin
         if mask is None or not self._plausible(mask):
             mask, origin = self._fallback(source)
         batch["mask"][i] = encode_mask(mask)

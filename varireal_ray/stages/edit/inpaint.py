@@ -24,9 +24,11 @@ class InpaintStage(EditPool):
         parts = {"vae": load.load("inpaint_vae", config.models, self.device).model} if config.models.inpaint_vae else {}
         return load.load("inpaint", config.models, self.device, **parts).model
 
-    def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+    def prepare(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
         make_prior = recipes.RECIPES[jobs[0].recipe].prior
-        jobs = each(batch, jobs, lambda job: make_prior(job, self.pool.resolution), self.name)
+        return each(batch, jobs, lambda job: make_prior(job, self.pool.resolution), self.name)
+
+    def call(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
         return inpaint(self.pool, batch, jobs)
 
     def record(self, batch: common.Batch, job: Job) -> None:

@@ -16,11 +16,13 @@ and clears the intermediates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 import numpy as np
 
+from varireal_ray import simulate
 from varireal_ray.config import Config, ConfigError
 from varireal_ray.models import load
 from varireal_ray.stages import common
@@ -44,9 +46,11 @@ class EditPool:
     outputs: tuple[str, ...]  # the columns it writes (a row's last pool also writes FINAL_COLUMNS)
     check_config = staticmethod(recipes.check_config)  # run by the generate preflight, before Ray starts
 
+    makes = "edited"  # the job attribute its call sets (what ``made`` hands on)
+
     @classmethod
     def roles(cls, config: Config) -> list[str]:
-        return recipes.step_roles(config)[cls.name]
+        return [] if simulate.enabled(config) else recipes.step_roles(config)[cls.name]
 
     @classmethod
     def used(cls, config: Config) -> bool:
@@ -58,10 +62,11 @@ class EditPool:
         self.config, self.gen = config, config.generate
         self.device = load.device()
         self.plans: dict[tuple, recipes.RowPlan] = {}
+        self.simulated = simulate.enabled(config)
         options = getattr(config.generate, self.section)
         self.speed = speed.resolve(options, self.device, f"generate.{self.section}")
-        pipe = self.save_memory(self.load(config))
-        self.fast = speed.apply(pipe, self.speed)  # the context every pipeline call runs in
+        pipe = None if self.simulated else self.save_memory(self.load(config))
+        self.fast = speed.apply(pipe, self.speed) if pipe is not None else contextlib.nullcontext
         log.info("%s: speed options: %s", self.name, self.speed.describe())
         self.pool = Pool(self.name, self.gen.resolution, pipe)
         scale = getattr(self.pool.pipe, "vae_scale_factor", None)
@@ -89,8 +94,24 @@ class EditPool:
         return pipe
 
     def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-        """This pool's work on a group of jobs that share recipe and settings; returns the jobs
-        that succeeded (the others' rows are failed)."""
+        """This pool's work on a group of jobs that share recipe and settings: what it prepares
+        without a model, then one model call (a timer under ``generate.simulate``). Returns the
+        jobs that succeeded (the others' rows are failed)."""
+        jobs = self.prepare(batch, jobs)
+        if not self.simulated:
+            return self.call(batch, jobs)
+        simulate.hold(self.config, self.name, len(jobs))
+        for job in jobs:  # what the call would start from: the refinement's input, the prior, the image
+            start = next(x for x in (job.edited, job.init, job.image) if x is not None)
+            setattr(job, self.makes, simulate.edited(start))
+        return jobs
+
+    def prepare(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+        """The model-free work before the call (a prior, a guide image); returns the jobs it did not fail."""
+        return jobs
+
+    def call(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+        """The pipeline call for a group; sets ``job.<makes>`` on the jobs it returns."""
         raise NotImplementedError
 
     def record(self, batch: common.Batch, job: Job) -> None:

@@ -29,8 +29,10 @@ class RefineStage(EditPool):
     def load(self, config: Config):
         return load_refiner(config, self.device)
 
-    def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
-        jobs = each(batch, jobs, lambda job: _inputs(job, self.pool.resolution), self.name)
+    def prepare(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+        return each(batch, jobs, lambda job: _inputs(job, self.pool.resolution), self.name)
+
+    def call(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
         return _regenerate(self.pool, batch, jobs)
 
 

@@ -23,7 +23,9 @@ class Text2ImageStage(EditPool):
     def load(self, config: Config):
         return load.load("text2image", config.models, self.device).model
 
-    def step(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
+    makes = "generated"
+
+    def call(self, batch: common.Batch, jobs: list[Job]) -> list[Job]:
         template, settings = recipes.RECIPES[jobs[0].recipe].text2image(jobs[0].editor)
         return generate(self.pool, batch, jobs, template, settings)
 
