@@ -39,31 +39,29 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits(tmp_path, model_ca
     assert set(masks["mask_source"].to_pylist()) == {"simulated"}  # its rows say so
 
 
-def test_simulated_stages_load_no_model_and_hold_their_time(tmp_path, ray_cluster):
+def test_simulated_stages_load_no_model_hold_their_time_and_reject_as_the_hash_says(tmp_path, ray_cluster):
     holds = {"mask": 0.05, "text2image": 0.02, "inpaint": 0.03, "refine": 0.04, "judge": 0.01}
     config = load_config([SIMULATE], [
-        f"run.output={tmp_path / 'run'}", *SMALL, "generate.simulate.reject_rate=0",
+        f"run.output={tmp_path / 'run'}", *SMALL, "generate.simulate.reject_rate=0.5",
+        "generate.judge.max_attempts=3", "generate.judge.on_exhausted=keep_flagged",
         *(f"generate.simulate.{stage}.per_row={s}" for stage, s in holds.items()),
         # every model named here would fail to load: nothing loads
         *(f"models.{role}.id=/nonexistent/{role}" for role in ("grounding", "segmenter", "inpaint", "text2image", "refine_base", "judge")),
     ])  # fmt: skip
     assert flow.roles(config) == []
     manifest = run_generate(config)
-    assert manifest["rows"] == 24
-    rows = storage.read_commits_table(str(tmp_path / "run" / "generate"))
+    out = str(tmp_path / "run" / "generate")
+
+    # Each stage held its actor at least its configured time per row.
+    rows = storage.read_commits_table(out)
     for stage, column, takes in (("inpaint", "t_inpaint", None), ("refine", "t_refine", {"color", "texture"}),
                                  ("text2image", "t_text2image", {"background", "texture"}), ("judge", "t_judge", None)):  # fmt: skip
         seconds = [t for t, a in zip(rows[column].to_pylist(), rows["attribute"].to_pylist()) if takes is None or a in takes]
-        assert min(seconds) >= holds[stage], (stage, min(seconds))  # each row's share of a call held at least its time
-    masks = storage.read_commits_table(str(tmp_path / "run" / "generate" / "masks"))
-    assert min(masks["t_mask"].to_pylist()) >= holds["mask"]
+        assert min(seconds) >= holds[stage], (stage, min(seconds))
+    assert min(storage.read_commits_table(f"{out}/masks")["t_mask"].to_pylist()) >= holds["mask"]
 
-
-def test_simulated_rejections_go_round_again_as_the_hash_says(tmp_path, ray_cluster):
-    config = load_config([SIMULATE], [f"run.output={tmp_path / 'run'}", *SMALL, "generate.simulate.reject_rate=0.5",
-                                      "generate.judge.max_attempts=3", "generate.judge.on_exhausted=keep_flagged"])  # fmt: skip
-    manifest = run_generate(config)
-    outcomes = _outcomes(str(tmp_path / "run" / "generate"))
+    # Rejected attempts went round again, exactly as the hash of (id, attempt) says.
+    outcomes = _outcomes(out)
     assert set(outcomes) == expected_ids(config)
     for item, history in outcomes.items():
         wanted = []
@@ -73,5 +71,5 @@ def test_simulated_rejections_go_round_again_as_the_hash_says(tmp_path, ray_clus
                 break
             wanted.append((attempt, "retry" if attempt < 2 else "kept_flagged"))
         assert history == wanted, item
-    later = sum(1 for h in outcomes.values() if len(h) > 1)
-    assert later >= 4 and manifest["rows"] == 24  # retries happened; every item ends in the dataset (flagged or not)
+    assert sum(1 for h in outcomes.values() if len(h) > 1) >= 4  # later rounds ran
+    assert manifest["rows"] == 24  # every item ends in the dataset, flagged or not
