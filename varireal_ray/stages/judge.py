@@ -142,7 +142,8 @@ class JudgeStage:
         self.device = load.device()
         loaded = load.load("judge", config.models, self.device)
         self.model, self.processor = loaded.model, loaded.processor
-        # The last position must be the prompt's last token in every row of a batch.
+        # A batch's first prompts go through the processor together (their images once each),
+        # left-padded; _encode reads each back without its padding.
         self.processor.tokenizer.padding_side = "left"
         self.answers = YesNo(self.processor.tokenizer, "judge")
         self.image_token = self.model.config.image_token_id
