@@ -410,8 +410,8 @@ class StageTime(Section):
 class Simulate(Section):
     """The generate job's own machinery with every model replaced by a timer (``simulate.py``):
     each model-backed stage holds its actor, and its GPU share, for the configured time, then
-    returns outputs of the right types and shapes (a centred-box mask; the working image inverted
-    as the edit; the judge's answers). Everything else runs as in a real job: the wiring, the
+    returns outputs of the right types and shapes (a centred-box mask; the working image with its
+    values shifted as the edit; the judge's answers). Everything else runs as in a real job: the wiring, the
     placement, the writers and commit records, the rounds, resume and the manifest. For measuring
     the control plane at scale (``configs/simulate.yaml``, ``benchmarks/control_plane.py``); its
     rows are not data."""

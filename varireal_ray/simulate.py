@@ -2,7 +2,7 @@
 (grouping, priors, composites, encoding, the judge's bookkeeping) and replaces only its model call
 by a timer that holds the actor, and the GPU share it was placed with, for
 ``generate.simulate.<stage>`` seconds, then returns what the model would: outputs of the right
-types and shapes, made without a model. Stages call ``hold`` and the ``simulated_*`` helpers here;
+types and shapes, made without a model. Stages call ``hold``, ``edited`` and ``accepted`` here;
 ``roles`` is empty for a simulated stage, so the preflight checks no model and nothing loads.
 """
 

@@ -85,31 +85,14 @@ def hub_repo(role: str, models: ModelsConfig) -> tuple[str, str | None] | None:
 
 
 def listing(repo: str, revision: str | None, role: str) -> tuple[str, dict[str, int | None]]:
-    """The commit ``revision`` of ``repo`` resolves to, and its files (name -> bytes, None where
-    unknown): from the hub, or offline from the local Hugging Face cache."""
-    where = f"models.{role}.id = {repo!r} (revision {revision or 'main'})"
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        from huggingface_hub import snapshot_download
-
-        try:
-            snapshot = Path(snapshot_download(repo, revision=revision, local_files_only=True))
-        except Exception:  # noqa: BLE001 - any miss means "not in the cache"
-            raise ModelNotFound(
-                f"{where} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it; "
-                f"run `varireal models --download` where the hub is reachable, or unset HF_HUB_OFFLINE"
-            ) from None
-        files = {p.relative_to(snapshot).as_posix(): p.stat().st_size for p in snapshot.rglob("*") if p.is_file()}
-        return snapshot.name, files
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
+    """The commit ``revision`` of ``repo`` resolves to, and its files (``registry.hub_listing``,
+    as the preflight reads them); a hub that cannot be asked is a ``ModelNotFound`` here, since
+    nothing can be fetched."""
+    where = f"models.{role}.id = {repo!r}"
     try:
-        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
-    except RevisionNotFoundError:
-        raise ModelNotFound(f"{where}: the hub has no such revision") from None
-    except RepositoryNotFoundError:
-        raise ModelNotFound(f"{where}: no such model on the Hugging Face hub (a private or gated one needs HF_TOKEN)") from None
-    return info.sha, {s.rfilename: s.size for s in info.siblings or []}
+        return registry.hub_listing(repo, revision, where, role)
+    except registry.HubUnreachable as exc:
+        raise ModelNotFound(f"{where}: the Hugging Face hub could not be asked ({exc})") from None
 
 
 def folder_files(files: list[str], folder: str, fp16: bool) -> list[str]:

@@ -84,7 +84,7 @@ def resolve(ref: ModelRef, models: ModelsConfig, role: str = "", *, fetch: bool 
     local = Path(os.path.expanduser(name))
     if local.exists():
         if not fetch:
-            check_parts(ref, [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()], where, role)
+            check_parts(ref, list(files_in(local)), where, role)
         return Resolved(str(local.resolve()), None, name)
     if name.startswith(("/", ".", "~")) or not HUB_ID.match(name):
         raise ModelNotFound(
@@ -138,35 +138,56 @@ def hub_error(resolved: Resolved, exc: Exception, role: str) -> ModelNotFound:
     )
 
 
-def _check_hub(resolved: Resolved, where: str, role: str) -> list[str] | None:
-    """Is the hub id (and revision) on the hub, or, offline, in the local Hugging Face cache?
-    Returns the repository's files (None when the hub could not be asked)."""
+class HubUnreachable(Exception):
+    """The hub could not be asked (no network, a timeout): nothing is known of the repository."""
+
+
+def files_in(folder: Path) -> dict[str, int]:
+    """A folder's files, by their paths inside it, with their sizes."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def hub_listing(repo: str, revision: str | None, where: str, role: str) -> tuple[str, dict[str, int | None]]:
+    """The commit ``revision`` of hub ``repo`` resolves to, and its files (path -> bytes, None
+    where the hub does not say): from the hub, or, with ``HF_HUB_OFFLINE=1``, from the local
+    Hugging Face cache (``refs/<revision>`` names the commit). A repository or revision that is
+    not there is a ``ModelNotFound`` naming ``models.<role>``; a hub that cannot be asked,
+    ``HubUnreachable``."""
     fix = f"fix models.{role}.id (and .revision), or point it at a local folder or s3:// prefix"
-    mirror = WITHDRAWN.get(resolved.path)
+    mirror = WITHDRAWN.get(repo)
     if mirror:
         fix = f"the repository was withdrawn from the hub; the same weights are at {mirror!r}: set models.{role}.id to it, or {fix}"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import snapshot_download
 
         try:
-            snapshot = Path(snapshot_download(resolved.path, revision=resolved.revision, local_files_only=True))
+            snapshot = Path(snapshot_download(repo, revision=revision, local_files_only=True))
         except Exception:  # noqa: BLE001 - any miss means "not in the cache"
             raise ModelNotFound(
-                f"{where} (revision {resolved.revision or 'main'}) is not in the local Hugging Face cache and "
+                f"{where} (revision {revision or 'main'}) is not in the local Hugging Face cache and "
                 f"HF_HUB_OFFLINE=1 forbids downloading it; fetch it first (`varireal models --download` where the hub "
                 f"is reachable), or {fix}"
             ) from None
-        return [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+        return snapshot.name, files_in(snapshot)
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        info = HfApi().model_info(resolved.path, revision=resolved.revision)
-        return [sibling.rfilename for sibling in info.siblings or []]
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     except RevisionNotFoundError:
-        raise ModelNotFound(f"{where}: the hub has no revision {resolved.revision!r} of it; {fix}") from None
+        raise ModelNotFound(f"{where}: the hub has no revision {revision!r} of it; {fix}") from None
     except RepositoryNotFoundError:
         raise ModelNotFound(f"{where}: no such model on the Hugging Face hub (a private or gated one needs HF_TOKEN); {fix}") from None
-    except Exception as exc:  # noqa: BLE001 - the hub is unreachable: the loader will say more
-        log.warning("%s: could not check it on the hub (%s: %s); loading will try", where, type(exc).__name__, exc)
+    except Exception as exc:  # noqa: BLE001 - no answer: the caller decides what that means
+        raise HubUnreachable(f"{type(exc).__name__}: {exc}") from exc
+    return info.sha, {s.rfilename: s.size for s in info.siblings or []}
+
+
+def _check_hub(resolved: Resolved, where: str, role: str) -> list[str] | None:
+    """Is the hub id (and revision) on the hub, or, offline, in the local Hugging Face cache?
+    Returns the repository's files (None when the hub could not be asked)."""
+    try:
+        return list(hub_listing(resolved.path, resolved.revision, where, role)[1])
+    except HubUnreachable as exc:  # the loader will say more
+        log.warning("%s: could not check it on the hub (%s); loading will try", where, exc)
         return None
