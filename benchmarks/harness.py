@@ -116,10 +116,13 @@ def edit_and_judge(stages: Stages, items: list[dict]) -> dict[str, np.ndarray]:
 def expand_items(config, bank, sources: list[dict]) -> list[dict]:
     """The work items of masked source rows, exactly as the pipeline's first round makes them
     (``ExpandItems``: ids, attempt-0 seeds, model labels; a failed source's items as error rows)."""
-    from varireal_ray.pipeline.generate import ExpandItems
+    from varireal_ray.pipeline.generate import model_labels
+    from varireal_ray.pipeline.items import ExpandItems
 
-    expand = ExpandItems(config, bank, attempt=0, done=set(), next_attempt={})
-    return [item for source in sources for item in expand(source)]
+    expand = ExpandItems(config, bank, attempt=0, done=set(), next_attempt={}, models=model_labels(config))
+    if not sources:
+        return []
+    return expand({name: np.array([s[name] for s in sources], dtype=object) for name in sources[0]}).to_pylist()
 
 
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict]:

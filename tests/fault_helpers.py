@@ -58,6 +58,43 @@ def expected_ids(config: Config) -> set[str]:
     return out
 
 
+def histories(out: str) -> dict[str, list[dict]]:
+    """Each item's judged attempts (the committed ``attempts`` table), in order."""
+    from collections import defaultdict
+
+    from varireal_ray import storage
+
+    by_id = defaultdict(list)
+    for row in sorted(storage.read_commits_table(storage.join(out, "attempts")).to_pylist(), key=lambda r: r["attempt"]):
+        by_id[row["id"]].append(row)
+    return by_id
+
+
+def outcomes(out: str) -> dict[str, list[tuple[int, str]]]:
+    """Each item's ``(attempt, outcome)`` list, as committed."""
+    return {i: [(a["attempt"], a["outcome"]) for a in attempts] for i, attempts in histories(out).items()}
+
+
+def simulated_outcomes(config: Config, ids: set[str]) -> dict[str, list[tuple[int, str]]]:
+    """Each item's ``(attempt, outcome)`` list as the simulation's judge (a hash of id and
+    attempt, ``simulate.accepted``) prescribes it: rejected attempts go round again until one
+    passes or the last allowed ends as ``judge.on_exhausted`` says."""
+    from varireal_ray.simulate import accepted
+
+    last = config.generate.judge.max_attempts - 1
+    exhausted = "kept_flagged" if config.generate.judge.on_exhausted == "keep_flagged" else "dropped"
+    wanted = {}
+    for item in ids:
+        history = []
+        for attempt in range(last + 1):
+            if accepted(config, item, attempt):
+                history.append((attempt, "accepted"))
+                break
+            history.append((attempt, "retry" if attempt < last else exhausted))
+        wanted[item] = history
+    return wanted
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """The test environment for a CLI subprocess that starts its own local Ray cluster. Ray's
     session files go to a short fresh folder (Unix socket paths are limited to 107 bytes)."""
@@ -82,8 +119,9 @@ class Cli:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            stacks = session_stacks(self.proc.pid)
             self.kill()
-            raise AssertionError(f"the CLI did not finish within {timeout:.0f}s; log:\n{self.output()[-4000:]}") from None
+            raise AssertionError(f"the CLI did not finish within {timeout:.0f}s; log:\n{self.output()[-4000:]}\n{stacks}") from None
 
     def kill(self) -> None:
         """SIGKILL the driver's whole session: the driver, its raylet, GCS and workers."""
@@ -107,6 +145,21 @@ def kill_session(sid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.5)
+
+
+def session_stacks(sid: int, limit: int = 20000) -> str:
+    """The Python stacks of every process of session ``sid`` (driver, Ray workers), by py-spy
+    (Ray's own dependency for ``ray stack``): what a hung run was waiting on."""
+    spy = Path(sys.executable).with_name("py-spy")
+    dumps = []
+    for pid in (p for p in _pids() if _sid(p) == sid):
+        try:
+            text = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired) as e:
+            text = f"py-spy failed: {e}"
+        if "Thread" in text or "failed" in text:
+            dumps.append(f"--- pid {pid}\n{text}")
+    return ("stacks:\n" + "\n".join(dumps))[-limit:] if dumps else "stacks: none (py-spy found no Python process)"
 
 
 def _pids() -> list[int]:
@@ -221,9 +274,15 @@ class TcpProxy:
 
 
 def _reset(conn: socket.socket) -> None:
-    """Close with RST (linger 0), as a crashed server's kernel would."""
+    """Close with RST (linger 0), as a crashed server's kernel would. ``shutdown(SHUT_RD)`` first
+    wakes a pump thread blocked in ``recv`` on it: a bare ``close`` would leave the kernel socket
+    open (and the client waiting on it) until that ``recv`` returned."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+    try:
         conn.close()
     except OSError:
         pass

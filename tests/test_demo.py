@@ -1,7 +1,8 @@
 """The embedded default end to end, through the real entry point: `varireal demo` runs prompts,
 generate, train and report into one run folder, and every artifact it promises is there and sane.
 
-Smaller than the shipped demo (one prompts round, fewer training steps) to keep CI short; the
+Smaller than the shipped demo (one short prompts round, one edit per source and attribute, fewer
+training steps) to keep CI short; the
 stages, models and wiring are the ones README command 1 runs.
 """
 
@@ -24,6 +25,8 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
         f"models.cache_dir={model_cache}",
         "prompts.max_rounds=1",
         "prompts.values_per_list=2",
+        "prompts.max_new_tokens=48",  # two values a list
+        "generate.images_per_real=1",
         "train.iterations=10",
         "train.eval_every=5",
         "train.checkpoint_every=5",

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pytest
 import ray
 
-from fault_helpers import REPO, Cli, TcpProxy, alive_actors, cli_args, cli_env, expected_ids, kill_session, small_config, wait_for
+from fault_helpers import (REPO, Cli, TcpProxy, alive_actors, cli_args, cli_env, expected_ids, kill_session, outcomes, simulated_outcomes,
+                           small_config, wait_for)
 from varireal_ray import storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import run_generate
@@ -76,23 +77,26 @@ def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cach
     assert sum(s["rows"] for s in manifest["shards"]) == len(rows)
 
 
-def test_driver_killed_in_a_retry_round_then_same_command_finishes_every_retry(tmp_path, model_cache):
+def test_driver_killed_in_a_retry_round_then_same_command_finishes_every_retry(tmp_path):
     """The driver dies after round 0 ended, with items waiting for their retry: the re-run derives
-    its rounds from what was committed, runs them, and ends with every item in one place."""
-    from fault_helpers import RETRY_RUN, image_led_judge
+    its rounds from what was committed, runs them, and ends with every item in one place. The
+    control plane is what is under test, so the stages are the simulation profile's timers (its
+    judge rejects by a hash of id and attempt), the judge holding each batch a second: round 1
+    cannot commit between the log line and the kill."""
+    from fault_helpers import RETRY_RUN
     from varireal_ray import accounting
 
     run = tmp_path / "run"
-    judge = image_led_judge(model_cache / "image-led-judge", model_cache)
-    sets = [f"run.output={run}", f"models.cache_dir={model_cache}", f"models.judge.id={judge}", *RETRY_RUN]
-    args = ["generate", "--no-progress", "--config", str(REPO / "configs" / "demo.yaml"), *(a for s in sets for a in ("--set", s))]
+    simulate = REPO / "configs" / "simulate.yaml"
+    sets = [f"run.output={run}", "dataset.images_per_class=6", *RETRY_RUN, "generate.simulate.reject_rate=0.5", "generate.simulate.judge.per_batch=1"]
+    args = ["generate", "--no-progress", "--config", str(simulate), *(a for s in sets for a in ("--set", s))]
     first = Cli(args, tmp_path / "first.log", cli_env())
     try:
         wait_for(lambda: "edit round 0:" in first.output() or first.proc.poll() is not None, 400, "the end of round 0")
         assert first.proc.poll() is None, f"the run ended before it could be killed:\n{first.output()[-3000:]}"
     finally:
         first.kill()
-    config = load_config([REPO / "configs" / "demo.yaml"], sets)
+    config = load_config([simulate], sets)
     out = str(run / "generate")
     expected = expected_ids(config)
     before = accounting.item_states(expected, accounting.tables(out))
@@ -112,6 +116,8 @@ def test_driver_killed_in_a_retry_round_then_same_command_finishes_every_retry(t
     later = storage.read_commits_table(storage.join(out, "attempts"), ["attempt"]).to_pylist()
     assert sum(1 for a in later if a["attempt"] == 1) == before["pending"]  # every waiting retry ran
     assert len(rows) == len(expected)
+    # Across the kill, each item went through exactly the rounds its judge's verdicts prescribe.
+    assert outcomes(out) == simulated_outcomes(config, expected)
 
 
 # ------------------------------------------------------------------------ stage actor killed

@@ -121,29 +121,26 @@ def _opens_as_images_with_datasets(config, rows, tmp_path):
                                             cache_dir=str(tmp_path / "hf-datasets")).features["mask"], ImageFeature)
 
 
-def test_same_config_same_rows(tmp_path, model_cache):
-    a = config_for(tmp_path / "a", model_cache, "generate.judge.enabled=false", "generate.attributes=[color]")
-    b = config_for(tmp_path / "b", model_cache, "generate.judge.enabled=false", "generate.attributes=[color]")
-    run_generate(a)
-    run_generate(b)
-    key = lambda r: (r["id"], r["seed"], r["value"], r["attempt"])  # noqa: E731
-    assert sorted(map(key, rows_of(a))) == sorted(map(key, rows_of(b)))
-
-
 def test_resume_after_lost_commits_gives_each_id_once(tmp_path, model_cache):
+    """Half the commit records are lost (a crash after some shards): the same command makes those
+    items again, each once, and the same config makes the same rows (ids, seeds, values)."""
     config = config_for(tmp_path / "run", model_cache, "generate.judge.enabled=false", "generate.attributes=[background, color]")
     run_generate(config)
     out = storage.join(config.run.output, "generate")
-    expected = {r["id"] for r in rows_of(config)}
+    key = lambda r: (r["id"], r["seed"], r["value"], r["attempt"])  # noqa: E731
+    first = sorted(map(key, rows_of(config)))
+    expected = {r[0] for r in first}
     # A crash after some shards: drop half the commit records and the manifest.
     commits = storage.list_files(storage.join(out, "commits"), ".json")
     for uri in commits[: len(commits) // 2]:
         storage.filesystem(uri)[0].rm(storage.filesystem(uri)[1])
     storage.filesystem(out)[0].rm(storage.filesystem(storage.join(out, "manifest.json"))[1])
     assert len(storage.committed_ids(out)) < len(expected)
+    lost = expected - storage.committed_ids(out)
     run_generate(config)
-    ids = [r["id"] for r in rows_of(config)]
-    assert sorted(ids) == sorted(expected)  # exactly the expected set, each once
+    rows = rows_of(config)
+    assert sorted(r["id"] for r in rows) == sorted(expected)  # exactly the expected set, each once
+    assert sorted(map(key, rows)) == first  # the lost half made again: the same rows
     # Once finished, the same command has nothing to do and starts no stage actor (no model loads).
     before = edit_actors_ever()
     assert run_generate(config)["rows"] == len(expected)

@@ -98,13 +98,13 @@ def test_a_mask_batch_of_items_comes_out_ordered_by_call_group():
     infeasible rows have their own settings, and 8 texture items)."""
     import numpy as np
 
-    from varireal_ray.pipeline.generate import ExpandItems
+    from varireal_ray.pipeline.items import ExpandItems
     from varireal_ray.stages.edit import recipes
 
     config = load_config([], ["generate.images_per_real=1", "generate.color.infeasible.inpaint.strength=0.9"])
     sources = [{**SOURCE, "source_id": f"cat-{k:03d}", "error": "", "error_stage": "", "workers": "{}"} for k in range(4)]
     batch = {name: np.array([s[name] for s in sources], dtype=object) for name in sources[0]}
-    table = ExpandItems(config, FakeBankForItems(3), 0, set(), {})(batch)
+    table = ExpandItems(config, FakeBankForItems(3), 0, set(), {}, "{}")(batch)
     groups = recipes.call_groups(config)
     order = [groups[a, f, "minimal"] for a, f in zip(table["attribute"].to_pylist(), table["feasibility"].to_pylist())]
     assert order == sorted(order) and table.num_rows == 4 * 3 * 2

@@ -6,11 +6,9 @@ manifest's ledger."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pytest
 
-from fault_helpers import RETRY_RUN, REPO, expected_ids, image_led_judge
+from fault_helpers import RETRY_RUN, REPO, expected_ids, histories, image_led_judge
 from varireal_ray import storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import run_generate
@@ -23,14 +21,6 @@ def retry_config(tmp_path, model_cache, *overrides):
     judge = image_led_judge(model_cache / "image-led-judge", model_cache)
     return load_config([REPO / "configs" / "demo.yaml"],
                        [f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}", f"models.judge.id={judge}", *RETRY_RUN, *overrides])
-
-
-def histories(out: str) -> dict[str, list[dict]]:
-    """Each item's judged attempts, in order."""
-    by_id = defaultdict(list)
-    for row in sorted(storage.read_commits_table(storage.join(out, "attempts")).to_pylist(), key=lambda r: r["attempt"]):
-        by_id[row["id"]].append(row)
-    return by_id
 
 
 def check_histories(config, out: str, final_outcome: str) -> dict[str, list[dict]]:

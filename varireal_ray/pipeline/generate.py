@@ -35,10 +35,9 @@ from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline import flow, placement
+from varireal_ray.pipeline.items import ExpandItems
 from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images, task_stage
-from varireal_ray.pipeline.writer import commit_masks, write_edits
-from varireal_ray.stages.common import Batch, batch_len
-from varireal_ray.stages.edit import recipes
+from varireal_ray.pipeline.writer import commit_masks, mask_rows, write_edits
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
 from varireal_ray.sources.manifest import class_names, train_sources
@@ -57,48 +56,6 @@ def model_labels(config: Config) -> str:
     """The models this config's stages load, ``{role: id[@revision][/subfolder][/weight file]}``
     as JSON: the ``models`` provenance on every row and in the manifest."""
     return json.dumps(load.labels(config.models, flow.roles(config)), sort_keys=True)
-
-
-class ExpandItems:
-    """Turns a batch of source rows (with their masks, computed in this pass or read back) into
-    the work items due in this round, skipping committed ids, as a typed table
-    (``schema.ITEM_COLUMNS``). The items of a source whose mask failed carry that error, so each
-    is recorded as an error row (the manifest's ledger counts it).
-
-    A batch's items come out ordered by call group (``recipes.call_groups``: recipe and settings),
-    not by source, so the row-sized blocks after it, and the edit pools' batches, each hold one
-    group and make one full pipeline call wherever a group has a batch's worth of items."""
-
-    def __init__(self, config: Config, bank: Bank, attempt: int, done: set[str], next_attempt: dict[str, int]):
-        self.config, self.bank, self.attempt = config, bank, attempt
-        self.done, self.next_attempt = done, next_attempt
-        self.models = model_labels(config)
-        self.groups = recipes.call_groups(config)
-
-    def __call__(self, batch: Batch) -> pa.Table:
-        out = []
-        for i in range(batch_len(batch)):
-            source = {name: schema.plain_value(values[i]) for name, values in batch.items()}
-            error, stage = source.get("error") or "", source.get("error_stage") or ""
-            for item in work_items.expand(source, self.bank, self.config):
-                if item["id"] in self.done or self.next_attempt.get(item["id"], 0) != self.attempt:
-                    continue
-                item["attempt"] = self.attempt
-                item["seed"] = work_items.attempt_seed(self.config.run.seed, item["id"], self.attempt)
-                item["models"] = self.models
-                item["workers"] = source.get("workers") or "{}"
-                item["error"], item["error_stage"] = error, stage
-                out.append(item)
-        out.sort(key=lambda item: self.groups[item["attribute"], item["feasibility"], item["edit_mode"]])  # stable
-        return schema.conform({c: [item.get(c) for item in out] for c in schema.ITEM_COLUMNS}, schema.ITEM_COLUMNS, in_flight=True)
-
-
-def mask_rows(batch: Batch) -> pa.Table:
-    """The source rows of committed mask shards (one shard URI a row), as the mask pass hands
-    them on (``schema.MASKED_SOURCE_COLUMNS``)."""
-    tables = [storage.read_parquet(str(uri)) for uri in batch["shard"]]
-    masks = pa.concat_tables(tables) if tables else schema.schema(schema.MASK_COLUMNS).empty_table()
-    return schema.conform(masks, schema.MASKED_SOURCE_COLUMNS, in_flight=True)
 
 
 def _totals(summary: list[dict]) -> Counter:
@@ -179,7 +136,8 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict
     final = attempt == gen.judge.max_attempts - 1 or not gen.judge.enabled
     ds = ds.map_batches(
         ExpandItems,
-        fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "done": done, "next_attempt": next_attempt},
+        fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "done": done, "next_attempt": next_attempt,
+                               "models": model_labels(config)},
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.25,
         batch_size=None,  # a block (a mask batch) at a time: its items move on as soon as it is masked

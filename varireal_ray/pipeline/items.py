@@ -10,8 +10,12 @@ import hashlib
 import itertools
 
 import numpy as np
+import pyarrow as pa
 
+from varireal_ray import schema
 from varireal_ray.config import Config
+from varireal_ray.stages.common import Batch, batch_len
+from varireal_ray.stages.edit import recipes
 
 
 def _digest(*parts: object) -> bytes:
@@ -85,3 +89,37 @@ def expand(source: dict, bank, config: Config) -> list[dict]:
                     }
                 )
     return items
+
+
+class ExpandItems:
+    """Turns a batch of source rows (with their masks, computed in this pass or read back) into
+    the work items due in this round, skipping committed ids, as a typed table
+    (``schema.ITEM_COLUMNS``), in a CPU worker. The items of a source whose mask failed carry that error, so each
+    is recorded as an error row (the manifest's ledger counts it).
+
+    A batch's items come out ordered by call group (``recipes.call_groups``: recipe and settings),
+    not by source, so the row-sized blocks after it, and the edit pools' batches, each hold one
+    group and make one full pipeline call wherever a group has a batch's worth of items."""
+
+    def __init__(self, config: Config, bank, attempt: int, done: set[str], next_attempt: dict[str, int], models: str):
+        self.config, self.bank, self.attempt = config, bank, attempt
+        self.done, self.next_attempt = done, next_attempt
+        self.models = models  # the provenance label (``generate.model_labels``), made on the driver
+        self.groups = recipes.call_groups(config)
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        out = []
+        for i in range(batch_len(batch)):
+            source = {name: schema.plain_value(values[i]) for name, values in batch.items()}
+            error, stage = source.get("error") or "", source.get("error_stage") or ""
+            for item in expand(source, self.bank, self.config):
+                if item["id"] in self.done or self.next_attempt.get(item["id"], 0) != self.attempt:
+                    continue
+                item["attempt"] = self.attempt
+                item["seed"] = attempt_seed(self.config.run.seed, item["id"], self.attempt)
+                item["models"] = self.models
+                item["workers"] = source.get("workers") or "{}"
+                item["error"], item["error_stage"] = error, stage
+                out.append(item)
+        out.sort(key=lambda item: self.groups[item["attribute"], item["feasibility"], item["edit_mode"]])  # stable
+        return schema.conform({c: [item.get(c) for item in out] for c in schema.ITEM_COLUMNS}, schema.ITEM_COLUMNS, in_flight=True)

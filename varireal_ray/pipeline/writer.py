@@ -19,6 +19,14 @@ from varireal_ray import run_folder, schema, storage
 from varireal_ray.stages.common import Batch, batch_len
 
 
+def mask_rows(batch: Batch) -> pa.Table:
+    """The source rows of committed mask shards (one shard URI a row), as the mask pass hands
+    them on (``schema.MASKED_SOURCE_COLUMNS``)."""
+    tables = [storage.read_parquet(str(uri)) for uri in batch["shard"]]
+    masks = pa.concat_tables(tables) if tables else schema.schema(schema.MASK_COLUMNS).empty_table()
+    return schema.conform(masks, schema.MASKED_SOURCE_COLUMNS, in_flight=True)
+
+
 def _commit(uri: str, batch: Batch, rows: np.ndarray, table: str, id_column: str = "id") -> int:
     """Commit ``rows`` of ``batch`` as a shard of ``table`` (``schema.TABLES``): exactly its
     columns, in its types, whatever the batch held (a column no row filled is typed nulls)."""

@@ -10,22 +10,26 @@ actor pool per diffusion model family. One file per part, as diffusers keeps one
 - ``job.py``            one row in flight, and the pipeline calls the pools share
 """
 
-from varireal_ray.stages.edit.inpaint import InpaintStage
-from varireal_ray.stages.edit.job import Job, batched, prompt_fields
-from varireal_ray.stages.edit.pool import EditPool
-from varireal_ray.stages.edit.refine import RefineStage
-from varireal_ray.stages.edit.text2image import Text2ImageStage
+import importlib
 
-POOLS = (Text2ImageStage, InpaintStage, RefineStage)  # in flow order
+# The pools and their shared parts load diffusers and torch: imported on first use, so a CPU
+# worker that only needs ``recipes`` (the item expansion) starts in a second, not in five.
+_LAZY = {"InpaintStage": "inpaint", "RefineStage": "refine", "Text2ImageStage": "text2image", "EditPool": "pool",
+         "Job": "job", "batched": "job", "prompt_fields": "job"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name == "POOLS":  # in flow order
+        return tuple(__getattr__(n) for n in ("Text2ImageStage", "InpaintStage", "RefineStage"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def edit_in_process(config, batch, pools=None):
     """``batch`` through every edit pool this config uses, in one process (tests and benchmarks;
     the generate job runs each pool as its own actor pool). ``pools``: already built ones."""
-    pools = pools if pools is not None else [p(config) for p in POOLS if p.used(config)]
+    pools = pools if pools is not None else [p(config) for p in __getattr__("POOLS") if p.used(config)]
     for pool in pools:
         batch = pool(batch)
     return batch
-
-
-__all__ = ["POOLS", "EditPool", "InpaintStage", "Job", "RefineStage", "Text2ImageStage", "batched", "edit_in_process", "prompt_fields"]

@@ -61,7 +61,7 @@ def call_groups(config: Config) -> dict[tuple[str, str, str], int]:
     """Per (attribute, feasibility, edit mode) of the config, the index of its call group: rows
     whose recipe and settings match share a pipeline call in every pool (``EditPool`` groups a
     batch so), whatever their feasibility. Items are ordered by it before the pools
-    (``pipeline.generate.ExpandItems``), so a batch holds one group wherever the data allow."""
+    (``pipeline.items.ExpandItems``), so a batch holds one group wherever the data allow."""
     gen = config.generate
     groups: list[tuple[str, object]] = []
     index = {}
