@@ -172,14 +172,6 @@ def test_bad_images_become_error_rows_and_budget_applies(tmp_path, model_cache):
     assert run_generate(relaxed)["rows"] == 3
 
 
-def test_generate_to_s3(tmp_path, model_cache, s3_bucket):
-    config = config_for(tmp_path / "local", model_cache, "generate.judge.enabled=false", "generate.attributes=[texture]", "generate.feasibility=[infeasible]")
-    config = config.model_copy(update={"run": config.run.model_copy(update={"output": f"{s3_bucket}/run1"})})
-    manifest = run_generate(config)
-    assert manifest["rows"] == 4
-    assert storage.read_dataset(storage.join(config.run.output, "generate")).num_rows == 4
-
-
 def test_missing_bucket_fails_before_models_load(model_cache, s3_server, tmp_path):
     config = config_for(tmp_path, model_cache, "run.output=s3://no-such-bucket/run")
     with pytest.raises(storage.StorageError, match="does not exist"):

@@ -183,9 +183,11 @@ def test_on_logical_gpus_every_pool_runs_where_the_plan_put_it(tmp_path, model_c
     (left to Ray, which places actors in the order Ray Data asks for them, the pools can land two
     big ones to a card). Every color and
     texture row passed through the inpainting and refinement pools, a texture row through the
-    text-to-image one too. One 80 GB card: every pool shares GPU 0. Either way the run finishes."""
+    text-to-image one too. One 80 GB card: every pool shares GPU 0. Either way the run finishes.
+    Placement is the subject, not the models: the stages are the simulation profile's timers, which
+    ask for and hold the same GPU shares in the same pools."""
     run = tmp_path / "run"
-    proc = _generate(run, model_cache, gpus, gpu_memory)
+    proc = _generate(run, model_cache, gpus, gpu_memory, "generate.simulate.enabled=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"GPU 0 ({gpu_memory} GB)" in proc.stderr  # the plan says where each pool goes, before any model loads
     rows = storage.read_dataset(str(run / "generate")).to_pylist()
