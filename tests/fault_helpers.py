@@ -154,11 +154,11 @@ def session_stacks(sid: int, limit: int = 20000) -> str:
     dumps = []
     for pid in (p for p in _pids() if _sid(p) == sid):
         try:
-            text = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+            done = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            text = done.stdout if "Thread" in done.stdout else f"py-spy: {done.stderr.strip()[-300:]}"
         except (OSError, subprocess.TimeoutExpired) as e:
             text = f"py-spy failed: {e}"
-        if "Thread" in text or "failed" in text:
-            dumps.append(f"--- pid {pid}\n{text}")
+        dumps.append(f"--- pid {pid}\n{text}")
     return ("stacks:\n" + "\n".join(dumps))[-limit:] if dumps else "stacks: none (py-spy found no Python process)"
 
 
