@@ -380,6 +380,7 @@ def dataset_shards(dataset_uri: str) -> list[str]:
 
 
 def read_commits_table(dataset_uri: str, columns: list[str] | None = None) -> pa.Table:
-    """Every committed row of a dataset, manifest or not (for resume and bookkeeping tables)."""
-    tables = [read_parquet(u, columns) for u in dataset_shards(dataset_uri)]
+    """Every committed row of a dataset, manifest or not (for resume and bookkeeping tables); the
+    shards read concurrently (a long run's ``attempts/`` is thousands of them)."""
+    tables = concurrently(functools.partial(read_parquet, columns=columns), dataset_shards(dataset_uri))
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from varireal_ray import accounting, fingerprint, run_folder, schema, sources, storage
@@ -92,16 +93,15 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
 
 
 def _progress(out: str) -> tuple[set[str], dict[str, int]]:
-    """Committed (or dropped) ids, and the next attempt of every item that was rejected so far."""
+    """Committed (or dropped) ids, and the next attempt of every item that was rejected so far
+    (read in Arrow: a million attempts are not a million Python dicts)."""
     done = storage.committed_ids(out)
     attempts = storage.read_commits_table(run_folder.attempts(out), ["id", "attempt", "outcome"])
-    next_attempt: dict[str, int] = {}
-    for row in attempts.to_pylist():
-        if row["outcome"] == "dropped":
-            done.add(row["id"])
-        elif row["outcome"] == "retry":
-            next_attempt[row["id"]] = max(next_attempt.get(row["id"], 0), row["attempt"] + 1)
-    return done, next_attempt
+    if not attempts.num_rows:
+        return done, {}
+    done.update(attempts.filter(pc.equal(attempts["outcome"], "dropped"))["id"].to_pylist())
+    retried = attempts.filter(pc.equal(attempts["outcome"], "retry")).group_by("id").aggregate([("attempt", "max")])
+    return done, dict(zip(retried["id"].to_pylist(), pc.add(retried["attempt_max"], 1).to_pylist()))
 
 
 def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str], next_attempt: dict[str, int]) -> int:
