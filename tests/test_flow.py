@@ -66,3 +66,12 @@ def test_the_report_training_and_sources_import_nothing_of_the_pipeline_or_the_s
             "print(sorted(m for m in sys.modules if m.startswith(('varireal_ray.pipeline', 'varireal_ray.stages'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_pipelines_cpu_steps_import_no_model_library():
+    """Every CPU worker imports the modules of the steps it runs; those load no torch, diffusers or
+    transformers (only the stage actors do), so a CPU worker starts in a second."""
+    code = ("import sys, varireal_ray.pipeline.items, varireal_ray.pipeline.wiring, varireal_ray.pipeline.writer, varireal_ray.stages.checks; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
