@@ -120,9 +120,7 @@ def expand_items(config, bank, sources: list[dict]) -> list[dict]:
     from varireal_ray.pipeline.items import ExpandItems
 
     expand = ExpandItems(config, bank, attempt=0, done=set(), next_attempt={}, models=model_labels(config))
-    if not sources:
-        return []
-    return expand({name: np.array([s[name] for s in sources], dtype=object) for name in sources[0]}).to_pylist()
+    return expand(to_batch(sources)).to_pylist() if sources else []
 
 
 def rows_of(batch: dict[str, np.ndarray]) -> list[dict]:

@@ -2,8 +2,7 @@
 generate, train and report into one run folder, and every artifact it promises is there and sane.
 
 Smaller than the shipped demo (one short prompts round, one edit per source and attribute, fewer
-training steps) to keep CI short; the
-stages, models and wiring are the ones README command 1 runs.
+training steps) to keep CI short; the stages, models and wiring are the ones README command 1 runs.
 """
 
 from __future__ import annotations

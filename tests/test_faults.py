@@ -81,8 +81,8 @@ def test_driver_killed_in_a_retry_round_then_same_command_finishes_every_retry(t
     """The driver dies after round 0 ended, with items waiting for their retry: the re-run derives
     its rounds from what was committed, runs them, and ends with every item in one place. The
     control plane is what is under test, so the stages are the simulation profile's timers (its
-    judge rejects by a hash of id and attempt), the judge holding each batch a second: round 1
-    cannot commit between the log line and the kill."""
+    judge rejects by a hash of id and attempt), the judge holding each batch a second, so round 1
+    is seconds from its first commit when the kill comes (asserted below, not assumed)."""
     from fault_helpers import RETRY_RUN
     from varireal_ray import accounting
 

@@ -94,8 +94,8 @@ def expand(source: dict, bank, config: Config) -> list[dict]:
 class ExpandItems:
     """Turns a batch of source rows (with their masks, computed in this pass or read back) into
     the work items due in this round, skipping committed ids, as a typed table
-    (``schema.ITEM_COLUMNS``), in a CPU worker. The items of a source whose mask failed carry that error, so each
-    is recorded as an error row (the manifest's ledger counts it).
+    (``schema.ITEM_COLUMNS``), in a CPU worker. The items of a source whose mask failed carry
+    that error, so each is recorded as an error row (the manifest's ledger counts it).
 
     A batch's items come out ordered by call group (``recipes.call_groups``: recipe and settings),
     not by source, so the row-sized blocks after it, and the edit pools' batches, each hold one

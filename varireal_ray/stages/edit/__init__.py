@@ -33,3 +33,6 @@ def edit_in_process(config, batch, pools=None):
     for pool in pools:
         batch = pool(batch)
     return batch
+
+
+__all__ = ["POOLS", "EditPool", "InpaintStage", "Job", "RefineStage", "Text2ImageStage", "batched", "edit_in_process", "prompt_fields"]
