@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from varireal_ray import storage
+from varireal_ray import schema, storage
 
 
 def table(ids):
@@ -100,3 +100,63 @@ def test_trial_checkpoints_are_stored_whole_fetched_back_and_pruned(root, tmp_pa
     assert latest == {"step": 30, "folder": "step-00000030", "kept": ["step-00000030", "step-00000020"]}
     fs, path = storage.filesystem(storage.join(trial, "checkpoints"))
     assert sorted(p.rstrip("/").rsplit("/", 1)[1] for p in fs.ls(path, detail=False)) == ["latest.json", "step-00000020", "step-00000030"]
+
+
+def attempts_table(ids, attempt=0):
+    return schema.conform({"id": ids, "attempt": [attempt] * len(ids), "outcome": ["retry"] * len(ids)}, schema.ATTEMPT_COLUMNS)
+
+
+def commit_files(ds):
+    return [storage.posixpath.basename(f) for f in storage.list_files(storage.join(ds, storage.COMMITS))]
+
+
+def test_compaction_folds_records_and_merges_shards_keeping_every_row_once(root):
+    ds = storage.join(root, "attempts")
+    for k in range(4):
+        storage.commit_shard(ds, attempts_table([f"i{k}", f"j{k}"]))
+    before = sorted(storage.read_commits_table(ds).to_pylist(), key=str)
+    assert storage.compact(ds, merge=True) == {"records": 4, "merged_shards": 4}
+    files = commit_files(ds)
+    assert len(files) == 1 and files[0].startswith(storage.INDEX_PREFIX)  # one index, no JSON record left
+    assert [storage.posixpath.basename(s) for s in storage.list_files(storage.join(ds, storage.SHARDS))] == [
+        r["shard"].split("/")[-1] for r in storage.commits(ds)]  # the merged shard alone, the parts deleted
+    assert sorted(storage.read_commits_table(ds).to_pylist(), key=str) == before
+    storage.commit_shard(ds, attempts_table(["i0"], attempt=1))  # the next round's records join the index
+    assert storage.compact(ds, merge=True)["records"] == 1 and len(commit_files(ds)) == 1
+    assert storage.read_commits_table(ds, ["id", "attempt"]).num_rows == 9
+    assert storage.committed_ids(ds) == {f"{c}{k}" for c in "ij" for k in range(4)}
+
+
+def test_a_compaction_stopped_before_its_deletes_reads_back_the_same_rows(root, monkeypatch):
+    """The crash that could duplicate rows: the index (and the merged shard) written, the records
+    and shards it replaces not yet deleted. Every row still reads back once, and the next
+    compaction finishes the cleanup."""
+    ds = storage.join(root, "attempts")
+    for k in range(3):
+        storage.commit_shard(ds, attempts_table([f"i{k}"]))
+    before = sorted(storage.read_commits_table(ds)["id"].to_pylist())
+
+    def crash(uris):
+        raise KeyboardInterrupt("killed before the deletes")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "remove_files", crash)
+        with pytest.raises(KeyboardInterrupt):
+            storage.compact(ds, merge=True)
+    files = commit_files(ds)
+    assert len([f for f in files if f.endswith(".json")]) == 3 and len([f for f in files if f.startswith(storage.INDEX_PREFIX)]) == 1
+    assert sorted(storage.read_commits_table(ds)["id"].to_pylist()) == before  # not twice: the old records are replaced
+    assert storage.compact(ds, merge=True)["records"] == 3
+    assert len(commit_files(ds)) == 1 and sorted(storage.read_commits_table(ds)["id"].to_pylist()) == before
+
+
+def test_carried_columns_are_read_from_the_index_alone(root):
+    ds = storage.join(root, "generate")
+    rows = [schema.conform({"id": [f"r{k}"], "accepted": [k % 2 == 0]}, schema.ROW_COLUMNS) for k in range(3)]
+    for table_ in rows:
+        storage.commit_shard(ds, table_, carry=schema.RECORD_COLUMNS["rows"])
+    storage.compact(ds)
+    storage.remove_tree(storage.join(ds, storage.SHARDS))  # the bookkeeping read must not need a shard
+    got = storage.read_commits_table(ds, ["id", "accepted"])
+    assert got.schema.field("accepted").type == pa.bool_()
+    assert sorted(got.to_pylist(), key=lambda r: r["id"]) == [{"id": f"r{k}", "accepted": k % 2 == 0} for k in range(3)]

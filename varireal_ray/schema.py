@@ -151,6 +151,11 @@ SELECTION_COLUMNS = ("feasibility_margin", "changed_inside", "changed_outside", 
 VIEW_META_COLUMNS = ("id", "source_id", "class_name", "label", "attribute", "feasibility", "accepted", "error")
 VIEW_INDEX_COLUMNS = ("kind", "split", "group", *VIEW_META_COLUMNS, *SELECTION_COLUMNS, "file", "row_group", "offset", "nbytes")
 
+# What a table's commit records carry beside the ids (``storage.commit_shard``): what the
+# bookkeeping reads of a run (resume, ledger, cost) then comes from the commit index, not from
+# every shard. (``attempts/`` and ``errors/`` are small rows: their shards are merged instead.)
+RECORD_COLUMNS: dict[str, tuple[str, ...]] = {"rows": ("accepted",), "masks": ("t_mask",)}
+
 TABLES: dict[str, tuple[str, ...]] = {
     "sources": SOURCE_COLUMNS,
     "masks": MASK_COLUMNS,
@@ -248,6 +253,11 @@ def conform(data: Mapping[str, object] | pa.Table, columns: Iterable[str] | None
         fields.append(pa.field(name, type_))
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     return table if in_flight else table.replace_schema_metadata(_metadata(table.schema))
+
+
+def stamped(table: pa.Table) -> pa.Table:
+    """``table`` (read back, in this version's names) with this version's metadata at rest."""
+    return table.replace_schema_metadata(_metadata(table.schema.remove_metadata()))
 
 
 def _metadata(at_rest: pa.Schema) -> dict[bytes, bytes]:

@@ -113,6 +113,17 @@ def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str],
     return sum(1 for i in ids if i not in done and i not in next_attempt)
 
 
+def compact(out: str) -> None:
+    """Fold the run's commit records into one index per committed dataset, and the small
+    bookkeeping tables' shards into merged ones (``storage.compact``): what every later read of
+    the run's progress reads. Only between rounds, while no writer runs."""
+    folders = {"rows": (out, False), "masks": (run_folder.masks(out), False), "attempts": (run_folder.attempts(out), True),
+               "errors": (run_folder.errors(out), True)}
+    folded = dict(zip(folders, storage.concurrently(lambda f: storage.compact(*f), list(folders.values()), threads=4)))
+    if any(f["records"] for f in folded.values()):
+        log.info("commit records folded into one index per dataset: %s", {k: f["records"] for k, f in folded.items()})
+
+
 def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
     done, next_attempt = _progress(out)
@@ -122,7 +133,9 @@ def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
         return Counter()  # nothing to do: no actor pool (and no model) is started
     pools = [s for s in flow.pools(config) if train is not None or s is not flow.SOURCE_STAGE]  # later rounds read masks back
     with placement.reserved(config, pools) as reserved:  # every GPU actor where the plan put it
-        return _stream(config, out, bank, attempt, train, done, next_attempt, due, reserved)
+        counts = _stream(config, out, bank, attempt, train, done, next_attempt, due, reserved)
+    compact(out)  # the next round, and any resume, reads one index per dataset
+    return counts
 
 
 def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict] | None, done: set[str],
@@ -186,7 +199,7 @@ def preflight(config: Config) -> Bank:
     # A class the bank cannot serve would fail every one of its items: say so before any work.
     bank.check_covers(class_names(sources.ensure_manifest(config)), gen.attributes, gen.feasibility)
     # Rows made with other settings, models or bank stop the run here, naming what changed.
-    made = any(storage.list_files(storage.join(folder, storage.COMMITS), ".json") for folder in (out, run_folder.masks(out), run_folder.errors(out)))
+    made = any(storage.has_commits(folder) for folder in (out, run_folder.masks(out), run_folder.errors(out)))
     fingerprint.check(out, fingerprint.generate_settings(config, flow.roles(config), bank.hash), "generate",
                       made_from={"sources": fingerprint.artifact_id(run_folder.sources(config))}, made=made)
     return bank
@@ -199,6 +212,7 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
     out = run_folder.generated(config)
     bank = bank if bank is not None else preflight(config)
     storage.write_bytes(run_folder.job_config(out), dump_config(config).encode())
+    compact(out)  # a stopped run's records, read by every round below, folded once
     config = placement.plan_generation(config)  # every pool at once, or a message naming the setting
     gen = config.generate
     start = time.perf_counter()

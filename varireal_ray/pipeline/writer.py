@@ -32,7 +32,8 @@ def _commit(uri: str, batch: Batch, rows: np.ndarray, table: str, id_column: str
     columns, in its types, whatever the batch held (a column no row filled is typed nulls)."""
     if len(rows) == 0:
         return 0
-    storage.commit_shard(uri, schema.conform(batch, schema.TABLES[table], rows=rows), id_column=id_column)
+    storage.commit_shard(uri, schema.conform(batch, schema.TABLES[table], rows=rows), id_column=id_column,
+                         carry=schema.RECORD_COLUMNS.get(table, ()))
     return len(rows)
 
 
