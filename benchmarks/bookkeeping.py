@@ -1,14 +1,22 @@
-"""What a resume reads before its first round, at scale: ``generate._progress`` (the committed
-ids, and the next attempt of every item waiting for a retry) over a run folder of ``--items``
-items, written here as a stopped run's records are (``storage.commit_shard``, ``--shard-rows``
-a shard): ``--attempts`` judged attempts an item in ``attempts/`` (retries, then an outcome),
-nine items in ten committed to the dataset and the tenth waiting for a retry.
+"""What a resume reads, at scale: the bookkeeping of a stopped run of ``--items`` items, written
+here as the writers write it (``storage.commit_shard``, ``--shard-rows`` a shard): the dataset's
+rows (their records carrying ``accepted``), and ``--attempts`` judged attempts an item in
+``attempts/``; nine items in ten committed, the tenth waiting for a retry.
+
+Times, on that folder:
+- ``progress_records_s``: ``generate._progress`` (the committed ids, each waiting item's next
+  attempt) over the JSON records as the writers left them (one read a shard and record);
+- ``compact_s``: ``generate.compact``, which a resume runs once to fold them into an index per
+  dataset (and merge the attempts' shards);
+- ``progress_s``: ``_progress`` again, on the compacted folder (what every round reads);
+- ``ledger_s``: the end of a run: the committed tables (``accounting.tables``), every item's state
+  and the manifest.
 
     python benchmarks/bookkeeping.py --items 100000
-    python benchmarks/bookkeeping.py --items 1000000 --folder /tmp/bk-1m   # kept for a second look
+    python benchmarks/bookkeeping.py --items 1000000 --folder /tmp/bk-1m   # the run kept for a second look
+    python benchmarks/bookkeeping.py --items 100000 --storage s3             # a moto S3 server on loopback
 
-Prints one JSON line: seconds to write the folder, seconds and peak driver RSS of ``_progress``.
-No Ray, no model: the bookkeeping alone.
+Prints one JSON line (with the driver's peak RSS). No Ray, no model: the bookkeeping alone.
 """
 
 from __future__ import annotations
@@ -23,32 +31,30 @@ from pathlib import Path
 
 import pyarrow as pa
 
-import harness  # noqa: F401 - puts the repository on sys.path
+import harness
 
-from varireal_ray import run_folder, storage
-from varireal_ray.pipeline.generate import _progress
+from varireal_ray import accounting, run_folder, schema, storage
+from varireal_ray.pipeline.generate import _progress, compact
 
 
 def _id(k: int) -> str:
     return hashlib.sha256(str(k).encode()).hexdigest()[:24]
 
 
-def write_run(out: str, items: int, shard_rows: int, attempts: int) -> None:
-    """A stopped run's records: the dataset's rows (ids only) and its judged attempts; a tenth of
-    the items (every tenth) rejected at their last attempt so far, waiting for a retry."""
+def write_shard(out: str, items: range, attempts: int) -> None:
+    """One writer batch's shards: its kept rows (``accepted`` carried by the record) and its attempts."""
     retries = attempts - 1
-    for start in range(0, items, shard_rows):
-        ids = [_id(k) for k in range(start, min(start + shard_rows, items))]
-        kept = [i for k, i in enumerate(ids, start) if k % 10]
-        storage.commit_shard(out, pa.table({"id": kept, "attempt": [retries] * len(kept)}))
-        rows = {"id": [], "attempt": [], "outcome": []}
-        for k, i in enumerate(ids, start):
-            waiting = k % 10 == 0
-            for a in range(retries + 1):
-                rows["id"].append(i)
-                rows["attempt"].append(a)
-                rows["outcome"].append("retry" if a < retries or waiting else "accepted")
-        storage.commit_shard(run_folder.attempts(out), pa.table(rows), name=f"attempts-{start:09d}")
+    ids = [_id(k) for k in items]
+    kept = [i for k, i in zip(items, ids) if k % 10]
+    storage.commit_shard(out, schema.conform({"id": kept, "attempt": [retries] * len(kept), "accepted": [True] * len(kept)},
+                                             ("id", "attempt", "accepted")), carry=schema.RECORD_COLUMNS["rows"])
+    rows = {"id": [], "attempt": [], "outcome": []}
+    for k, i in zip(items, ids):
+        for a in range(retries + 1):
+            rows["id"].append(i)
+            rows["attempt"].append(a)
+            rows["outcome"].append("retry" if a < retries or k % 10 == 0 else "accepted")
+    storage.commit_shard(run_folder.attempts(out), schema.conform(rows, ("id", "attempt", "outcome")), name=f"attempts-{items.start:09d}")
 
 
 def main() -> None:
@@ -56,25 +62,44 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--shard-rows", type=int, default=1000)
     parser.add_argument("--attempts", type=int, default=2, help="judged attempts an item")
-    parser.add_argument("--folder", help="where to write the run (kept; reused if it holds one)")
+    parser.add_argument("--storage", choices=("local", "s3"), default="local")
+    parser.add_argument("--folder", help="where to write the run (local; kept, and reused if it holds one)")
     args = parser.parse_args()
 
-    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="bench-bookkeeping-"))
-    out = str(folder / "generate")
-    start = time.perf_counter()
-    if not storage.list_files(storage.join(out, storage.COMMITS), ".json"):
-        write_run(out, args.items, args.shard_rows, args.attempts)
-    written = time.perf_counter() - start
+    root = f"{harness.start_s3()}/bookkeeping" if args.storage == "s3" else (args.folder or tempfile.mkdtemp(prefix="bench-bookkeeping-"))
+    out = storage.join(root, "generate")
+    fresh = not storage.has_commits(out)
+    write_s = harness.timed(lambda: storage.concurrently(
+        lambda start: write_shard(out, range(start, min(start + args.shard_rows, args.items)), args.attempts),
+        list(range(0, args.items, args.shard_rows)), threads=8))[1] if fresh else 0.0  # fmt: skip
 
-    start = time.perf_counter()
-    done, next_attempt = _progress(out)
-    seconds = time.perf_counter() - start
+    figures = {"benchmark": "bookkeeping", "storage": args.storage, "items": args.items, "shard_rows": args.shard_rows,
+               "attempts_per_item": args.attempts, "write_s": round(write_s, 1)}  # fmt: skip
+    if fresh:
+        figures["progress_records_s"] = round(harness.timed(lambda: _progress(out))[1], 2)
+    figures["compact_s"] = round(harness.timed(lambda: compact(out))[1], 2)
+    (done, next_attempt), seconds = harness.timed(lambda: _progress(out))
+    figures["progress_s"] = round(seconds, 2)
     waiting = len(range(0, args.items, 10))
     assert len(done) == args.items - waiting and sum(1 for i in next_attempt if i not in done) == waiting
-    print(json.dumps({"benchmark": "bookkeeping", "items": args.items, "shard_rows": args.shard_rows, "attempts_per_item": args.attempts,
-                      "write_s": round(written, 1), "progress_s": round(seconds, 2),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+    def ledger() -> dict:
+        committed = accounting.tables(out)
+        states = accounting.item_states({_id(k) for k in range(args.items)}, committed)
+        storage.write_manifest(out, items=states)
+        return states
+
+    states, figures["ledger_s"] = harness.timed(ledger)
+    assert states["accepted"] == args.items - waiting and states["pending"] == waiting, states
+    files = {name: len(storage.list_files(storage.join(folder, storage.COMMITS)))
+             for name, folder in (("rows", out), ("attempts", run_folder.attempts(out)))}  # fmt: skip
+    figures.update(ledger_s=round(figures["ledger_s"], 2), commit_files=files,
+                   peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    print(json.dumps(figures))
+    if args.storage == "local" and not args.folder:
+        storage.remove_tree(root)
 
 
 if __name__ == "__main__":
+    harness.quiet_logs()
     main()

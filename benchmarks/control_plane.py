@@ -51,29 +51,16 @@ def timed_first_call(stage: type) -> type:
     return type(stage.__name__, (stage,), {"__call__": call, "__module__": __name__})
 
 
-def start_s3() -> str:
-    """A moto S3 server on loopback with a bucket; returns the bucket URI."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
-    boto3.client("s3").create_bucket(Bucket="bench")
-    return "s3://bench"
-
-
 def records(out: str) -> dict:
-    """Commit records (one JSON per shard) and the manifest: how many, how many bytes."""
+    """Per committed dataset: its shards, and the files (index, JSON records) and bytes its
+    commit records take; and the manifest's bytes."""
     from varireal_ray import run_folder, storage
 
     found = {}
     for name, folder in (("rows", out), ("masks", run_folder.masks(out)), ("attempts", run_folder.attempts(out)),
                          ("errors", run_folder.errors(out))):  # fmt: skip
-        files = storage.list_files(storage.join(folder, storage.COMMITS), ".json")
-        found[name] = {"records": len(files), "bytes": sum(len(storage.read_bytes(f)) for f in files)}
+        files = storage.list_files(storage.join(folder, storage.COMMITS))
+        found[name] = {"shards": len(storage.commits(folder)), "files": len(files), "bytes": sum(storage.size(f) for f in files)}
     found["manifest_bytes"] = len(storage.read_bytes(storage.join(out, "manifest.json")))
     return found
 
@@ -164,7 +151,7 @@ def main() -> None:
     harness.quiet_logs()
     work = tempfile.mkdtemp(prefix="bench-control-plane-")
     os.environ[FIRST_CALLS] = str(Path(work) / "first_calls.jsonl")
-    root = f"{start_s3()}/control-plane" if args.storage == "s3" else work
+    root = f"{harness.start_s3()}/control-plane" if args.storage == "s3" else work
     figures = {"benchmark": "control_plane", "storage": args.storage, "per_row": args.per_row, "gpus": args.gpus,
                "concurrency": args.concurrency, **run(args, root), "machine": harness.machine()}  # fmt: skip
     harness.emit(figures, args.json)

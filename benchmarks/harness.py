@@ -393,6 +393,20 @@ def emit(figures: dict, json_path: str | None) -> None:
         Path(json_path).write_text(json.dumps(figures, indent=2, default=str) + "\n")
 
 
+def start_s3() -> str:
+    """A moto S3 server on loopback with a bucket; returns the bucket URI."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")  # fmt: skip
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return "s3://bench"
+
+
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
     result = fn()

@@ -418,15 +418,22 @@ def has_commits(dataset_uri: str) -> bool:
 
 
 def commits(dataset_uri: str) -> list[dict]:
-    """Every commit record of a dataset as a dict (``commit_index``'s rows)."""
-    return commit_index(dataset_uri).to_pylist()
+    """Every commit record of a dataset, as its writer wrote it (``commit_shard``), from the index
+    and the JSON records alike."""
+    return [_as_record(row) for row in commit_index(dataset_uri).to_pylist()]
+
+
+def _as_record(row: dict) -> dict:
+    fixed = {f.name for f in _RECORD_FIELDS}
+    columns = {c: v for c, v in row.items() if c not in fixed and v is not None}
+    return {**{c: row[c] for c in fixed}, **({"columns": columns} if columns else {})}
 
 
 def commit_record(dataset_uri: str, shard: str) -> dict | None:
     """The commit record of one shard (``shards/<name>.parquet``, as the manifest lists it), or None."""
     index = commit_index(dataset_uri)
     found = index.filter(pc.equal(index["shard"], shard))
-    return found.to_pylist()[0] if found.num_rows else None
+    return _as_record(found.to_pylist()[0]) if found.num_rows else None
 
 
 def committed_ids(dataset_uri: str) -> set[str]:
