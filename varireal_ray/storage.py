@@ -3,8 +3,9 @@
 Rules (DESIGN.md contract 4):
 - a file is written whole or not at all (local: temp file + rename; S3: one PUT);
 - a dataset folder holds ``shards/*.parquet``, one commit record per shard in ``commits/`` (written
-  after its shard), and ``manifest.json`` written last. Readers trust the manifest; resume trusts
-  the commit records; nothing else in the folder is ever read.
+  after its shard; between rounds the driver folds the records into one Parquet index there), and
+  ``manifest.json`` written last. Readers trust the manifest; resume trusts the commit records;
+  nothing else in the folder is ever read.
 - nothing is overwritten in place: a shard is named by the keys of its rows (ids and attempts),
   so a writer that Ray retries after a partial commit rewrites the same shard and commit record
   with the same rows instead of adding a duplicate.
