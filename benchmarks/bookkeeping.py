@@ -37,6 +37,10 @@ from varireal_ray import accounting, run_folder, schema, storage
 from varireal_ray.pipeline.generate import _progress, compact
 
 
+def peak_mib() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _id(k: int) -> str:
     return hashlib.sha256(str(k).encode()).hexdigest()[:24]
 
@@ -75,11 +79,15 @@ def main() -> None:
 
     figures = {"benchmark": "bookkeeping", "storage": args.storage, "items": args.items, "shard_rows": args.shard_rows,
                "attempts_per_item": args.attempts, "write_s": round(write_s, 1)}  # fmt: skip
+    peaks = {"written": peak_mib()}  # the driver's peak RSS after each step: which step sets it
     if fresh:
         figures["progress_records_s"] = round(harness.timed(lambda: _progress(out))[1], 2)
+        peaks["progress_records"] = peak_mib()
     figures["compact_s"] = round(harness.timed(lambda: compact(out))[1], 2)
+    peaks["compact"] = peak_mib()
     (done, next_attempt), seconds = harness.timed(lambda: _progress(out))
     figures["progress_s"] = round(seconds, 2)
+    peaks["progress"] = peak_mib()
     waiting = len(range(0, args.items, 10))
     assert len(done) == args.items - waiting and sum(1 for i in next_attempt if i not in done) == waiting
 
@@ -93,8 +101,8 @@ def main() -> None:
     assert states["accepted"] == args.items - waiting and states["pending"] == waiting, states
     files = {name: len(storage.list_files(storage.join(folder, storage.COMMITS)))
              for name, folder in (("rows", out), ("attempts", run_folder.attempts(out)))}  # fmt: skip
-    figures.update(ledger_s=round(figures["ledger_s"], 2), commit_files=files,
-                   peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    peaks["ledger"] = peak_mib()
+    figures.update(ledger_s=round(figures["ledger_s"], 2), commit_files=files, peak_rss_mib=peak_mib(), peak_rss_after_mib=peaks)
     print(json.dumps(figures))
     if args.storage == "local" and not args.folder:
         storage.remove_tree(root)

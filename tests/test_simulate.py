@@ -6,6 +6,9 @@ through the later rounds as its hash says is checked, across a killed driver, in
 
 from __future__ import annotations
 
+import logging
+import re
+
 from fault_helpers import expected_ids, outcomes
 
 from conftest import REPO
@@ -18,10 +21,12 @@ SMALL = ["dataset.images_per_class=5", "generate.images_per_real=1", "generate.s
 HOLDS = {"mask": 0.05, "text2image": 0.02, "inpaint": 0.03, "refine": 0.04, "judge": 0.01}  # seconds a row
 
 
-def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model(tmp_path, model_cache, ray_cluster):
+def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model(tmp_path, model_cache, ray_cluster, caplog):
     """The demo's tiny models accept every edit in round one at its threshold; the simulation,
     rejecting none, must commit the same items with the same attempts and outcomes, with every
-    model it names unloadable and each stage holding its actor its configured time."""
+    model it names unloadable and each stage holding its actor its configured time. The simulated
+    run also folds its commit records into their indexes after every writer batch, mid-round,
+    and still commits the same."""
     sets = [f"models.cache_dir={model_cache}", "generate.bank=builtin:demo", *SMALL]
     real = load_config([REPO / "configs" / "demo.yaml"], [f"run.output={tmp_path / 'real'}", *sets])
     simulated = load_config([REPO / "configs" / "demo.yaml"], [
@@ -29,13 +34,20 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model
         *(f"generate.simulate.{stage}.per_row={s}" for stage, s in HOLDS.items()),
         # every model named here would fail to load: nothing loads
         *(f"models.{role}.id=/nonexistent/{role}" for role in ("grounding", "segmenter", "inpaint", "text2image", "refine_base", "judge")),
+        "generate.compact_every=1",
     ])  # fmt: skip
+    caplog.set_level(logging.INFO, logger="varireal_ray.pipeline.generate")
     assert flow.roles(simulated) == []
     made = {name: run_generate(config) for name, config in (("real", real), ("sim", simulated))}
     assert made["sim"]["rows"] == made["real"]["rows"] == len(expected_ids(real)) == 24
     committed = {name: outcomes(str(tmp_path / name / "generate")) for name in made}
     assert committed["sim"] == committed["real"] and set(committed["sim"]) == expected_ids(real)
     assert {tuple(o) for o in committed["sim"].values()} == {((0, "accepted"),)}
+    folds = [int(m.group(1)) for m in (re.search(r"folded (\d+) times during the round", r.getMessage()) for r in caplog.records) if m]
+    assert folds and folds[0] >= 2, folds  # 24 items in 8-row writer batches: a fold before the round's last batch
+    for folder in ("", "masks", "attempts"):  # one index each, no JSON record left
+        files = storage.list_files(storage.join(str(tmp_path / "sim" / "generate"), folder, storage.COMMITS))
+        assert len(files) == 1 and files[0].endswith(".parquet"), files
 
     out = str(tmp_path / "sim" / "generate")
     masks = storage.read_commits_table(f"{out}/masks")

@@ -14,6 +14,8 @@ the table and the judge's acceptance per attempt.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,34 +88,47 @@ def acceptance(attempts: pa.Table, by: list[str]) -> pd.DataFrame:
 ITEM_STATES = ("accepted", "flagged", "error", "dropped", "pending")
 
 
-def item_states(expected: set[str], committed: dict[str, pa.Table]) -> dict[str, int]:
+def item_states(expected: Iterable[str], committed: dict[str, pa.Table]) -> dict[str, int]:
     """How many of the ``expected`` ids are in each of ``ITEM_STATES`` (``item_outcomes``); the
-    counts add up to ``len(expected)``."""
+    counts add up to the number of expected ids."""
     return {state: len(ids) for state, ids in item_outcomes(expected, committed).items()}
 
 
-def item_outcomes(expected: set[str], committed: dict[str, pa.Table]) -> dict[str, set[str]]:
+def item_outcomes(expected: Iterable[str], committed: dict[str, pa.Table]) -> dict[str, pa.Array]:
     """The ``expected`` ids in each of ``ITEM_STATES``, from the committed tables alone (never
     from what a process counted): a committed row is accepted or flagged; else the item's last
-    event decides, a judged attempt (dropped, or a retry: pending) or a failure (error)."""
-    rows = committed["rows"]
-    accepted_ids = set(rows.filter(pc.fill_null(rows["accepted"], False))["id"].to_pylist()) if rows.num_rows else set()
-    row_ids = set(rows["id"].to_pylist()) if rows.num_rows else set()
-    last: dict[str, tuple[int, int, str]] = {}  # id -> (attempt, 1 for a judged attempt / 0 an error, what)
-    for table, what in ((committed["errors"], None), (committed["attempts"], "outcome")):
-        if table.num_rows == 0:
-            continue
-        outcomes = table[what].to_pylist() if what else ["error"] * table.num_rows
-        for i, attempt, outcome in zip(table["id"].to_pylist(), table["attempt"].to_pylist(), outcomes):
-            key = (int(attempt or 0), 1 if what else 0, outcome)
-            if i not in last or key[:2] >= last[i][:2]:
-                last[i] = key
-    out: dict[str, set[str]] = {state: set() for state in ITEM_STATES}
-    for i in expected:
-        if i in row_ids:
-            out["accepted" if i in accepted_ids else "flagged"].add(i)
-        elif i in last and last[i][2] in ("error", "dropped"):
-            out[last[i][2]].add(i)
-        else:
-            out["pending"].add(i)
-    return out
+    event decides, a judged attempt (dropped, or a retry: pending) or a failure (error). In Arrow:
+    a million items' two million attempts are columns, not dicts."""
+    ids = pa.table({"id": pa.array(list(expected), pa.string())})
+    rows, last = committed["rows"], _last_events(committed)
+    accepted = rows.filter(pc.fill_null(rows["accepted"], False))["id"] if rows.num_rows else pa.array([], pa.string())
+    ids = ids.join(last, keys="id", join_type="left outer") if last.num_rows else ids.append_column("what", pa.nulls(ids.num_rows, pa.string()))
+    in_rows = pc.is_in(ids["id"], value_set=rows["id"].combine_chunks() if rows.num_rows else pa.array([], pa.string()))
+    is_accepted = pc.is_in(ids["id"], value_set=accepted.combine_chunks() if isinstance(accepted, pa.ChunkedArray) else accepted)
+    what = pc.fill_null(ids["what"], "")
+    states = {
+        "accepted": pc.and_(in_rows, is_accepted),
+        "flagged": pc.and_(in_rows, pc.invert(is_accepted)),
+        "error": pc.and_(pc.invert(in_rows), pc.equal(what, "error")),
+        "dropped": pc.and_(pc.invert(in_rows), pc.equal(what, "dropped")),
+    }
+    states["pending"] = pc.invert(pc.or_(pc.or_(in_rows, states["error"]), states["dropped"]))
+    return {state: ids["id"].filter(states[state]).combine_chunks() for state in ITEM_STATES}
+
+
+def _last_events(committed: dict[str, pa.Table]) -> pa.Table:
+    """Each item's last event (``id``, ``what``): its latest attempt, where a judged attempt
+    (``what`` its outcome) comes after a failure (``what`` "error") of the same attempt."""
+    events = []
+    for table, judged in ((committed["errors"], False), (committed["attempts"], True)):
+        if table.num_rows:
+            order = pc.add(pc.multiply(pc.fill_null(table["attempt"], 0).cast(pa.int64()), 2), 1 if judged else 0)
+            what = table["outcome"] if judged else pa.array(["error"] * table.num_rows, pa.string())
+            events.append(pa.table({"id": table["id"], "order": order, "what": what}))
+    if not events:
+        return pa.table({"id": pa.array([], pa.string()), "what": pa.array([], pa.string())})
+    table = pa.concat_tables(events, promote_options="default").sort_by([("id", "ascending"), ("order", "ascending")])
+    ids = table["id"].combine_chunks()
+    last = pc.not_equal(ids[:-1], ids[1:]) if len(ids) > 1 else pa.array([], pa.bool_())
+    last = pa.concat_arrays([last, pa.array([True])])  # the last event of each id (sorted: before the next id)
+    return table.filter(last).select(["id", "what"])

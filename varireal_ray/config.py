@@ -434,6 +434,10 @@ class GenerateConfig(Section):
     resolution: int = Field(128, ge=32, le=4096)  # working resolution (1024 for real models)
     bank: Location | None = None  # bank URI; None: the run's own prompts output
     shard_rows: int = Field(64, ge=1)
+    # Writer batches between two folds of the commit records into their index while a round runs
+    # (``storage.compact``; a resume after a crash then reads at most this many batches' records
+    # one by one). 0: fold only between rounds.
+    compact_every: int = Field(1000, ge=0)
     error_budget: float = Field(0.1, ge=0.0, le=1.0)  # fraction of failed items that fails the run
     image_format: Literal["png", "jpeg", "webp"] = "png"
     mask: MaskConfig = MaskConfig()

@@ -166,11 +166,38 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict
         else:
             ds = task_stage(ds, stage, config, rows)
     ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, typed=False, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
-    with Progress(f"generate, round {attempt}", due, "items") as progress:
+    folding = Folding(out, gen.compact_every)
+    with Progress(f"generate, round {attempt}", due, "items") as progress, folding:
         def written(summary: dict) -> None:  # one writer batch: its items' outcomes
             progress.update(done=sum(int(summary.get(k, 0)) for k in ITEM_OUTCOMES), errors=int(summary.get("errors", 0)))
+            folding.written()
 
         return _totals(collect(ds, on_row=written))
+
+
+class Folding:
+    """Folds the commit records into their indexes (``compact``) every ``every`` writer batches
+    while a round streams, so a run stopped late in a long round leaves at most that many
+    batches' records for its resume to read one by one. It runs on the driver between two writer
+    summaries (Ray Data streams on meanwhile). Safe beside the writers: a fold deletes only the
+    records (and merged shards) it read, and an index names the shards it merged away, so a
+    writer Ray reruns on one of them is read once."""
+
+    def __init__(self, out: str, every: int):
+        self.out, self.every, self.batches, self.folds = out, every, 0, 0
+
+    def written(self) -> None:
+        self.batches += 1
+        if self.every and self.batches % self.every == 0:
+            compact(self.out)
+            self.folds += 1
+
+    def __enter__(self) -> Folding:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.folds:
+            log.info("commit records folded %d times during the round (every %d writer batches)", self.folds, self.every)
 
 
 def error_summary(errors: pa.Table, failed: set[str], limit: int = 8) -> str:
@@ -251,7 +278,7 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
     if items["error"] / max(len(expected_ids), 1) > config.generate.error_budget:
         raise GenerationFailed(
             f"{items['error']} of {len(expected_ids)} items failed (budget {config.generate.error_budget:.0%}); "
-            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(committed['errors'], outcomes['error'])}. "
+            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(committed['errors'], set(outcomes['error'].to_pylist()))}. "
             f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
         )
     return manifest
