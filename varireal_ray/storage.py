@@ -332,7 +332,8 @@ def concurrently(fn, items: list, threads: int = 16) -> list:
 
 # ------------------------------------------------------------------------------ commit index
 # Writers add one JSON record per shard (``commits/<shard>.json``): a crash loses at most the
-# shards in flight. Between rounds the driver compacts them (``compact``) into one Parquet index,
+# shards in flight. Between rounds, and every ``generate.compact_every`` writer batches during one,
+# the driver folds them (``compact``) into one Parquet index,
 # ``commits/index-<digest>.parquet``, a row per shard: a resume, the ledger and the manifest then
 # read one file, not one request per shard (15,600 of them at a million items and 64-row shards).
 # ``merge=True`` (the small bookkeeping tables, ``attempts/`` and ``errors/``) also merges the
@@ -443,8 +444,10 @@ def committed_ids(dataset_uri: str) -> set[str]:
 
 def compact(dataset_uri: str, merge: bool = False) -> dict:
     """Fold the dataset's JSON records (and older indexes) into one index; with ``merge``, the
-    shards the JSON records list become one merged shard. Run it only while no writer of the
-    dataset is running (the driver does, between rounds). Returns what it folded."""
+    shards the JSON records list become one merged shard. Returns what it folded. Safe beside
+    running writers: it deletes only the records, indexes and shards it read, and a writer Ray
+    reruns on a shard it merged away writes a record the index marks replaced. One fold at a
+    time per dataset (the driver's)."""
     index, replaced, indexes, jsons = _live(dataset_uri)
     if not jsons and len(indexes) <= 1:
         return {"records": 0, "merged_shards": 0}
