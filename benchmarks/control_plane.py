@@ -5,8 +5,8 @@ every model a timer, ``generate.simulate``): `run_generate` (Ray Data, the real 
 Prints: the driver's peak RSS and the object store's peak; seconds from the job's start to the
 first call of the first GPU pool (the mask pool); end-to-end items/s; with per-row times and
 several logical GPUs (``--per-row``, ``--gpus``, ``--concurrency``), each pool's busy fraction
-(seconds its actors held a call, from the rows' timing columns, over actors x the time from its
-first call to the end); the seconds a resume of the finished run takes; the number and bytes of
+(seconds its actors held a call, from the attempts' and errors' timing columns, over actors x
+the time from its first call's start to its last call's end); the seconds a resume of the finished run takes; the number and bytes of
 commit records and of the manifest. ``--storage s3`` writes the run to a moto S3 server on
 loopback (each small read a request, as on a real bucket).
 
@@ -34,19 +34,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 SIMULATE = harness.REPO / "configs" / "simulate.yaml"
-FIRST_CALLS = "VARIREAL_BENCH_FIRST_CALLS"  # a file each stage actor appends its first call's time to
+CALLS = "VARIREAL_BENCH_CALLS"  # a file each stage actor appends each call's start and end to
 GPU_POOLS = ("mask", "text2image", "inpaint", "refine", "judge")
 
 
-def timed_first_call(stage: type) -> type:
-    """``stage`` with the wall-clock time of each actor's first call appended to a shared file."""
+def timed_calls(stage: type) -> type:
+    """``stage`` with the wall-clock start and end of each of its calls appended to a shared file."""
 
     def call(self, batch):
-        if not getattr(self, "_called", False):
-            self._called = True
-            with open(os.environ[FIRST_CALLS], "a") as log:
-                log.write(json.dumps({"stage": stage.name, "at": time.time()}) + "\n")
-        return stage.__call__(self, batch)
+        start = time.time()
+        try:
+            return stage.__call__(self, batch)
+        finally:
+            with open(os.environ[CALLS], "a") as log:
+                log.write(json.dumps({"stage": stage.name, "start": start, "end": time.time()}) + "\n")
 
     return type(stage.__name__, (stage,), {"__call__": call, "__module__": __name__})
 
@@ -65,20 +66,20 @@ def records(out: str) -> dict:
     return found
 
 
-def busy(config, out: str, first_calls: dict[str, float], end: float) -> dict:
-    """Per GPU pool: seconds its actors held calls (its rows' timing column) over actors x (end - its first call)."""
-    from varireal_ray import run_folder, schema, storage
+def busy(config, out: str, calls: dict[str, tuple[float, float]]) -> dict:
+    """Per GPU pool: seconds its actors held calls (``accounting.cost``: every attempt's and failed
+    row's timing column, the masks' for the mask pool) over actors x (its last call's end - its
+    first call's start)."""
+    from varireal_ray import accounting
     from varireal_ray.pipeline import flow
 
-    rows = storage.read_commits_table(out, list(schema.STAGE_TIMES.values()))
-    masks = storage.read_commits_table(run_folder.masks(out), ["t_mask"])
-    held = {stage: sum(v or 0.0 for v in rows[column].to_pylist()) for stage, column in schema.STAGE_TIMES.items() if column in rows.column_names}
-    held["mask"] = sum(masks["t_mask"].to_pylist())
+    held = accounting.cost(config, accounting.tables(out))["stages"]
     figures = {}
     for stage in flow.stages(config):
-        if stage.name in first_calls and stage.section:
+        if stage.name in calls and stage.section:
             actors = flow.resources(config, stage).concurrency
-            figures[stage.name] = round(held.get(stage.name, 0.0) / (actors * (end - first_calls[stage.name])), 3)
+            first, last = calls[stage.name]
+            figures[stage.name] = round(held[stage.name]["seconds"] / (actors * (last - first)), 3)
     return figures
 
 
@@ -106,7 +107,7 @@ def run(args, root: str) -> dict:
         config.ray.num_gpus = args.gpus
     init_ray(config)
     shipped, source = flow.FLOW, flow.SOURCE_STAGE
-    flow.FLOW = tuple(timed_first_call(s) for s in shipped)
+    flow.FLOW = tuple(timed_calls(s) for s in shipped)
     flow.SOURCE_STAGE = flow.FLOW[shipped.index(source)]
     try:
         with harness.RssSampler() as memory:
@@ -116,21 +117,23 @@ def run(args, root: str) -> dict:
         resume_s = harness.timed(lambda: run_generate(config))[1]
     finally:
         flow.FLOW, flow.SOURCE_STAGE = shipped, source
-    first_calls: dict[str, float] = {}
-    for line in Path(os.environ[FIRST_CALLS]).read_text().splitlines():
+    calls: dict[str, tuple[float, float]] = {}  # stage -> (first call's start, last call's end), the first run's
+    for line in Path(os.environ[CALLS]).read_text().splitlines():
         call = json.loads(line)
-        first_calls[call["stage"]] = min(first_calls.get(call["stage"], math.inf), call["at"])
+        if call["start"] <= end:
+            first, last = calls.get(call["stage"], (math.inf, 0.0))
+            calls[call["stage"]] = (min(first, call["start"]), max(last, call["end"]))
     out = run_folder.generated(config)
     items = sum(manifest["items"].values())
     figures = {
         "items": items, "sources_build_s": round(sources_s, 1), "seconds": round(end - started, 1),
         "items_per_s": round(items / (end - started), 1),
-        "first_mask_call_s": round(first_calls["mask"] - started, 1) if "mask" in first_calls else None,
+        "first_mask_call_s": round(calls["mask"][0] - started, 1) if "mask" in calls else None,
         "resume_finished_s": round(resume_s, 1), "rows": manifest["rows"], "ledger": manifest["items"],
         **memory.figures_mib(), "records": records(out),
     }  # fmt: skip
     if args.per_row:
-        figures["busy"] = busy(config, out, first_calls, end)
+        figures["busy"] = busy(config, out, calls)
     ray.shutdown()
     storage.remove_tree(root) if not args.keep else None
     return figures
@@ -150,7 +153,7 @@ def main() -> None:
     args = parser.parse_args()
     harness.quiet_logs()
     work = tempfile.mkdtemp(prefix="bench-control-plane-")
-    os.environ[FIRST_CALLS] = str(Path(work) / "first_calls.jsonl")
+    os.environ[CALLS] = str(Path(work) / "calls.jsonl")
     root = f"{harness.start_s3()}/control-plane" if args.storage == "s3" else work
     figures = {"benchmark": "control_plane", "storage": args.storage, "per_row": args.per_row, "gpus": args.gpus,
                "concurrency": args.concurrency, **run(args, root), "machine": harness.machine()}  # fmt: skip

@@ -119,6 +119,14 @@ def test_artifacts_of_a_newer_schema_version_are_refused_naming_both_versions(tm
     with pytest.raises(schema.SchemaError, match="schema version 7"):
         storage.committed_ids(dataset)
 
+    commit.write_text(json.dumps({**json.loads(commit.read_text()), "schema_version": schema.SCHEMA_VERSION}))
+    storage.compact(dataset)  # the records folded into an index, which records its version too
+    (index,) = (tmp_path / "generate" / "commits").glob(f"{storage.INDEX_PREFIX}*.parquet")
+    folded = pq.read_table(index)
+    pq.write_table(folded.replace_schema_metadata({**folded.schema.metadata, b"schema_version": b"8"}), index)
+    with pytest.raises(schema.SchemaError, match=rf"{index.name} was written with schema version 8"):
+        storage.committed_ids(dataset)
+
     table = pa.table({"id": ["a"]}).replace_schema_metadata({b"schema_version": b"5"})
     storage.write_parquet(str(tmp_path / "newer.parquet"), table)
     with pytest.raises(schema.SchemaError, match="newer.parquet was written with schema version 5"):

@@ -22,6 +22,9 @@ Versions:
   3: the edit runs as three pools, each timing its own rows: ``t_text2image``, ``t_inpaint`` and
      ``t_refine`` replace ``t_edit`` (read from version 2 as ``t_inpaint``: its seconds were the
      whole edit's).
+  4: commit records may be folded into a Parquet index (``commits/index-*.parquet``) and the
+     ``attempts/`` and ``errors/`` shards merged (``storage.compact``), which a version 3 reader
+     would not see; the records of rows and masks carry ``accepted`` and ``t_mask``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pyarrow as pa
 
 from varireal_ray.errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Where a version lives: a key of a manifest or commit record, and of a Parquet file's metadata.
 VERSION_KEY = "schema_version"
 
