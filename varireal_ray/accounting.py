@@ -101,10 +101,11 @@ def item_outcomes(expected: Iterable[str], committed: dict[str, pa.Table]) -> di
     a million items' two million attempts are columns, not dicts."""
     ids = pa.table({"id": pa.array(list(expected), pa.string())})
     rows, last = committed["rows"], _last_events(committed)
-    accepted = rows.filter(pc.fill_null(rows["accepted"], False))["id"] if rows.num_rows else pa.array([], pa.string())
+    none = pa.array([], pa.string())
+    row_ids = rows["id"].combine_chunks() if rows.num_rows else none
+    accepted_ids = rows.filter(pc.fill_null(rows["accepted"], False))["id"].combine_chunks() if rows.num_rows else none
     ids = ids.join(last, keys="id", join_type="left outer") if last.num_rows else ids.append_column("what", pa.nulls(ids.num_rows, pa.string()))
-    in_rows = pc.is_in(ids["id"], value_set=rows["id"].combine_chunks() if rows.num_rows else pa.array([], pa.string()))
-    is_accepted = pc.is_in(ids["id"], value_set=accepted.combine_chunks() if isinstance(accepted, pa.ChunkedArray) else accepted)
+    in_rows, is_accepted = pc.is_in(ids["id"], value_set=row_ids), pc.is_in(ids["id"], value_set=accepted_ids)
     what = pc.fill_null(ids["what"], "")
     states = {
         "accepted": pc.and_(in_rows, is_accepted),

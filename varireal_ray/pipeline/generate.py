@@ -116,7 +116,7 @@ def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str],
 def compact(out: str) -> None:
     """Fold the run's commit records into one index per committed dataset, and the small
     bookkeeping tables' shards into merged ones (``storage.compact``): what every later read of
-    the run's progress reads. Only between rounds, while no writer runs."""
+    the run's progress reads. At a run's start, after each round, and during one (``Folding``)."""
     folders = {"rows": (out, False), "masks": (run_folder.masks(out), False), "attempts": (run_folder.attempts(out), True),
                "errors": (run_folder.errors(out), True)}
     folded = dict(zip(folders, storage.concurrently(lambda f: storage.compact(*f), list(folders.values()), threads=4)))
