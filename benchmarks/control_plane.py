@@ -35,7 +35,6 @@ import harness  # noqa: E402
 
 SIMULATE = harness.REPO / "configs" / "simulate.yaml"
 CALLS = "VARIREAL_BENCH_CALLS"  # a file each stage actor appends each call's start and end to
-GPU_POOLS = ("mask", "text2image", "inpaint", "refine", "judge")
 
 
 def timed_calls(stage: type) -> type:
@@ -91,10 +90,10 @@ def run(args, root: str) -> dict:
 
     per_class = math.ceil(args.items / 48) + 4
     sets = [f"run.output={root}/run", f"dataset.images_per_class={per_class}", f"generate.simulate.reject_rate={args.reject_rate}"]
-    for stage in GPU_POOLS:
+    for stage in harness.GPU_POOLS:
         sets += [f"generate.simulate.{stage}.per_row={args.per_row}"]
         if args.gpus:
-            sets += [f"generate.{stage}_stage.num_gpus={min(1.0, args.gpus / (len(GPU_POOLS) * args.concurrency)):.3f}",
+            sets += [f"generate.{stage}_stage.num_gpus={min(1.0, args.gpus / (len(harness.GPU_POOLS) * args.concurrency)):.3f}",
                      f"generate.{stage}_stage.concurrency={args.concurrency}", f"generate.{stage}_stage.num_cpus=0.1"]  # fmt: skip
     config = load_config([SIMULATE], sets + args.extra)
     sources_s = harness.timed(lambda: harness.train_rows(config))[1]

@@ -27,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+GPU_POOLS = ("mask", "text2image", "inpaint", "refine", "judge")  # the stages with an actor pool
 
 
 # ------------------------------------------------------------------------------------- workload
