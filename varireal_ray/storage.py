@@ -473,13 +473,16 @@ def _merge(dataset_uri: str, index: pa.Table, loose: list[int]) -> tuple[pa.Tabl
     table = schema.stamped(pa.concat_tables(concurrently(read_parquet, [join(dataset_uri, s) for s in shards]), promote_options="default"))
     name = MERGED_PREFIX + hashlib.sha256("\n".join(sorted(shards)).encode()).hexdigest()[:16]
     write_parquet(join(dataset_uri, SHARDS, f"{name}.parquet"), table)
-    record = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "key": part["key"][0].as_py(),
-              "committed_at": round(time.time(), 3), "ids": pc.list_flatten(part["ids"])}
-    for c in _carried(index):
-        record[c] = pc.list_flatten(part[c]) if part[c].null_count == 0 else None
+    def one_list(column: str) -> pa.Array:  # the loose records' lists joined into one (null if any lacks it), in Arrow
+        type_ = index.schema.field(column).type
+        if part[column].null_count:
+            return pa.nulls(1, type_)
+        flat = pc.list_flatten(part[column]).combine_chunks()
+        return pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat).cast(type_)
+
+    scalars = {"shard": f"{SHARDS}/{name}.parquet", "rows": table.num_rows, "key": part["key"][0].as_py(), "committed_at": round(time.time(), 3)}
+    one = pa.table({c: pa.array([scalars[c]], index.schema.field(c).type) if c in scalars else one_list(c) for c in index.column_names})
     kept = index.take(pa.array(sorted(set(range(index.num_rows)) - set(loose)), pa.int64()))
-    one = pa.table({c: pa.array([record[c].to_pylist() if isinstance(record[c], pa.Array) else record[c]], index.schema.field(c).type)
-                    for c in index.column_names})
     return pa.concat_tables([kept, one]), shards
 
 
@@ -497,11 +500,11 @@ def remove_files(uris: list[str]) -> None:
 
 def write_manifest(dataset_uri: str, **summary: Any) -> dict:
     """Write ``manifest.json`` last, listing every committed shard; the only thing readers trust."""
-    records = commits(dataset_uri)
+    shards = commit_index(dataset_uri).select(["shard", "rows"]).to_pylist()  # not the ids: a million of them at scale
     manifest = {
         schema.VERSION_KEY: schema.SCHEMA_VERSION,
-        "shards": [{"path": r["shard"], "rows": r["rows"]} for r in records],
-        "rows": sum(r["rows"] for r in records),
+        "shards": [{"path": r["shard"], "rows": r["rows"]} for r in shards],
+        "rows": sum(r["rows"] for r in shards),
         **summary,
     }
     write_json(join(dataset_uri, MANIFEST), manifest)
@@ -528,7 +531,7 @@ def read_dataset(dataset_uri: str, columns: list[str] | None = None, optional: d
 
 def dataset_shards(dataset_uri: str) -> list[str]:
     """URIs of every committed shard of a dataset (by commit record; usable before the manifest)."""
-    return [join(dataset_uri, r["shard"]) for r in commits(dataset_uri)]
+    return [join(dataset_uri, s) for s in commit_index(dataset_uri)["shard"].to_pylist()]
 
 
 def read_commits_table(dataset_uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -541,6 +544,6 @@ def read_commits_table(dataset_uri: str, columns: list[str] | None = None) -> pa
         have = {key: "ids", **{c: c for c in _carried(index) if index[c].null_count == 0}}
         if all(c in have for c in columns):
             return pa.table({c: pc.list_flatten(index[have[c]]).cast(schema.type_of(c)) for c in columns})
-    shards = [join(dataset_uri, s) for s in index["shard"].to_pylist()]
+    shards = [join(dataset_uri, s) for s in index["shard"].to_pylist()]  # dataset_shards, from the index already read
     tables = concurrently(functools.partial(read_parquet, columns=columns), shards)
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
