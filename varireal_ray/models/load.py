@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from varireal_ray.config import ModelRef, ModelsConfig
-from varireal_ray.models import registry, resnet
+from varireal_ray.models import registry, resnet, timm_net
 from varireal_ray.models.cache import ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ FP16_VARIANT = "fp16"
 
 @dataclass(frozen=True)
 class Role:
-    library: str  # "transformers", "diffusers", "open_clip", "torchvision" or "ip_adapter" (weights into a pipeline)
+    # "transformers", "diffusers", "open_clip", "torchvision", "timm", "onnxruntime" or "ip_adapter"
+    # (weights into a pipeline)
+    library: str
     model: str = ""  # the class in ``library`` whose ``from_pretrained`` loads it
     processor: str | None = None  # transformers class for the processor or tokenizer
     gpu_dtype: str = "float32"  # ``dtype: auto`` on a GPU
@@ -48,7 +50,9 @@ ROLES: dict[str, Role] = {
     # Text: bfloat16 on a GPU, as instruction-tuned LLMs ship.
     "llm": Role("transformers", "AutoModelForCausalLM", "AutoTokenizer", "bfloat16"),
     "embedder": Role("transformers", "AutoModel", "AutoTokenizer"),
-    # Masks: small next to diffusion, and box regression is precision-sensitive.
+    # Masks: small next to diffusion, and box regression is precision-sensitive. The salient-object
+    # network is the other mask source (generate.mask.model: salient), an ONNX file (models/salient.py).
+    "salient": Role("onnxruntime"),
     "grounding": Role("transformers", "AutoModelForZeroShotObjectDetection", "AutoProcessor"),
     "segmenter": Role("transformers", "Sam2Model", "Sam2Processor"),
     "judge": Role("transformers", "AutoModelForImageTextToText", "AutoProcessor", "bfloat16"),
@@ -65,6 +69,8 @@ ROLES: dict[str, Role] = {
     "clip": Role("open_clip"),
     # The classifier beyond CLIP, fine-tuned whole in float32 (models/resnet.py).
     "resnet": Role("torchvision"),
+    # ... or a timm network (models/timm_net.py), the same way.
+    "timm": Role("timm"),
 }
 
 
@@ -110,6 +116,16 @@ def labels(models: ModelsConfig, roles: list[str]) -> dict[str, str]:
     return {role: label(models, role) for role in roles if ref_of(models, role) is not None}
 
 
+def random_weights(models: ModelsConfig, role: str) -> bool:
+    """Does ``models.<role>`` load random weights (a tiny model, a bare architecture name)?"""
+    ref = ref_of(models, role)
+    if ref.id.startswith("tiny:"):
+        return True
+    library = ROLES[role].library
+    return ref.revision is None and ((library == "torchvision" and ref.id in resnet.architectures())
+                                     or (library == "timm" and timm_net.is_architecture(ref.id)))
+
+
 # -------------------------------------------------------------------------------------- preflight
 def check_roles(models: ModelsConfig, roles: list[str]) -> None:
     """Does each ``models.<role>`` a job loads name a model? Loads no weights and builds nothing,
@@ -122,6 +138,8 @@ def check_roles(models: ModelsConfig, roles: list[str]) -> None:
             clip_source(ref, models, fetch=False)
         elif ROLES[role].library == "torchvision":
             resnet.check(ref, models)
+        elif ROLES[role].library == "timm":
+            timm_net.check(ref, models)
         else:
             registry.resolve(ref, models, role, fetch=False)
 
@@ -142,6 +160,8 @@ def prepare(models: ModelsConfig) -> list[tuple[str, str, str]]:
             where = clip_source(ref, models).name
         elif library == "torchvision" and ref.id in resnet.architectures():
             where = ref.id  # torchvision's own weights, in its cache
+        elif library == "timm" and timm_net.is_architecture(ref.id):
+            where = ref.id  # random weights: nothing to make ready
         else:
             where = registry.resolve(ref, models, role).path
         ready.append((role, ref.id, where))
@@ -156,9 +176,13 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     where = where or device()
     if spec.library == "open_clip":
         return _load_clip(ref, models, **components)
-    if spec.library == "torchvision":
-        net, loaded_as = resnet.load(ref, models)
+    if spec.library in ("torchvision", "timm"):
+        net, loaded_as = (resnet if spec.library == "torchvision" else timm_net).load(ref, models)
         return Loaded(net, None, loaded_as)
+    if spec.library == "onnxruntime":
+        from varireal_ray.models import salient
+
+        return Loaded(*salient.load(ref, models, where))
     if spec.library == "ip_adapter":
         raise ValueError("the ip_adapter role loads into a pipeline: use load_ip_adapter(pipe, models)")
     resolved = registry.resolve(ref, models, role)

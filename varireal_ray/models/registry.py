@@ -66,9 +66,9 @@ def resolve(ref: ModelRef, models: ModelsConfig, role: str = "", *, fetch: bool 
         if name.startswith(prefix):  # built (tiny) or converted (packaged) once per node
             module = importlib.import_module(f"varireal_ray.models.{module_name}")
             key = name.removeprefix(prefix)
-            if fetch:
-                return Resolved(str(module.ensure(key, cache_root(models))), None, name)
             try:
+                if fetch:
+                    return Resolved(str(module.ensure(key, cache_root(models))), None, name)
                 module.check(key)
             except ModelNotFound as exc:
                 raise ModelNotFound(f"{where}: {exc}") from None

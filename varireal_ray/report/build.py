@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import html
 import itertools
+from typing import get_args
 
 import pandas as pd
 
 from varireal_ray import fingerprint, run_folder, schema, storage
-from varireal_ray.config import Config, dump_config
+from varireal_ray.config import Classifier, Config, dump_config
 from varireal_ray.report import dataset, gallery
 from varireal_ray.report.figures import png, pyplot
 from varireal_ray.report.stats import compare, mean_interval
@@ -93,7 +94,7 @@ def comparisons(config: Config, results: list[dict]) -> pd.DataFrame:
     ok = [r for r in results if r.get("status") == "ok"]
     cells = {c.name: c for c in config.train.conditions}
     out = []
-    for classifier, mode, attribute, use_real in itertools.product(("clip", "resnet"), ("minimal", "unconstrained"),
+    for classifier, mode, attribute, use_real in itertools.product(get_args(Classifier), ("minimal", "unconstrained"),
                                                                    config.generate.attributes, (True, False)):
         pick = lambda frac: [r for r in ok if r["attribute"] == attribute and r["use_real"] == use_real  # noqa: E731
                              and r["feasible_fraction"] == frac and r["condition"] in cells
@@ -141,6 +142,13 @@ def _bar_plot(table: pd.DataFrame) -> str:
     ax.tick_params(axis="x", rotation=40)
     pyplot().setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     return png(fig)
+
+
+def _accuracy_caveat(config: Config) -> str:
+    """Which classifiers' accuracies come from random tiny models (the demo trains a real one too)."""
+    classifiers = sorted({c.classifier for c in config.train.conditions})
+    tiny = [c for c in classifiers if dataset.tiny(config, (c,))]
+    return dataset.caveat(config, tuple(tiny), f"The accuracies of {', '.join(tiny)}") if tiny else ""
 
 
 def _label(attribute: str, classifier: str, mode: str) -> str:
@@ -238,7 +246,7 @@ def build_report(config: Config) -> str:
         f"<h1>varireal-ray report: {html.escape(config.dataset.name)}</h1>",
         f"<p class='headline'>{headline(comp)}</p>",
         f"<h2>Results (test top-1 of the val-selected checkpoint; mean ± {percent(config.report.confidence)} interval over seeds)</h2>",
-        dataset.caveat(config, ("clip",), "These accuracies"),
+        _accuracy_caveat(config),
         summary_html(table, config.report.confidence),
         f"<p><img src='{_bar_plot(table)}'></p>" if not table.empty else "",
         ("<h2>Accuracy against the feasible:infeasible mix</h2>"

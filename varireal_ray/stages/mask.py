@@ -14,9 +14,14 @@ box itself. A dataset box stands in for the centred box: it is ground truth.
 trimaps), for every row (``dataset``) or where a row has one (``dataset_or_models``); the models
 are then not loaded at all, or only run on the rows without one.
 
+``generate.mask.model: salient`` takes the models' mask from a salient-object network instead
+(``models.salient``, U²-Net-p): no prompt, the image's one salient object, its probability map
+thresholded at ``mask.salient_threshold``; a dataset box bounds it. It is then refined and checked
+as SAM 2's is, with the same fallback.
+
 ``mask_source`` says which path made each mask: ``dataset``, ``grounding+sam2``,
-``dataset_box+sam2``, ``dataset_box+grabcut``, ``dataset_box+box``, ``fallback:grabcut`` or
-``fallback:center_box``.
+``dataset_box+sam2``, ``salient``, ``dataset_box+salient``, ``dataset_box+grabcut``,
+``dataset_box+box``, ``fallback:grabcut`` or ``fallback:center_box``.
 
 Input columns: ``source_id``, ``class_name``, ``image`` (encoded bytes), optional ``box``
 (None or [x0, y0, x1, y1] in source pixels) and ``mask_uri`` (None or the dataset's mask). Output columns: ``mask`` (PNG at the source size),
@@ -177,10 +182,11 @@ class _Source:
     box: list[float] | None = None  # working pixels: the prompt SAM 2 gets
     score: float = 0.0
     sam_mask: np.ndarray | None = None  # working pixels
+    salient_mask: np.ndarray | None = None  # source pixels
 
 
 class MaskStage:
-    """Grounding + SAM 2 object masks with a GrabCut fallback; see the module docstring."""
+    """Grounding + SAM 2 (or salient-object) masks with a GrabCut fallback; see the module docstring."""
 
     name = STAGE  # the stage as rows and errors name it
     section = "mask_stage"  # generate.<section> sizes its pool
@@ -192,7 +198,9 @@ class MaskStage:
     def roles(config: Config) -> list[str]:
         """The ``models.<role>`` entries this stage loads (none when every mask is the dataset's, or
         the models are simulated)."""
-        return [] if config.generate.mask.source == "dataset" or simulate.enabled(config) else ["grounding", "segmenter"]
+        if config.generate.mask.source == "dataset" or simulate.enabled(config):
+            return []
+        return ["salient"] if config.generate.mask.model == "salient" else ["grounding", "segmenter"]
 
     @staticmethod
     def used(config: Config) -> bool:
@@ -206,7 +214,10 @@ class MaskStage:
         self.object_values = dataset_object_values(config)
         self.device = load.device()
         self.simulated = simulate.enabled(config)
-        if self.roles(config):
+        roles = self.roles(config)
+        if roles == ["salient"]:
+            self.salient = load.load("salient", config.models, self.device).model
+        elif roles:
             grounding = load.load("grounding", config.models, self.device)
             segmenter = load.load("segmenter", config.models, self.device)
             self.detector, self.detector_processor = grounding.model, grounding.processor
@@ -229,6 +240,8 @@ class MaskStage:
             for_each_row(batch, STAGE, prepare)
             if self.simulated:
                 self._simulate(sources)
+            elif self.mask.model == "salient":
+                self._salient(batch, sources)
             else:
                 self._detect(batch, {i: s for i, s in sources.items() if s.dataset_box is None})
                 self._segment(batch, {i: s for i, s in sources.items() if s.box is not None})
@@ -328,6 +341,25 @@ class MaskStage:
         for i, mask in zip(rows, masks):
             sources[i].sam_mask = mask[0, 0].numpy().astype(bool)  # (objects=1, masks=1, H, W)
 
+    def _salient(self, batch: Batch, sources: dict[int, _Source]) -> None:
+        """The salient-object network's map of every image at its own size, thresholded; a dataset
+        box bounds it (the object is inside its box)."""
+        if not sources:
+            return
+        rows = list(sources)
+        try:
+            maps = self.salient([sources[i].image for i in rows])
+        except Exception as exc:  # noqa: BLE001 - a failed run fails these rows, not the job
+            for i in rows:
+                fail_row(batch, i, STAGE, RuntimeError(f"salient-object network failed on the batch: {_describe(exc)}"))
+            return
+        for i, probability in zip(rows, maps):
+            mask = probability >= self.mask.salient_threshold
+            box = sources[i].dataset_box
+            if box is not None:
+                mask &= box_mask(box, *sources[i].image.size)
+            sources[i].salient_mask = mask
+
     def _simulate(self, sources: dict[int, _Source]) -> None:
         """``generate.simulate``: the models' time, and the centred box as their detection and mask."""
         simulate.hold(self.config, STAGE, len(sources))
@@ -339,7 +371,10 @@ class MaskStage:
     def _finish(self, batch: Batch, i: int, source: _Source) -> None:
         width, height = source.image.size
         mask, origin = None, None
-        if source.sam_mask is not None:
+        if source.salient_mask is not None:
+            mask = self._refine(source.salient_mask)
+            origin = "dataset_box+salient" if source.dataset_box is not None else "salient"
+        elif source.sam_mask is not None:
             # Crop the padding first, so that a blob SAM 2 put there cannot win the component vote.
             mask = self._refine(unpad_mask(source.sam_mask, (width, height)))
             origin = "dataset_box+sam2" if source.dataset_box is not None else "grounding+sam2"

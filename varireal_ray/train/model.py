@@ -6,8 +6,10 @@ for training, ``head()`` once per evaluation and ``logits(images, head)`` per ba
   with the logit scale frozen. The text tower carries LoRA, so during training the text head is
   recomputed on every step with gradients (as the reference does). At evaluation it is computed
   once per evaluation under ``no_grad``, not once per batch (reference weakness 16).
-- ``resnet``: a torchvision ResNet (``models.resnet``) with a new linear head, fine-tuned whole,
-  as the reference's RN50 option trained its visual tower: the paper's "CLIP only" limitation.
+- ``resnet`` and ``timm``: a torchvision ResNet (``models.resnet``) or a timm network
+  (``models.timm``: EfficientNet-Lite0's ImageNet weights by default) with a new linear head,
+  fine-tuned whole, as the reference's RN50 option trained its visual tower: the paper's "CLIP
+  only" limitation.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ TEMPLATE = "a photo of a {prefix}{class_name}."
 
 @dataclass
 class LoadedBackbone:
-    model: nn.Module  # open_clip CLIP, or a torchvision ResNet (``kind``)
+    model: nn.Module  # open_clip CLIP, a torchvision ResNet or a timm network (``kind``)
     tokenizer: object
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -48,13 +50,18 @@ def load_clip(ref: ModelRef, models: ModelsConfig, image_size: int | None = None
 
 
 def load_backbone(classifier: str, models: ModelsConfig, image_size: int | None = None) -> LoadedBackbone:
-    """The network a ``classifier`` (``clip`` or ``resnet``) starts from, with its normalisation."""
+    """The network a ``classifier`` (``clip``, ``resnet`` or ``timm``) starts from, with its
+    normalisation (a timm network's own, from its ``pretrained_cfg``)."""
     if classifier == "clip":
         return load_clip(models.clip, models, image_size)
-    from varireal_ray.models import resnet
+    loaded = load.load(classifier, models)
+    if classifier == "resnet":
+        from varireal_ray.models import resnet
 
-    loaded = load.load("resnet", models)
-    return LoadedBackbone(loaded.model, None, resnet.MEAN, resnet.STD, loaded.label, kind="resnet")
+        mean, std = resnet.MEAN, resnet.STD
+    else:
+        mean, std = tuple(loaded.model.pretrained_cfg["mean"]), tuple(loaded.model.pretrained_cfg["std"])
+    return LoadedBackbone(loaded.model, None, mean, std, loaded.label, kind=classifier)
 
 
 def class_prompts(class_names: list[str], prefix: str) -> list[str]:
@@ -92,12 +99,16 @@ class ClipClassifier(nn.Module):
         return self.logits(images, self._frozen_head)
 
 
-class ResNetClassifier(nn.Module):
-    """A ResNet with its ``fc`` replaced by one for the dataset's classes; every weight trains."""
+class WholeNetClassifier(nn.Module):
+    """An image network (a torchvision ResNet, a timm network) with its classifier layer replaced
+    by one for the dataset's classes; every weight trains."""
 
     def __init__(self, net: nn.Module, classes: int):
         super().__init__()
-        net.fc = nn.Linear(net.fc.in_features, classes)
+        if hasattr(net, "reset_classifier"):  # timm's one way, whatever the architecture names it
+            net.reset_classifier(classes)
+        else:
+            net.fc = nn.Linear(net.fc.in_features, classes)
         self.net = net.requires_grad_(True)
 
     def head(self) -> None:
@@ -112,10 +123,10 @@ class ResNetClassifier(nn.Module):
 
 def build_classifier(loaded: LoadedBackbone, config: Config, class_names: list[str]) -> nn.Module:
     """The classifier over ``class_names`` (label order): LoRA from ``train.lora`` added to the
-    loaded CLIP (in place) under its class text head, or the ResNet under a new linear head. The
-    new weights come from torch's RNG: seed it first."""
-    if loaded.kind == "resnet":
-        return ResNetClassifier(loaded.model, len(class_names))
+    loaded CLIP (in place) under its class text head, or the whole network under a new linear head.
+    The new weights come from torch's RNG: seed it first."""
+    if loaded.kind != "clip":
+        return WholeNetClassifier(loaded.model, len(class_names))
     apply_lora(loaded.model, config.train.lora)
     tokens = loaded.tokenizer(class_prompts(class_names, config.dataset.prefix))
     return ClipClassifier(loaded.model, tokens, text_adapted="text" in config.train.lora.towers)
