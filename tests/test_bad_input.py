@@ -296,6 +296,7 @@ def test_rows_that_enter_failed_do_not_count(tiny_config):
         ("judge", "tiny:jduge", "not a tiny model; known: "),
         ("segmenter", "package:sam-weights", "not a packaged model"),
         ("grounding", "/no/such/folder", "no such local folder"),
+        ("salient", "package:u2net", "not a packaged model"),
         ("text2image", "s3://{bucket}/models/missing", "nothing at this object-storage prefix"),
     ],
 )
@@ -303,7 +304,8 @@ def test_a_model_name_that_does_not_resolve_stops_generation_before_any_work(tmp
     name = name.format(bucket=s3_bucket.removeprefix("s3://"))
     config = load_config(
         [REPO / "configs" / "demo.yaml"],
-        [f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}", "generate.bank=builtin:demo", f"models.{role}.id={name}"],
+        [f"run.output={tmp_path / 'run'}", f"models.cache_dir={model_cache}", "generate.bank=builtin:demo", f"models.{role}.id={name}",
+         f"generate.mask.model={'salient' if role == 'salient' else 'grounding_sam2'}"],
     )
     with pytest.raises(ModelNotFound) as err:
         run_generate(config)  # no Ray needed: it stops before any
@@ -317,8 +319,8 @@ def test_models_that_resolve_pass_the_check(model_cache):
     from varireal_ray.pipeline import flow
 
     roles = flow.roles(config)
-    assert {"grounding", "segmenter", "inpaint", "text2image", "refine_base", "controlnet", "judge"} <= set(roles)
-    load.check_roles(config.models, [*roles, "llm", "embedder", "clip"])
+    assert {"salient", "inpaint", "text2image", "refine_base", "controlnet", "judge"} <= set(roles)
+    load.check_roles(config.models, [*roles, "grounding", "segmenter", "llm", "embedder", "clip", "timm", "resnet"])
 
 
 # ---------------------------------------------------------------------------------- storage problems

@@ -18,6 +18,14 @@ from varireal_ray.stages.mask import (
     parse_box,
 )
 
+@pytest.fixture
+def tiny_config(tiny_config):
+    """The demo configuration with the reference's mask models (the demo takes U²-Net-p's:
+    ``tests/test_real_weights.py``)."""
+    tiny_config.generate.mask.model = "grounding_sam2"
+    return tiny_config
+
+
 SOURCES = ("grounding+sam2", "fallback:grabcut", "fallback:center_box")
 PHOTOS = {"cat": skimage.data.chelsea, "coffee cup": skimage.data.coffee, "rocket": skimage.data.rocket}
 

@@ -55,11 +55,11 @@ def test_provenance_lists_exactly_the_models_the_stages_load(model_cache):
     # Color only, refined, judge off: no text-to-image model, no judge; the whole refiner stack.
     config = _config(model_cache, "generate.attributes=[color]", "generate.judge.enabled=false")
     labels = json.loads(model_labels(config))
-    assert set(labels) == {"grounding", "segmenter", "inpaint", "refine_base", "refine_vae", "controlnet", "ip_adapter", "image_encoder"}
+    assert set(labels) == {"salient", "inpaint", "refine_base", "refine_vae", "controlnet", "ip_adapter", "image_encoder"}
     assert labels["ip_adapter"] == "tiny:ip_adapter/sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"
     assert labels["image_encoder"] == "tiny:ip_adapter/models/image_encoder"
-    # Background only: a plate model, no refiner.
-    config = _config(model_cache, "generate.attributes=[background]")
+    # Background only, with the reference's mask models: a plate model, no refiner.
+    config = _config(model_cache, "generate.attributes=[background]", "generate.mask.model=grounding_sam2")
     assert set(json.loads(model_labels(config))) == {"grounding", "segmenter", "inpaint", "text2image", "judge"}
     assert set(flow.roles(config)) == set(json.loads(model_labels(config)))
 

@@ -256,3 +256,25 @@ def test_real_weights_learn_the_demo_and_their_random_twin_does_not(tmp_path, mo
         accuracy[name] = result["test"]["selected"]["top1"]
     assert accuracy["pretrained"] >= 0.75, accuracy
     assert accuracy["random"] <= 0.5 and accuracy["pretrained"] - accuracy["random"] >= 0.375, accuracy
+
+
+def test_a_timm_hub_repo_loads_offline_from_the_hugging_face_cache(tmp_path, model_cache):
+    """``models.timm.id = timm/tf_efficientnet_lite0.in1k`` (the hub's repo of the same weights):
+    checked against the cache, the files ``varireal models --download`` fetches are the two the
+    loader reads, and it loads the same network as the package (filed here under that id)."""
+    from conftest import HUB_CACHE
+
+    from varireal_ray.models import hub_files, miniatures
+
+    config = _config(tmp_path, model_cache)
+    packaged_net = load.load("timm", config.models).model
+    miniatures.install_in_hub_cache(packaged.ensure(packaged.LITE0.dist, model_cache), "timm/tf_efficientnet_lite0.in1k", HUB_CACHE)
+    config.models.timm.id = "timm/tf_efficientnet_lite0.in1k"
+    load.check_roles(config.models, ["timm"])
+    (need,) = [n for n in hub_files.needs(config.models, gpu=False) if n.role == "timm"]
+    assert need.files == ["config.json", "model.safetensors"]
+    hub_net = load.load("timm", config.models).model
+    assert all(torch.equal(a, b) for a, b in zip(packaged_net.state_dict().values(), hub_net.state_dict().values()))
+    config.models.timm.id = "timm/no-such-repo"
+    with pytest.raises(ModelNotFound, match=r"models.timm.id = 'timm/no-such-repo'.*not in the local Hugging Face cache"):
+        load.check_roles(config.models, ["timm"])
