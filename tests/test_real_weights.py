@@ -221,6 +221,7 @@ def test_a_timm_folder_trains_and_round_trips(tmp_path, model_cache):
     from safetensors.torch import save_file
 
     from varireal_ray.train.model import WholeNetClassifier, build_classifier, load_backbone
+    from varireal_ray.train.weights import load_trained, load_trained_state_dict, save_trained
 
     torch.manual_seed(0)
     net = timm.create_model("resnet10t", num_classes=7)
@@ -235,8 +236,16 @@ def test_a_timm_folder_trains_and_round_trips(tmp_path, model_cache):
     assert torch.equal(loaded.model.state_dict()["conv1.0.weight"], net.state_dict()["conv1.0.weight"])
     assert (loaded.mean, loaded.std) == ((0.4, 0.4, 0.4), (0.2, 0.2, 0.2))
     model = build_classifier(loaded, config, ["a", "b", "c"])
-    assert isinstance(model, WholeNetClassifier) and model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    images = torch.randn(2, 3, 32, 32)
+    assert isinstance(model, WholeNetClassifier) and model(images).shape == (2, 3)
     assert all(p.requires_grad for p in model.parameters())
+    # What a checkpoint keeps is every weight and BatchNorm statistic: a fresh load + it is the same net.
+    save_trained(model, tmp_path)
+    torch.manual_seed(1)
+    fresh = build_classifier(load_backbone("timm", config.models), config, ["a", "b", "c"])
+    load_trained_state_dict(fresh, load_trained(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images), fresh.eval()(images))
 
 
 @pytest.mark.slow
