@@ -287,3 +287,15 @@ def test_a_timm_hub_repo_loads_offline_from_the_hugging_face_cache(tmp_path, mod
     config.models.timm.id = "timm/no-such-repo"
     with pytest.raises(ModelNotFound, match=r"models.timm.id = 'timm/no-such-repo'.*not in the local Hugging Face cache"):
         load.check_roles(config.models, ["timm"])
+
+
+def test_the_models_a_config_loads_are_the_ones_made_ready():
+    """``varireal models`` readies the roles a config's jobs load, so a GPU image without the demo's
+    packages is not asked for U²-Net-p or EfficientNet-Lite0 it never uses, and says which are real."""
+    from varireal_ray import cli
+
+    real = load_config([REPO / "configs" / "real-models.yaml"])
+    demo = load_config([REPO / "configs" / "demo.yaml"])
+    assert {"grounding", "segmenter", "clip"} <= set(cli.job_roles(real)) and not {"salient", "timm", "resnet"} & set(cli.job_roles(real))
+    assert {"salient", "timm", "clip"} <= set(cli.job_roles(demo)) and not {"grounding", "segmenter", "resnet"} & set(cli.job_roles(demo))
+    assert "random weights (they prove the plumbing, not the method): none" in cli.which_models(real)

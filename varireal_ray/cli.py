@@ -197,7 +197,7 @@ def cmd_models(config: Config, download: bool = False, lock: str | None = None) 
         storage.write_bytes(lock, hub_files.lock_file(config.models).encode())
         print(f"models: lock written to {lock} (name it as models.lock in a config)")
         config = load_config_with_lock(config, lock)
-    ready = load.prepare(config.models)
+    ready = load.prepare(config.models, job_roles(config))  # not a role no job of this config loads
     width = max(len(role) for role, _, _ in ready)
     for role, model_id, where in ready:
         print(f"  {role:<{width}}  {model_id}" + (f"  ({where})" if where != model_id else ""))

@@ -144,13 +144,14 @@ def check_roles(models: ModelsConfig, roles: list[str]) -> None:
             registry.resolve(ref, models, role, fetch=False)
 
 
-def prepare(models: ModelsConfig) -> list[tuple[str, str, str]]:
-    """Make every configured model ready on this node, as its first load would: tiny models built,
-    packaged ones converted, ``s3://`` ones copied into ``models.cache_dir``; hub ids and
-    architectures are checked, not downloaded (a hub repository holds more than its loader reads).
-    Returns ``(role, id, where)`` per role. ``scripts/install.sh`` runs it for the demo."""
+def prepare(models: ModelsConfig, roles: list[str]) -> list[tuple[str, str, str]]:
+    """Make the models of ``roles`` (those a config's jobs load) ready on this node, as their first
+    load would: tiny models built, packaged ones converted, ``s3://`` ones copied into
+    ``models.cache_dir``; hub ids and architectures are checked, not downloaded (a hub repository
+    holds more than its loader reads). Returns ``(role, id, where)`` per role. ``scripts/install.sh``
+    runs it for the demo."""
     ready = []
-    for role in ROLES:
+    for role in roles:
         ref = ref_of(models, role)
         if ref is None:
             continue
