@@ -173,8 +173,9 @@ def test_the_models_command_makes_every_configured_model_ready_on_the_node(stage
     _, uri = staged_clip
     assert main(["models", "-s", f"models.cache_dir={model_cache}", "-s", f"models.clip.id={uri}"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
-    assert set(lines) == {"llm", "embedder", "grounding", "segmenter", "judge", "inpaint", "text2image", "refine_base",
-                          "refine_vae", "controlnet", "image_encoder", "ip_adapter", "clip", "resnet"}
+    # The roles the demo's jobs load (its masks are U²-Net-p's; its grid trains CLIP and a timm net).
+    assert set(lines) == {"llm", "embedder", "salient", "judge", "inpaint", "text2image", "refine_base",
+                          "refine_vae", "controlnet", "image_encoder", "ip_adapter", "clip", "timm"}
     fetched = Path(lines["clip"].split("local-dir:")[1].rstrip(")"))  # the S3 CLIP, now a folder on the node
     assert fetched.is_relative_to(model_cache) and (fetched / ".complete").exists()
     gemma = Path(lines["llm"].split("(")[1].rstrip(")"))

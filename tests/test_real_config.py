@@ -38,6 +38,7 @@ def test_the_real_configuration_runs_end_to_end_on_its_miniatures(tmp_path, mode
         f"run.output={out}", f"models.cache_dir={model_cache}", *ON_CPU,
         "prompts.max_rounds=1", "prompts.values_per_list=2", "prompts.max_new_tokens=32",
         "generate.attributes=[background,texture]", "generate.images_per_real=1", "dataset.images_per_class=5",
+        "generate.mask.model=grounding_sam2",  # the real configuration's masks (demo.yaml, layered on it, takes U²-Net-p's)
         "train.iterations=4", "train.eval_every=2", "train.checkpoint_every=2",
         "train.conditions=[{name: real_only}, {name: texture_infeasible, attribute: texture, feasible_fraction: 0.0}]",
     ]
