@@ -15,7 +15,7 @@ from conftest import REPO
 from varireal_ray import storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline import flow
-from varireal_ray.pipeline.generate import run_generate
+from varireal_ray.pipeline.generate import block_rows, run_generate
 
 SMALL = ["dataset.images_per_class=5", "generate.images_per_real=1", "generate.shard_rows=8"]  # 4 sources, 24 items
 HOLDS = {"mask": 0.05, "text2image": 0.02, "inpaint": 0.03, "refine": 0.04, "judge": 0.01}  # seconds a row
@@ -26,7 +26,8 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model
     rejecting none, must commit the same items with the same attempts and outcomes, with every
     model it names unloadable and each stage holding its actor its configured time. The simulated
     run also folds its commit records into their indexes after every writer batch, mid-round,
-    and still commits the same."""
+    and moves items in blocks of two pool batches (``generate.block_rows``), and still commits
+    the same."""
     sets = [f"models.cache_dir={model_cache}", "generate.bank=builtin:demo", *SMALL]
     real = load_config([REPO / "configs" / "demo.yaml"], [f"run.output={tmp_path / 'real'}", *sets])
     simulated = load_config([REPO / "configs" / "demo.yaml"], [
@@ -35,9 +36,11 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model
         # every model named here would fail to load: nothing loads
         *(f"models.{role}.id=/nonexistent/{role}" for role in ("grounding", "segmenter", "inpaint", "text2image", "refine_base", "judge")),
         "generate.compact_every=1",
+        "generate.block_rows=16",  # blocks of two pool batches: fewer tasks, the same items
     ])  # fmt: skip
     caplog.set_level(logging.INFO, logger="varireal_ray.pipeline.generate")
     assert flow.roles(simulated) == []
+    assert (block_rows(real), block_rows(simulated)) == (min(flow.resources(real, s).batch_size for s in flow.item_stages(real) if s.section), 16)
     made = {name: run_generate(config) for name, config in (("real", real), ("sim", simulated))}
     assert made["sim"]["rows"] == made["real"]["rows"] == len(expected_ids(real)) == 24
     committed = {name: outcomes(str(tmp_path / name / "generate")) for name in made}

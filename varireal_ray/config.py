@@ -456,6 +456,11 @@ class GenerateConfig(Section):
     # (``storage.compact``; a resume after a crash then reads at most this many batches' records
     # one by one). 0: fold only between rounds.
     compact_every: int = Field(1000, ge=0)
+    # Items travel between the pools in blocks of this many rows (a Ray task each); a pool takes
+    # its own batch_size from them. None: the smallest pool batch, so every actor gets work at once
+    # in a small run. A run of millions with small GPU batches sets more (256): a quarter of the
+    # tasks per item, and the driver's memory grows with tasks (BENCHMARKS.md, "A million items").
+    block_rows: int | None = Field(None, ge=1)
     error_budget: float = Field(0.1, ge=0.0, le=1.0)  # fraction of failed items that fails the run
     image_format: Literal["png", "jpeg", "webp"] = "png"
     mask: MaskConfig = MaskConfig()

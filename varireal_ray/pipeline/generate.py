@@ -53,6 +53,13 @@ class GenerationFailed(UserError, RuntimeError):
     """More rows failed than ``generate.error_budget`` allows; the message summarises why."""
 
 
+def block_rows(config: Config) -> int:
+    """Rows per block between the pools (``generate.block_rows``): by default the smallest pool
+    batch, so every actor of every pool gets work at once."""
+    stages = flow.item_stages(config)
+    return config.generate.block_rows or min(flow.resources(config, s).batch_size for s in stages if s.section)
+
+
 def model_labels(config: Config) -> str:
     """The models this config's stages load, ``{role: id[@revision][/subfolder][/weight file]}``
     as JSON: the ``models`` provenance on every row and in the manifest."""
@@ -158,7 +165,7 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict
         zero_copy_batch=False,
     )
     stages = flow.item_stages(config)
-    rows = min(flow.resources(config, s).batch_size for s in stages if s.section)  # every actor of every pool gets work
+    rows = block_rows(config)
     ds = cpu_task(in_rows(ds, rows), load_images, batch_size=rows)
     for stage in stages:
         if stage.section:
