@@ -4,9 +4,10 @@ round's end, so growth while a round streams shows apart from the bookkeeping be
 
     python benchmarks/driver_memory.py --items 20000 --batch 64
     python benchmarks/driver_memory.py --items 20000 --batch 256    # blocks 4x larger: 4x fewer tasks
+    python benchmarks/driver_memory.py --items 10000 --batch 8 --block-rows 256   # small batches, large blocks
 
-``--batch`` sets every pool's batch (so the blocks items travel in, ``wiring.in_rows``), with
-shards of 4 batches. Prints one JSON line: the samples, the round marks, and round 0's USS growth.
+``--batch`` sets every pool's batch (and so the blocks items travel in, ``wiring.in_rows``, unless
+``--block-rows`` sets them apart: ``generate.block_rows``), with shards of 4 batches. Prints one JSON line: the samples, the round marks, and round 0's USS growth.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--block-rows", type=int, default=None, help="generate.block_rows (default: the batch)")
     parser.add_argument("--every", type=float, default=2.0)
     args = parser.parse_args()
     sets = [f"run.output={tempfile.mkdtemp(prefix='bench-driver-memory-')}/run", f"dataset.images_per_class={args.items // 48 + 5}",
-            *(f"generate.{s}_stage.batch_size={args.batch}" for s in harness.GPU_POOLS), f"generate.shard_rows={4 * args.batch}"]
+            *(f"generate.{s}_stage.batch_size={args.batch}" for s in harness.GPU_POOLS), f"generate.shard_rows={4 * args.batch}",
+            *([f"generate.block_rows={args.block_rows}"] if args.block_rows else [])]
     config = load_config([harness.REPO / "configs" / "simulate.yaml"], sets)
     harness.train_rows(config)
     init_ray(config)
@@ -62,7 +65,7 @@ def main() -> None:
     done.set()
     first_mark = marks[0][0] if marks else samples[-1][0]
     streaming = [s for s in samples if 15 <= s[0] <= first_mark]  # after the pools start, before round 0's bookkeeping
-    print(json.dumps({"benchmark": "driver_memory", "items": sum(manifest["items"].values()), "batch": args.batch,
+    print(json.dumps({"benchmark": "driver_memory", "items": sum(manifest["items"].values()), "batch": args.batch, "block_rows": args.block_rows,
                       "seconds": round(time.time() - started, 1), "round_marks": marks,
                       "round0_uss_growth_mib": streaming[-1][2] - streaming[0][2] if len(streaming) > 1 else None,
                       "peak_rss_mib": max(s[1] for s in samples), "samples": samples}))
