@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from varireal_ray.config import Config, ConfigError, dump_config, load_config
+from varireal_ray.config import PROMPTS_ROLES, Config, ConfigError, dump_config, load_config
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = REPO_CONFIGS / "demo.yaml"
@@ -139,7 +139,7 @@ def preflight(config: Config, command: str) -> dict:
         from varireal_ray.train.grid import check_settings
 
         # A misspelt model fails before any trial starts: every classifier the grid trains.
-        load.check_roles(config.models, sorted({c.classifier for c in config.train.conditions}))
+        load.check_roles(config.models, config.train.classifiers())
         check_settings(config)
     return {}
 
@@ -226,8 +226,7 @@ def job_roles(config: Config) -> list[str]:
     """The ``models.<role>`` entries the four jobs load, in the order they run."""
     from varireal_ray.pipeline import flow
 
-    classifiers = sorted({c.classifier for c in config.train.conditions})
-    return list(dict.fromkeys(["llm", "embedder", *flow.roles(config), *classifiers]))
+    return list(dict.fromkeys([*PROMPTS_ROLES, *flow.roles(config), *config.train.classifiers()]))
 
 
 def which_models(config: Config) -> str:

@@ -231,6 +231,11 @@ class DatasetConfig(Section):
 
 
 # ------------------------------------------------------------------------------------ prompts
+# The models.<role> entries the prompts job loads: the LLM writes and scores the values, the
+# embedder finds near duplicates.
+PROMPTS_ROLES = ("llm", "embedder")
+
+
 class PromptsConfig(Section):
     values_per_list: int = Field(4, ge=1, le=200)
     # Attributes written per class; the others are written once per dataset (as in the reference:
@@ -722,6 +727,10 @@ class TrainConfig(Section):
     trial: TrialResources = TrialResources(num_cpus=0.5)
     view: TrainViewConfig = TrainViewConfig()
     mlflow: MlflowConfig = MlflowConfig()
+
+    def classifiers(self) -> list[str]:
+        """The classifiers the grid trains (each a ``models.<classifier>`` role), sorted."""
+        return sorted({c.classifier for c in self.conditions})
 
     @field_validator("conditions")
     @classmethod

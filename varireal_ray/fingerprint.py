@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from varireal_ray import storage
-from varireal_ray.config import Config
+from varireal_ray.config import PROMPTS_ROLES, Config
 from varireal_ray.errors import UserError
 
 RECORD = "settings.json"
@@ -77,7 +77,7 @@ def sources_settings(config: Config) -> dict[str, Any]:
 
 
 def bank_settings(config: Config) -> dict[str, Any]:
-    return content({**flatten(config.prompts, "prompts"), **_models(config, ["llm", "embedder"]),
+    return content({**flatten(config.prompts, "prompts"), **_models(config, list(PROMPTS_ROLES)),
                     "dataset.name": config.dataset.name, "dataset.prefix": config.dataset.prefix, "run.seed": config.run.seed})
 
 
@@ -102,7 +102,7 @@ def train_settings(config: Config) -> dict[str, Any]:
     settings = {k: v for k, v in flatten(train, "train").items() if not k.startswith(("train.conditions", "train.grid"))}
     for condition in train.conditions:
         settings.update(flatten(condition, f"train.conditions.{condition.name}"))
-    roles = sorted({c.classifier for c in train.conditions})
+    roles = train.classifiers()
     return content({**settings, **_models(config, roles)})
 
 

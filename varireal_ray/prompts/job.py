@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from varireal_ray import fingerprint, run_folder, storage
-from varireal_ray.config import Config, dump_config
+from varireal_ray.config import PROMPTS_ROLES, Config, dump_config
 from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.prompts import templates
@@ -55,7 +55,7 @@ def run_prompts(config: Config, class_names: list[str]) -> PromptsResult:
     """Write the attribute bank for ``class_names`` under ``<run.output>/bank``."""
     started = time.perf_counter()
     _check_classes(class_names)
-    load.check_roles(config.models, ["llm", "embedder"])
+    load.check_roles(config.models, list(PROMPTS_ROLES))
     # Load the fallback first: a bad prompts.fallback_bank fails before any LLM work.
     fallback = Bank.load(config.prompts.fallback_bank) if config.prompts.fallback_bank else None
     keys = plan_lists(config, class_names)

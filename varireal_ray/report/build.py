@@ -146,7 +146,7 @@ def _bar_plot(table: pd.DataFrame) -> str:
 
 def _accuracy_caveat(config: Config) -> str:
     """Which classifiers' accuracies come from random tiny models (the demo trains a real one too)."""
-    classifiers = sorted({c.classifier for c in config.train.conditions})
+    classifiers = config.train.classifiers()
     tiny = [c for c in classifiers if dataset.tiny(config, (c,))]
     return dataset.caveat(config, tuple(tiny), f"The accuracies of {', '.join(tiny)}") if tiny else ""
 
