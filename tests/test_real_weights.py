@@ -150,8 +150,9 @@ def test_an_onnx_folder_loads_and_a_wrong_one_is_named(tmp_path, model_cache):
     folder.mkdir()
     _onnx_file(folder / "mine.onnx", [None, 3, 64, 64])
     config = _config(tmp_path, model_cache, f"models.salient.id={folder}")
-    net = load.load("salient", config.models).model
-    assert net.batched and net.size == (64, 64)
+    loaded = load.load("salient", config.models)
+    net = loaded.model
+    assert net.batched and net.size == (64, 64) and (loaded.processor, loaded.label) == (None, str(folder))
     image = decode_image(encode_image(skimage.data.coffee()))
     (probability,) = net([image])
     # min-max scaled at the network's size, then resized (bilinear) to the image's

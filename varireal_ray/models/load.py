@@ -72,6 +72,9 @@ ROLES: dict[str, Role] = {
     # ... or a timm network (models/timm_net.py), the same way.
     "timm": Role("timm"),
 }
+# The classifiers trained whole, by library: each module checks (``check``), loads (``load``) and
+# tells an architecture name, random weights unless a revision names some (``is_architecture``).
+WHOLE_NETS = {"torchvision": resnet, "timm": timm_net}
 
 
 @dataclass
@@ -121,9 +124,8 @@ def random_weights(models: ModelsConfig, role: str) -> bool:
     ref = ref_of(models, role)
     if ref.id.startswith("tiny:"):
         return True
-    library = ROLES[role].library
-    return ref.revision is None and ((library == "torchvision" and ref.id in resnet.architectures())
-                                     or (library == "timm" and timm_net.is_architecture(ref.id)))
+    net = WHOLE_NETS.get(ROLES[role].library)
+    return ref.revision is None and net is not None and net.is_architecture(ref.id)
 
 
 # -------------------------------------------------------------------------------------- preflight
@@ -136,10 +138,8 @@ def check_roles(models: ModelsConfig, roles: list[str]) -> None:
             continue
         if ROLES[role].library == "open_clip":
             clip_source(ref, models, fetch=False)
-        elif ROLES[role].library == "torchvision":
-            resnet.check(ref, models)
-        elif ROLES[role].library == "timm":
-            timm_net.check(ref, models)
+        elif ROLES[role].library in WHOLE_NETS:
+            WHOLE_NETS[ROLES[role].library].check(ref, models)
         else:
             registry.resolve(ref, models, role, fetch=False)
 
@@ -159,10 +159,8 @@ def prepare(models: ModelsConfig, roles: list[str]) -> list[tuple[str, str, str]
         library = ROLES[role].library
         if library == "open_clip":
             where = clip_source(ref, models).name
-        elif library == "torchvision" and ref.id in resnet.architectures():
-            where = ref.id  # torchvision's own weights, in its cache
-        elif library == "timm" and timm_net.is_architecture(ref.id):
-            where = ref.id  # random weights: nothing to make ready
+        elif library in WHOLE_NETS and WHOLE_NETS[library].is_architecture(ref.id):
+            where = ref.id  # torchvision's own weights in its cache, or random ones: nothing to make ready
         else:
             where = registry.resolve(ref, models, role).path
         ready.append((role, ref.id, where))
@@ -177,13 +175,14 @@ def load(role: str, models: ModelsConfig, where=None, **components) -> Loaded:
     where = where or device()
     if spec.library == "open_clip":
         return _load_clip(ref, models, **components)
-    if spec.library in ("torchvision", "timm"):
-        net, loaded_as = (resnet if spec.library == "torchvision" else timm_net).load(ref, models)
+    if spec.library in WHOLE_NETS:
+        net, loaded_as = WHOLE_NETS[spec.library].load(ref, models)
         return Loaded(net, None, loaded_as)
     if spec.library == "onnxruntime":
         from varireal_ray.models import salient
 
-        return Loaded(*salient.load(ref, models, where))
+        net, loaded_as = salient.load(ref, models, where)
+        return Loaded(net, None, loaded_as)
     if spec.library == "ip_adapter":
         raise ValueError("the ip_adapter role loads into a pipeline: use load_ip_adapter(pipe, models)")
     resolved = registry.resolve(ref, models, role)

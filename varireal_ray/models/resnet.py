@@ -31,9 +31,13 @@ def architectures() -> set[str]:
     return {name for name in torchvision.models.list_models(module=torchvision.models) if name.startswith(("resnet", "wide_resnet", "resnext"))}
 
 
+def is_architecture(name: str) -> bool:
+    return name in architectures()
+
+
 def check(ref: ModelRef, models: ModelsConfig) -> None:
     """Does ``models.resnet`` name a model? Builds and loads nothing."""
-    if ref.id in architectures():
+    if is_architecture(ref.id):
         if ref.revision is not None:
             _weights(ref)
         return
@@ -46,7 +50,7 @@ def load(ref: ModelRef, models: ModelsConfig):
     import torchvision
 
     where = f"models.resnet.id = {ref.id!r}"
-    if ref.id in architectures():
+    if is_architecture(ref.id):
         if ref.revision is None:
             log.warning("%s with no revision: random weights (set revision: IMAGENET1K_V2 for torchvision's)", where)
         try:
