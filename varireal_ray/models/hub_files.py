@@ -38,7 +38,7 @@ import torch
 import yaml
 
 from varireal_ray.config import ModelsConfig
-from varireal_ray.models import load, registry, timm_net
+from varireal_ray.models import load, registry, salient, timm_net
 from varireal_ray.models.cache import ModelNotFound
 
 WEIGHTS = (".safetensors", ".bin")
@@ -120,11 +120,8 @@ def role_files(role: str, models: ModelsConfig, files: list[str], fp16: bool, re
     registry.check_parts(ref, files, where, role)  # the subfolder and weight file it names are there
     if library == "ip_adapter":
         return [posixpath.join(subfolder, ref.weight_name)]
-    if library == "onnxruntime":  # the one network file (models/salient.py)
-        onnx = [ref.weight_name] if ref.weight_name else [f for f in files if "/" not in f and f.endswith(".onnx")]
-        if len(onnx) != 1:
-            raise ModelNotFound(f"{where} holds {len(onnx)} .onnx files in its root; set models.{role}.weight_name to one")
-        return onnx
+    if library == "onnxruntime":  # the one network file
+        return [salient.onnx_name([f for f in files if "/" not in f], ref.weight_name, where)]
     if library == "timm":  # timm's hub layout: its config and weights
         missing = [f for f in timm_net.hub_files() if f not in files]
         if missing:

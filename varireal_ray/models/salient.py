@@ -68,7 +68,8 @@ def load(ref, models: ModelsConfig, where) -> tuple[SalientNet, str]:
     import torch
 
     name = f"models.{ROLE}.id = {ref.id!r}"
-    path = onnx_file(Path(registry.resolve(ref, models, ROLE).path), ref.weight_name, name)
+    folder = Path(registry.resolve(ref, models, ROLE).path)
+    path = folder / onnx_name([p.name for p in folder.iterdir() if p.is_file()], ref.weight_name, f"{name}: {folder}")
     providers = ["CPUExecutionProvider"]
     if where.type == "cuda":
         if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -85,15 +86,16 @@ def load(ref, models: ModelsConfig, where) -> tuple[SalientNet, str]:
     return _checked(session, path, name), registry.Resolved("", ref.revision, ref.id).label
 
 
-def onnx_file(folder: Path, weight_name: str | None, name: str) -> Path:
+def onnx_name(files: list[str], weight_name: str | None, where: str) -> str:
+    """The network file among ``files`` (a folder's or repository's root): ``weight_name``, or the
+    one ``.onnx`` there is."""
     if weight_name:
-        path = folder / weight_name
-        if not path.is_file():
-            raise ModelNotFound(f"{name}: {folder} has no {weight_name}; fix models.{ROLE}.weight_name")
-        return path
-    found = sorted(folder.glob("*.onnx"))
+        if weight_name not in files:
+            raise ModelNotFound(f"{where} has no {weight_name}; fix models.{ROLE}.weight_name")
+        return weight_name
+    found = sorted(f for f in files if f.endswith(".onnx"))
     if len(found) != 1:
-        raise ModelNotFound(f"{name}: {folder} holds {len(found)} .onnx files ({', '.join(p.name for p in found) or 'none'}); "
+        raise ModelNotFound(f"{where} holds {len(found)} .onnx files ({', '.join(found) or 'none'}); "
                             f"it needs one, or models.{ROLE}.weight_name naming it")
     return found[0]
 
