@@ -176,7 +176,7 @@ class _Source:
     """One healthy row on its way through the stage."""
 
     image: Image.Image  # the source, at its own size
-    padded: Image.Image  # the working square (generate.resolution)
+    padded: Image.Image | None  # the working square (generate.resolution) Grounding DINO and SAM 2 take
     scale: float  # source pixels -> working pixels
     dataset_box: list[float] | None  # source pixels
     box: list[float] | None = None  # working pixels: the prompt SAM 2 gets
@@ -279,7 +279,9 @@ class MaskStage:
         image = decode_image(batch["image"][i])
         box = parse_box(batch["box"][i] if "box" in batch else None, *image.size)
         scale = self.resolution / max(image.size)
-        source = _Source(image, pad_to_square(image, self.resolution), scale, box)
+        # The salient network resizes the image itself, to its own input.
+        square = pad_to_square(image, self.resolution) if self.mask.model == "grounding_sam2" else None
+        source = _Source(image, square, scale, box)
         if box is not None:
             source.box = [v * scale for v in box]
         return source
