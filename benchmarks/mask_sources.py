@@ -13,10 +13,9 @@ import argparse
 import platform
 import time
 
-import numpy as np
 import skimage.data
 
-from harness import DEMO_CONFIG
+from harness import DEMO_CONFIG, to_batch
 from varireal_ray.config import load_config
 from varireal_ray.images import encode_image
 from varireal_ray.stages.mask import MaskStage
@@ -27,9 +26,7 @@ PHOTOS = {"cat": skimage.data.chelsea, "coffee cup": skimage.data.coffee, "rocke
 
 def batch(images: int) -> dict:
     names = [list(PHOTOS)[i % len(PHOTOS)] for i in range(images)]
-    column = lambda values: np.array(values + [None], dtype=object)[:-1]  # noqa: E731 - one object per row
-    return {"source_id": column([f"s{i}" for i in range(images)]), "class_name": column(names),
-            "image": column([encode_image(PHOTOS[n]()) for n in names])}
+    return to_batch([{"source_id": f"s{i}", "class_name": n, "image": encode_image(PHOTOS[n]())} for i, n in enumerate(names)])
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from varireal_ray.models import load, packaged
 from varireal_ray.models.cache import ModelNotFound
 from varireal_ray.stages.mask import MaskStage, box_mask, centred_box
 
+from test_mask_stage import _batch  # a numpy batch as Ray Data hands the stage one
+
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
@@ -38,14 +40,6 @@ def _config(tmp_path, model_cache, *overrides: str):
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
-
-
-def _batch(images: list[bytes], classes: list[str], boxes: list | None = None) -> dict:
-    column = lambda values: np.array(values + [None], dtype=object)[:-1]  # noqa: E731 - one object per row
-    batch = {"source_id": column([f"s{i}" for i in range(len(images))]), "class_name": column(classes), "image": column(images)}
-    if boxes is not None:
-        batch["box"] = column(boxes)
-    return batch
 
 
 # ----------------------------------------------------------------------------------- U²-Net-p
