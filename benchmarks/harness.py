@@ -124,7 +124,10 @@ def expand_items(config, bank, sources: list[dict]) -> list[dict]:
     return expand(to_batch(sources)).to_pylist() if sources else []
 
 
-def rows_of(batch: dict[str, np.ndarray]) -> list[dict]:
+def rows_of(batch) -> list[dict]:
+    """The rows of a stage's output: a numpy batch or an Arrow table (the writers return one)."""
+    if hasattr(batch, "to_pylist"):
+        return batch.to_pylist()
     n = len(next(iter(batch.values()))) if batch else 0
     return [{key: column[i] for key, column in batch.items()} for i in range(n)]
 

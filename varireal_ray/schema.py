@@ -86,8 +86,8 @@ COLUMNS: dict[str, pa.DataType] = {
     "seed": INT,
     "models": STRING,  # JSON: role -> model label
     # the edit pools (stages/edit/)
-    "generated": BINARY,  # in flight only: the text-to-image prior (PNG, working resolution)
-    "inpainted": BINARY,  # in flight only: the inpainting output the refinement starts from (PNG)
+    "generated": BINARY,  # in flight only: the text-to-image prior (PPM, working resolution)
+    "inpainted": BINARY,  # in flight only: the inpainting output the refinement starts from (PPM)
     "edited": IMAGE,
     "prompt": STRING,
     "prior": STRING,

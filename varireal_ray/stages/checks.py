@@ -15,6 +15,8 @@ named color. No model and no GPU: a light CPU step between the edit and the judg
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
@@ -28,6 +30,16 @@ COLUMNS = schema.CHECK_COLUMNS
 def lab(image) -> np.ndarray:
     """CIELAB (D65) of an RGB image, H x W x 3 floats."""
     return rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+
+
+@functools.lru_cache(maxsize=8)
+def source_lab(image: bytes, mask: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A row's source in CIELAB and its mask, computed once for all the rows of one source (its
+    items travel together and carry the same bytes). Read-only, as the rows share them."""
+    before, decoded = lab(common.decode_image(image)), common.decode_mask(mask)
+    before.setflags(write=False)
+    decoded.setflags(write=False)
+    return before, decoded
 
 
 def changed_fractions(before: np.ndarray, after: np.ndarray, mask: np.ndarray, delta_e: float) -> tuple[float, float]:
@@ -83,12 +95,11 @@ def check_edits(batch: common.Batch, changed_delta_e: float) -> common.Batch:
         common.new_column(batch, name)
 
     def check(i: int) -> None:
-        source = common.decode_image(batch["image"][i])
+        before, mask = source_lab(batch["image"][i], batch["mask"][i])
         edited = common.decode_image(batch["edited"][i])
-        if edited.size != source.size:
-            raise common.BadImage(f"edited image is {edited.size}, its source {source.size}")
-        mask = common.decode_mask(batch["mask"][i])
-        before, after = lab(source), lab(edited)
+        if edited.size != (before.shape[1], before.shape[0]):
+            raise common.BadImage(f"edited image is {edited.size}, its source {(before.shape[1], before.shape[0])}")
+        after = lab(edited)
         batch["changed_inside"][i], batch["changed_outside"][i] = changed_fractions(before, after, mask, changed_delta_e)
         target = target_lab(str(batch["value"][i])) if batch["attribute"][i] == "color" and mask.any() else None
         if target is not None:

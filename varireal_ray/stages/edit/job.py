@@ -16,9 +16,13 @@ from varireal_ray.stages import common
 # reproduces the whole edit.
 PRIOR_SEED_OFFSET = 1
 REFINE_SEED_OFFSET = 2
-# What a row carries from one edit pool to the next, losslessly (PNG at the working resolution):
-# the text-to-image prior (plate or swatch), and the inpainting output the refinement starts from.
+# What a row carries from one edit pool to the next, losslessly (at the working resolution): the
+# text-to-image prior (plate or swatch), and the inpainting output the refinement starts from.
 HANDOFF = {"text2image": "generated", "inpaint": "inpainted"}
+# Hand-offs live only in the object store between two pools, so they are not compressed: at 1024 px
+# PPM encodes in about 2 ms and decodes in 1 ms, against PNG's 190 ms and 17 ms, in the GPU actor
+# (3 MB against 2 MB a row; BENCHMARKS.md, "What a row costs the GPU actors").
+HANDOFF_FORMAT = "ppm"
 # Fields a prompt template may use; ``value_full`` is the reference's "name: description" string.
 PROMPT_FIELDS = ("prefix", "class_name", "value", "value_description", "value_full")
 

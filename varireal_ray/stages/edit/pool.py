@@ -7,8 +7,8 @@ infeasible rows share a call unless ``<attribute>.infeasible`` changes something
 that fails is retried row by row, so one bad row fails alone, as ``error_stage`` = the pool. Its
 pipeline runs with the pool's speed options (``speed.py``) and memory options (``save_memory``).
 
-Between pools a row carries its intermediate image losslessly (PNG at the working resolution,
-``job.HANDOFF``); the last pool of a row's plan makes the final composite at the source's own
+Between pools a row carries its intermediate image losslessly and uncompressed (PPM at the working
+resolution, ``job.HANDOFF``); the last pool of a row's plan makes the final composite at the source's own
 resolution (``common.composite``), so the untouched region is the source's pixels exactly
 (DESIGN.md contract 6; exact in the stored image only with a lossless ``generate.image_format``),
 and clears the intermediates.
@@ -17,6 +17,7 @@ and clears the intermediates.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -27,7 +28,7 @@ from varireal_ray.config import Config, ConfigError
 from varireal_ray.models import load
 from varireal_ray.stages import common
 from varireal_ray.stages.edit import recipes, speed
-from varireal_ray.stages.edit.job import HANDOFF, Job, Pool, each, prompt_fields
+from varireal_ray.stages.edit.job import HANDOFF, HANDOFF_FORMAT, Job, Pool, each, prompt_fields
 
 log = logging.getLogger(__name__)
 
@@ -171,23 +172,19 @@ class EditPool:
         """The row as a job: its plan, source and mask, their square working copies, the prompt,
         and what earlier pools handed on."""
         plan = self.plan(batch, i)
-        source = common.decode_image(batch["image"][i])
-        mask = common.decode_mask(batch["mask"][i])
-        if mask.shape != (source.height, source.width):
-            raise common.BadImage(f"mask is {mask.shape[1]}x{mask.shape[0]} px, image {source.width}x{source.height}")
+        source, mask, image, work_mask = working_copies(batch["image"][i], batch["mask"][i], self.gen.resolution)
         region = recipes.RECIPES[plan.recipe].REGION
         if region != "image" and not (~mask if region == "background" else mask).any():
             raise ValueError(f"nothing to edit: the mask leaves no {region} pixels")
-        res = self.gen.resolution
         fields = prompt_fields(self.config.dataset.prefix, str(batch["class_name"][i]), str(batch["value"][i]),
                                str(batch["value_description"][i] or ""))
         job = Job(
             row=i,
             seed=int(batch["seed"][i]),
-            source=np.asarray(source),
+            source=source,
             mask=mask,
-            image=np.asarray(common.pad_to_square(source, res)),
-            work_mask=common.pad_mask(mask, res),
+            image=image,
+            work_mask=work_mask,
             fields=fields,
             prompt=plan.editor.prompt.format(**fields),
             editor=plan.editor,
@@ -205,7 +202,7 @@ class EditPool:
         if job.steps[-1] == self.name:
             self._finish(batch, job)
         else:  # the next pool of the row's plan starts from this
-            batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(self.made(job)), "png")
+            batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(self.made(job)), HANDOFF_FORMAT)
 
     def _finish(self, batch: common.Batch, job: Job) -> None:
         """Back to the source's size, then the minimal-edit composite, encoded."""
@@ -217,3 +214,18 @@ class EditPool:
         batch["edit_models"][job.row] = recipes.edit_models(self.config, job.steps)
         for column in HANDOFF.values():
             batch[column][job.row] = None
+
+
+@functools.lru_cache(maxsize=8)
+def working_copies(image: bytes, mask: bytes, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A row's source and mask at the source's size, and their square working copies: decoded and
+    padded once for all the rows of one source (its items travel together and carry the same
+    bytes; at 1024 px the decode and Lanczos resize cost about 28 ms a row, in the GPU actor).
+    Read-only, as the rows share them."""
+    source, decoded = common.decode_image(image), common.decode_mask(mask)
+    if decoded.shape != (source.height, source.width):
+        raise common.BadImage(f"mask is {decoded.shape[1]}x{decoded.shape[0]} px, image {source.width}x{source.height}")
+    copies = (np.asarray(source), decoded, np.asarray(common.pad_to_square(source, resolution)), common.pad_mask(decoded, resolution))
+    for array in copies:
+        array.setflags(write=False)
+    return copies
