@@ -2,7 +2,8 @@
 with its model a zero-time timer (``generate.simulate``), so what is timed is the work the actor
 does around its model call, single-threaded, while its GPU waits: decoding the source and mask,
 padding them to the working square, priors and composites, handing an intermediate image to the
-next pool, the final composite and its encoding; and the checks' color conversions (a CPU task).
+next pool, the final composite; and, in CPU tasks, the edit's encoding in its stored format and the
+checks' color conversions.
 
 The sources are the demo's photos at ``--source-px`` (longer side), the working square
 ``--resolution`` (1024 in ``configs/real-models.yaml``); items come in the pipeline's order (a
@@ -41,6 +42,7 @@ def main() -> None:
     from varireal_ray.pipeline.wiring import load_images
     from varireal_ray.stages.checks import CheckStage
     from varireal_ray.stages.edit import POOLS
+    from varireal_ray.stages.encode import EncodeStage
     from varireal_ray.stages.judge import JudgeStage
     from varireal_ray.stages.mask import MaskStage
 
@@ -52,7 +54,7 @@ def main() -> None:
     bank = preflight(config)
     stages = [("mask", MaskStage(config))]
     pools = [(pool.name, pool(config)) for pool in POOLS if pool.used(config)]
-    checks, judge = CheckStage(config), JudgeStage(config)
+    encode, checks, judge = EncodeStage(config), CheckStage(config), JudgeStage(config)
     spent: dict[str, float] = defaultdict(float)
     rows: dict[str, int] = defaultdict(int)
 
@@ -72,6 +74,7 @@ def main() -> None:
         batch = load_images(harness.to_batch(chunk))
         for name, pool in pools:
             batch = timed(name, pool, batch)
+        batch = timed("encode", encode, batch)
         batch = timed("checks", checks, batch)
         timed("judge", judge, batch)
     figures = {"resolution": args.resolution, "source_px": args.source_px, "batch": args.batch, "items": len(items),

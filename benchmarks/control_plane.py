@@ -6,7 +6,8 @@ Prints: the driver's peak RSS and the object store's peak; seconds from the job'
 first call of the first GPU pool (the mask pool); end-to-end items/s; with per-row times and
 several logical GPUs (``--per-row``, ``--gpus``, ``--concurrency``), each pool's busy fraction
 (seconds its actors held a call, from the attempts' and errors' timing columns, over actors x
-the time from its first call's start to its last call's end); the seconds a resume of the finished run takes; the number and bytes of
+the time from its first call's start to its last call's end; and in steady state, the middle 80%
+of that window, from each call's start and end); the seconds a resume of the finished run takes; the number and bytes of
 commit records and of the manifest. ``--storage s3`` writes the run to a moto S3 server on
 loopback (each small read a request, as on a real bucket).
 
@@ -82,6 +83,24 @@ def busy(config, out: str, calls: dict[str, tuple[float, float]]) -> dict:
     return figures
 
 
+def steady_busy(config, intervals: dict[str, list[tuple[float, float]]], trim: float = 0.1) -> dict:
+    """Per GPU pool, in steady state: the share of actors x the middle of its active window (its
+    first call's start to its last call's end, less ``trim`` at each end: the ramp-up while the
+    other pools start, and the drain) that its actors spent inside ``__call__``."""
+    from varireal_ray.pipeline import flow
+
+    figures = {}
+    for stage in flow.stages(config):
+        spans = intervals.get(stage.name)
+        if not spans or not stage.section:
+            continue
+        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        lo, hi = first + trim * (last - first), last - trim * (last - first)
+        inside = sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in spans)
+        figures[stage.name] = round(inside / (flow.resources(config, stage).concurrency * (hi - lo)), 3)
+    return figures
+
+
 def run(args, root: str) -> dict:
     from varireal_ray import run_folder, storage
     from varireal_ray.config import load_config
@@ -117,11 +136,13 @@ def run(args, root: str) -> dict:
     finally:
         flow.FLOW, flow.SOURCE_STAGE = shipped, source
     calls: dict[str, tuple[float, float]] = {}  # stage -> (first call's start, last call's end), the first run's
+    intervals: dict[str, list[tuple[float, float]]] = {}  # stage -> every call's (start, end), the first run's
     for line in Path(os.environ[CALLS]).read_text().splitlines():
         call = json.loads(line)
         if call["start"] <= end:
             first, last = calls.get(call["stage"], (math.inf, 0.0))
             calls[call["stage"]] = (min(first, call["start"]), max(last, call["end"]))
+            intervals.setdefault(call["stage"], []).append((call["start"], call["end"]))
     out = run_folder.generated(config)
     items = sum(manifest["items"].values())
     figures = {
@@ -133,6 +154,7 @@ def run(args, root: str) -> dict:
     }  # fmt: skip
     if args.per_row:
         figures["busy"] = busy(config, out, calls)
+        figures["busy_steady"] = steady_busy(config, intervals)
     ray.shutdown()
     storage.remove_tree(root) if not args.keep else None
     return figures

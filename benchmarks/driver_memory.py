@@ -13,6 +13,7 @@ round's end, so growth while a round streams shows apart from the bookkeeping be
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import tempfile
@@ -63,12 +64,16 @@ def main() -> None:
     threading.Thread(target=sample, daemon=True).start()
     manifest = run_generate(config)
     done.set()
+    before_trim = mib()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # what the allocator held free comes back: the rest is live
+    after_trim = mib()
     first_mark = marks[0][0] if marks else samples[-1][0]
     streaming = [s for s in samples if 15 <= s[0] <= first_mark]  # after the pools start, before round 0's bookkeeping
     print(json.dumps({"benchmark": "driver_memory", "items": sum(manifest["items"].values()), "batch": args.batch, "block_rows": args.block_rows,
                       "seconds": round(time.time() - started, 1), "round_marks": marks,
                       "round0_uss_growth_mib": streaming[-1][2] - streaming[0][2] if len(streaming) > 1 else None,
-                      "peak_rss_mib": max(s[1] for s in samples), "samples": samples}))
+                      "peak_rss_mib": max(s[1] for s in samples), "end_before_after_malloc_trim": [before_trim, after_trim],
+                      "samples": samples}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ row never fails the batch."""
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from skimage import data
 from varireal_ray.config import ConfigError, load_config
 from varireal_ray.stages import common, named_colors, priors
 from varireal_ray.stages.edit import POOLS, InpaintStage, Job, batched, edit_in_process
+from varireal_ray.stages.encode import encode_edits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,6 +107,33 @@ def _assert_minimal(batch: common.Batch, i: int) -> None:
     assert np.array_equal(out[kept], src[kept]), batch["id"][i]
     changed = (out[~kept] != src[~kept]).any(axis=-1).mean()
     assert changed > 0.5, f"{batch['id'][i]}: only {changed:.0%} of the edited region changed"
+
+
+def _formats(column) -> set[str]:
+    return {Image.open(io.BytesIO(b)).format for b in column if b is not None}
+
+
+def test_the_pools_pass_images_uncompressed_and_the_encode_step_stores_the_configured_format(stage):
+    """In flight the pools hand their images on as PPM (no compression in a GPU actor); the encode
+    step after them stores each edit in ``generate.image_format``, the same pixels when lossless."""
+    batch = _batch([_row(photo, "texture", seed=k) for k, photo in enumerate(PHOTOS)])
+    for pool in stage.pools[:-1]:  # texture: text2image -> inpaint -> refine
+        batch = pool(batch)
+        assert list(batch["error"]) == [""] * 3
+        assert _formats(batch["generated"]) | _formats(batch["inpainted"]) == {"PPM"}
+    batch = stage.pools[-1](batch)
+    assert _formats(batch["edited"]) == {"PPM"}
+    in_flight = [np.asarray(common.decode_image(b)) for b in batch["edited"]]
+    for image_format, stored in (("png", "PNG"), ("jpeg", "JPEG")):
+        encoded = encode_edits(copy.deepcopy(batch), image_format)
+        assert _formats(encoded["edited"]) == {stored} and list(encoded["error"]) == [""] * 3
+        pixels = [np.asarray(common.decode_image(b)) for b in encoded["edited"]]
+        assert all(a.shape == b.shape for a, b in zip(pixels, in_flight))
+        assert all(np.array_equal(a, b) for a, b in zip(pixels, in_flight)) == (image_format == "png")
+    failed = copy.deepcopy(batch)
+    failed["error"][1], failed["edited"][2] = "ValueError: earlier", None  # an earlier failure, a row without an edit
+    failed = encode_edits(failed, "png")
+    assert _formats(failed["edited"][[0]]) == {"PNG"} and failed["edited"][1] == batch["edited"][1] and failed["edited"][2] is None
 
 
 def test_mixed_batch_edits_every_attribute_minimally(stage):

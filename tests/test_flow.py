@@ -23,7 +23,7 @@ def _config(*overrides: str):
 def test_every_stage_declares_what_the_rest_reads_and_the_schema_knows_its_columns():
     config = _config()
     names = [stage.name for stage in flow.FLOW]
-    assert names == ["mask", "text2image", "inpaint", "refine", "checks", "judge"] and len(set(names)) == len(names)
+    assert names == ["mask", "text2image", "inpaint", "refine", "encode", "checks", "judge"] and len(set(names)) == len(names)
     for stage in flow.FLOW:
         for column in (*stage.inputs, *stage.outputs):
             schema.type_of(column)  # declared, or SchemaError

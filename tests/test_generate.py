@@ -57,7 +57,9 @@ def test_generate_commits_every_item_with_minimal_edits(tmp_path, model_cache):
     }
     for r in rows:
         source = np.asarray(decode_image(storage.read_bytes(r["image_uri"])))
-        edited = np.asarray(Image.open(io.BytesIO(r["edited"]["bytes"])).convert("RGB"))
+        stored = Image.open(io.BytesIO(r["edited"]["bytes"]))
+        assert stored.format == "PNG"  # generate.image_format (the pools hand on uncompressed images)
+        edited = np.asarray(stored.convert("RGB"))
         mask = decode_mask(r["mask"]["bytes"])
         assert edited.shape == source.shape and mask.shape == source.shape[:2]
         keep = mask if r["attribute"] == "background" else ~mask

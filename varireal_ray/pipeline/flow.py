@@ -24,12 +24,14 @@ from __future__ import annotations
 from varireal_ray.config import Config, StageResources
 from varireal_ray.stages.checks import CheckStage
 from varireal_ray.stages.edit import InpaintStage, RefineStage, Text2ImageStage
+from varireal_ray.stages.encode import EncodeStage
 from varireal_ray.stages.judge import JudgeStage
 from varireal_ray.stages.mask import MaskStage
 
 # Masks first (per source image, committed before its items move on); then, per work item, one
-# pool per diffusion model family, the model-free checks, and the judge.
-FLOW: tuple[type, ...] = (MaskStage, Text2ImageStage, InpaintStage, RefineStage, CheckStage, JudgeStage)
+# pool per diffusion model family, the edit encoded in its stored format, the model-free checks,
+# and the judge.
+FLOW: tuple[type, ...] = (MaskStage, Text2ImageStage, InpaintStage, RefineStage, EncodeStage, CheckStage, JudgeStage)
 SOURCE_STAGE = MaskStage  # runs on source rows; every later stage on work items
 
 

@@ -27,12 +27,15 @@ def __getattr__(name: str):
 
 
 def edit_in_process(config, batch, pools=None):
-    """``batch`` through every edit pool this config uses, in one process (tests and benchmarks;
-    the generate job runs each pool as its own actor pool). ``pools``: already built ones."""
+    """``batch`` through every edit pool this config uses, then the encode step, in one process
+    (tests and benchmarks; the generate job runs each pool as its own actor pool). ``pools``:
+    already built ones."""
+    from varireal_ray.stages.encode import encode_edits
+
     pools = pools if pools is not None else [p(config) for p in __getattr__("POOLS") if p.used(config)]
     for pool in pools:
         batch = pool(batch)
-    return batch
+    return encode_edits(batch, config.generate.image_format)
 
 
 __all__ = ["POOLS", "EditPool", "InpaintStage", "Job", "RefineStage", "Text2ImageStage", "batched", "edit_in_process", "prompt_fields"]

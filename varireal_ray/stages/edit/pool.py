@@ -11,7 +11,8 @@ Between pools a row carries its intermediate image losslessly and uncompressed (
 resolution, ``job.HANDOFF``); the last pool of a row's plan makes the final composite at the source's own
 resolution (``common.composite``), so the untouched region is the source's pixels exactly
 (DESIGN.md contract 6; exact in the stored image only with a lossless ``generate.image_format``),
-and clears the intermediates.
+and clears the intermediates. The composite leaves the pool uncompressed too: the encode step
+(``stages/encode.py``, a CPU task) stores it in ``generate.image_format``.
 """
 
 from __future__ import annotations
@@ -205,11 +206,12 @@ class EditPool:
             batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(self.made(job)), HANDOFF_FORMAT)
 
     def _finish(self, batch: common.Batch, job: Job) -> None:
-        """Back to the source's size, then the minimal-edit composite, encoded."""
+        """Back to the source's size, then the minimal-edit composite, in the hand-off format (the
+        encode step after the pools stores it in ``generate.image_format``, off the GPU actor)."""
         height, width = job.mask.shape
         restored = np.asarray(common.unpad(job.edited.convert("RGB"), (width, height)))
         final = common.composite(job.source, restored, job.mask, recipes.RECIPES[job.recipe].REGION)
-        batch["edited"][job.row] = common.encode_image(final, self.gen.image_format)
+        batch["edited"][job.row] = common.encode_image(final, HANDOFF_FORMAT)  # stored format: stages/encode.py
         batch["refine"][job.row] = job.refine
         batch["edit_models"][job.row] = recipes.edit_models(self.config, job.steps)
         for column in HANDOFF.values():
