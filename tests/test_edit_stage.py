@@ -117,10 +117,11 @@ def test_the_pools_pass_images_uncompressed_and_the_encode_step_stores_the_confi
     """In flight the pools hand their images on as PPM (no compression in a GPU actor); the encode
     step after them stores each edit in ``generate.image_format``, the same pixels when lossless."""
     batch = _batch([_row(photo, "texture", seed=k) for k, photo in enumerate(PHOTOS)])
-    for pool in stage.pools[:-1]:  # texture: text2image -> inpaint -> refine
+    for pool, handed in zip(stage.pools[:-1], ("generated", "inpainted")):  # texture: text2image -> inpaint -> refine
         batch = pool(batch)
         assert list(batch["error"]) == [""] * 3
-        assert _formats(batch["generated"]) | _formats(batch["inpainted"]) == {"PPM"}
+        assert _formats(batch[handed]) == {"PPM"}
+        assert all(batch[other][i] is None for other in ("generated", "inpainted") if other != handed for i in range(3))  # consumed, dropped
     batch = stage.pools[-1](batch)
     assert _formats(batch["edited"]) == {"PPM"}
     in_flight = [np.asarray(common.decode_image(b)) for b in batch["edited"]]

@@ -202,7 +202,9 @@ class EditPool:
         self.record(batch, job)
         if job.steps[-1] == self.name:
             self._finish(batch, job)
-        else:  # the next pool of the row's plan starts from this
+        else:  # the next pool of the row's plan starts from this, and from nothing an earlier pool handed on
+            for column in HANDOFF.values():
+                batch[column][job.row] = None
             batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(self.made(job)), HANDOFF_FORMAT)
 
     def _finish(self, batch: common.Batch, job: Job) -> None:
