@@ -463,8 +463,9 @@ class GenerateConfig(Section):
     compact_every: int = Field(1000, ge=0)
     # Items travel between the pools in blocks of this many rows (a Ray task each); a pool takes
     # its own batch_size from them. None: the smallest pool batch, so every actor gets work at once
-    # in a small run. A run of millions with small GPU batches sets more (256): a quarter of the
-    # tasks per item, and the driver's memory grows with tasks (BENCHMARKS.md, "A million items").
+    # in a small run. A run of millions with small GPU batches sets more: Ray Data's cost is per
+    # block, and an actor works through a block's batches back to back (at 1024 px about 32 rows
+    # keep a block near Ray Data's 128 MB target; BENCHMARKS.md, "A million items").
     block_rows: int | None = Field(None, ge=1)
     error_budget: float = Field(0.1, ge=0.0, le=1.0)  # fraction of failed items that fails the run
     image_format: Literal["png", "jpeg", "webp"] = "png"
