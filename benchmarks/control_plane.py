@@ -2,7 +2,8 @@
 every model a timer, ``generate.simulate``): `run_generate` (Ray Data, the real entry point) over
 ``--items`` work items, then the same command again on the finished run (a resume with nothing due).
 
-Prints: the driver's peak RSS and the object store's peak; seconds from the job's start to the
+Prints: the driver's peak RSS and the object store's peak; the cores each kind of process kept
+busy (CPU seconds over the run's wall time, by process title); seconds from the job's start to the
 first call of the first GPU pool (the mask pool); end-to-end items/s; with per-row times and
 several logical GPUs (``--per-row``, ``--gpus``, ``--concurrency``), each pool's busy fraction
 (seconds its actors held a call, from the attempts' and errors' timing columns, over actors x
@@ -128,7 +129,7 @@ def run(args, root: str) -> dict:
     flow.FLOW = tuple(timed_calls(s) for s in shipped)
     flow.SOURCE_STAGE = flow.FLOW[shipped.index(source)]
     try:
-        with harness.RssSampler() as memory:
+        with harness.RssSampler() as memory, harness.CpuSampler(1.0) as cpu:
             started = time.time()
             manifest = run_generate(config)
             end = time.time()
@@ -150,7 +151,7 @@ def run(args, root: str) -> dict:
         "items_per_s": round(items / (end - started), 1),
         "first_mask_call_s": round(calls["mask"][0] - started, 1) if "mask" in calls else None,
         "resume_finished_s": round(resume_s, 1), "rows": manifest["rows"], "ledger": manifest["items"],
-        **memory.figures_mib(), "records": records(out),
+        **memory.figures_mib(), "cores_busy": cpu.cores_busy(top=14), "records": records(out),
     }  # fmt: skip
     if args.per_row:
         figures["busy"] = busy(config, out, calls)
