@@ -84,6 +84,11 @@ def busy(config, out: str, calls: dict[str, tuple[float, float]]) -> dict:
     return figures
 
 
+def window(spans: list[tuple[float, float]]) -> tuple[float, float]:
+    """The first call's start and the last call's end."""
+    return min(s for s, _ in spans), max(e for _, e in spans)
+
+
 def steady_busy(config, intervals: dict[str, list[tuple[float, float]]], trim: float = 0.1) -> dict:
     """Per GPU pool, in steady state: the share of actors x the middle of its active window (its
     first call's start to its last call's end, less ``trim`` at each end: the ramp-up while the
@@ -95,7 +100,7 @@ def steady_busy(config, intervals: dict[str, list[tuple[float, float]]], trim: f
         spans = intervals.get(stage.name)
         if not spans or not stage.section:
             continue
-        first, last = min(s for s, _ in spans), max(e for _, e in spans)
+        first, last = window(spans)
         lo, hi = first + trim * (last - first), last - trim * (last - first)
         inside = sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in spans)
         figures[stage.name] = round(inside / (flow.resources(config, stage).concurrency * (hi - lo)), 3)
@@ -136,14 +141,12 @@ def run(args, root: str) -> dict:
         resume_s = harness.timed(lambda: run_generate(config))[1]
     finally:
         flow.FLOW, flow.SOURCE_STAGE = shipped, source
-    calls: dict[str, tuple[float, float]] = {}  # stage -> (first call's start, last call's end), the first run's
     intervals: dict[str, list[tuple[float, float]]] = {}  # stage -> every call's (start, end), the first run's
     for line in Path(os.environ[CALLS]).read_text().splitlines():
         call = json.loads(line)
         if call["start"] <= end:
-            first, last = calls.get(call["stage"], (math.inf, 0.0))
-            calls[call["stage"]] = (min(first, call["start"]), max(last, call["end"]))
             intervals.setdefault(call["stage"], []).append((call["start"], call["end"]))
+    calls = {stage: window(spans) for stage, spans in intervals.items()}  # stage -> (first call's start, last call's end)
     out = run_folder.generated(config)
     items = sum(manifest["items"].values())
     figures = {

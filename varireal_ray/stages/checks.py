@@ -97,9 +97,9 @@ def check_edits(batch: common.Batch, changed_delta_e: float) -> common.Batch:
 
     def check(i: int) -> None:
         before, mask = source_lab(batch["image"][i], batch["mask"][i])
-        edited = common.decode_image(batch["edited"][i])
-        if edited.size != (before.shape[1], before.shape[0]):
-            raise common.BadImage(f"edited image is {edited.size}, its source {(before.shape[1], before.shape[0])}")
+        edited, size = common.decode_image(batch["edited"][i]), (before.shape[1], before.shape[0])
+        if edited.size != size:
+            raise common.BadImage(f"edited image is {edited.size}, its source {size}")
         after = lab(edited)
         batch["changed_inside"][i], batch["changed_outside"][i] = changed_fractions(before, after, mask, changed_delta_e)
         target = target_lab(str(batch["value"][i])) if batch["attribute"][i] == "color" and mask.any() else None

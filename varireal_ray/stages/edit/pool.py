@@ -200,11 +200,11 @@ class EditPool:
 
     def _hand_on(self, batch: common.Batch, job: Job) -> None:
         self.record(batch, job)
+        for column in HANDOFF.values():  # what earlier pools handed on is in the job now: dropped
+            batch[column][job.row] = None
         if job.steps[-1] == self.name:
             self._finish(batch, job)
-        else:  # the next pool of the row's plan starts from this, and from nothing an earlier pool handed on
-            for column in HANDOFF.values():
-                batch[column][job.row] = None
+        else:  # the next pool of the row's plan starts from this
             batch[HANDOFF[self.name]][job.row] = common.encode_image(np.asarray(self.made(job)), HANDOFF_FORMAT)
 
     def _finish(self, batch: common.Batch, job: Job) -> None:
@@ -216,8 +216,6 @@ class EditPool:
         batch["edited"][job.row] = common.encode_image(final, HANDOFF_FORMAT)  # stored format: stages/encode.py
         batch["refine"][job.row] = job.refine
         batch["edit_models"][job.row] = recipes.edit_models(self.config, job.steps)
-        for column in HANDOFF.values():
-            batch[column][job.row] = None
 
 
 @functools.lru_cache(maxsize=8)
