@@ -88,7 +88,7 @@ def test_an_actor_bigger_than_every_node_names_its_setting():
 
 
 def test_too_few_cpus_for_every_actor_and_the_data_tasks_is_an_error_not_a_hang():
-    with pytest.raises(PlacementError, match=r"need 9\.25 CPUs at once .* has 8: lower generate\.<stage>\.num_cpus or \.concurrency"):
+    with pytest.raises(PlacementError, match=r"need 9\.5 CPUs at once .* has 8: lower generate\.<stage>\.num_cpus or \.concurrency"):
         plan(SHARES, [gpu_node(1, cpus=8)])
 
 

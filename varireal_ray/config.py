@@ -467,6 +467,11 @@ class GenerateConfig(Section):
     # block, and an actor works through a block's batches back to back (at 1024 px about 32 rows
     # keep a block near Ray Data's 128 MB target; BENCHMARKS.md, "A million items").
     block_rows: int | None = Field(None, ge=1)
+    # Tasks at once of each I/O step (loading images, committing masks and shards, reading masks
+    # back). They ask Ray for no CPU, so the writers never wait behind the CPUs the actor pools
+    # hold (``wiring.cpu_task``); a run writing to object storage at scale sets more (a shard is a
+    # few requests).
+    io_tasks: int = Field(2, ge=1)
     error_budget: float = Field(0.1, ge=0.0, le=1.0)  # fraction of failed items that fails the run
     image_format: Literal["png", "jpeg", "webp"] = "png"
     mask: MaskConfig = MaskConfig()

@@ -37,7 +37,7 @@ from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline import flow, placement
 from varireal_ray.pipeline.items import ExpandItems
-from varireal_ray.pipeline.wiring import actor_stage, collect, cpu_task, in_rows, load_images, task_stage
+from varireal_ray.pipeline.wiring import LIGHT_CPUS, actor_stage, collect, cpu_task, in_rows, load_images, task_stage
 from varireal_ray.pipeline.writer import commit_masks, mask_rows, write_edits
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
@@ -82,7 +82,7 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
     parts = []
     if records:
         shards = [{"shard": storage.join(masks, r["shard"])} for r in records]
-        parts.append(ray.data.from_items(shards).map_batches(mask_rows, batch_size=1, num_cpus=0.25, batch_format="numpy"))
+        parts.append(cpu_task(ray.data.from_items(shards), mask_rows, batch_size=1, typed=False, io_tasks=config.generate.io_tasks))
     if train is not None:
         done = {i for r in records for i in r["ids"]}
         todo = [{**r, "error": "", "error_stage": ""} for r in train if r["source_id"] not in done]
@@ -91,9 +91,9 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
             resources = flow.resources(config, flow.SOURCE_STAGE)
             batch = resources.batch_size
             ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / batch))  # a batch per block
-            ds = cpu_task(ds, load_images, batch_size=batch)
+            ds = cpu_task(ds, load_images, batch_size=batch, io_tasks=config.generate.io_tasks)
             ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config, (reserved or {}).get(flow.SOURCE_STAGE.name))
-            parts.append(cpu_task(ds, commit_masks, batch_size=batch, out_uri=out))
+            parts.append(cpu_task(ds, commit_masks, batch_size=batch, io_tasks=config.generate.io_tasks, out_uri=out))
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -159,20 +159,20 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict
         fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "done": done, "next_attempt": next_attempt,
                                "models": model_labels(config)},
         compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.25,
+        num_cpus=LIGHT_CPUS,
         batch_size=None,  # a block (a mask batch) at a time: its items move on as soon as it is masked
         batch_format="numpy",
         zero_copy_batch=False,
     )
     stages = flow.item_stages(config)
     rows = block_rows(config)
-    ds = cpu_task(in_rows(ds, rows), load_images, batch_size=rows)
+    ds = cpu_task(in_rows(ds, rows), load_images, batch_size=rows, io_tasks=gen.io_tasks)
     for stage in stages:
         if stage.section:
             ds = actor_stage(ds, stage, flow.resources(config, stage), config, reserved.get(stage.name))
         else:
             ds = task_stage(ds, stage, config, rows)
-    ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, typed=False, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
+    ds = cpu_task(ds, write_edits, batch_size=gen.shard_rows, typed=False, io_tasks=gen.io_tasks, out_uri=out, final_attempt=final, keep_flagged=gen.judge.on_exhausted == "keep_flagged")
     folding = Folding(out, gen.compact_every)
     with Progress(f"generate, round {attempt}", due, "items") as progress, folding:
         def written(summary: dict) -> None:  # one writer batch: its items' outcomes

@@ -35,12 +35,15 @@ from typing import Any, Iterator
 from varireal_ray.config import Config, StageResources
 from varireal_ray.errors import UserError
 from varireal_ray.pipeline import flow
+from varireal_ray.pipeline.wiring import LIGHT_CPUS
 
 log = logging.getLogger(__name__)
 
-# What must stay free besides the stage pools: the item expander (a 0.25-CPU actor) and one
-# row-sized re-blocking task (Ray Data runs those with 1 CPU; the load and write tasks take 0.25).
-LIGHT_TASK_CPUS = 1.25
+# What must stay free besides the stage pools, as Ray Data reserves it (one task of each operator
+# that asks for CPUs, or it waits for the operators above it to finish): the item expander (a
+# LIGHT_CPUS actor), the row-sized re-blocking (Ray Data runs it with 1 CPU) and the encode-and-check
+# step (LIGHT_CPUS). The reads and writes ask for none (``wiring.cpu_task``).
+LIGHT_TASK_CPUS = 2 * LIGHT_CPUS + 1.0
 # The smallest GPU share the plan hands out (below it, an actor would not be worth a GPU slot).
 MIN_SHARE = 0.01
 # How long Ray may take to reserve a planned pool (its GPUs are free when the round starts).

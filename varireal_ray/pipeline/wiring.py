@@ -170,11 +170,24 @@ def load_images(batch: Batch) -> Batch:
     return batch
 
 
-def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, typed: bool = True, **fn_kwargs) -> ray.data.Dataset:
-    """A light CPU step as stateless tasks (fractional CPU: never starves the actor pools).
-    ``typed``: its output is cast to the declared schema (``schema.conform``), as a stage's is."""
-    return ds.map_batches(conformed(fn) if typed else fn, fn_kwargs=fn_kwargs, batch_size=batch_size, num_cpus=0.25,
-                          batch_format="numpy", zero_copy_batch=False)
+# A light CPU step's task (and the item expander's actor): a fraction, so it never starves the pools.
+LIGHT_CPUS = 0.25
+
+
+def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, typed: bool = True, io_tasks: int | None = None,
+             **fn_kwargs) -> ray.data.Dataset:
+    """A light step as stateless tasks: ``LIGHT_CPUS`` each, or, an I/O step (``io_tasks``: reads of
+    images and masks, commits of shards), no CPU and at most ``io_tasks`` tasks at once.
+
+    Ray Data reserves CPUs operator by operator from the source, one task's worth at least each, and
+    an operator it cannot reserve for waits until the ones above it *finish*. A writer asking for
+    CPUs, last in line behind pools that hold theirs, would commit nothing until the round's last
+    item was judged, with every judged block held in the object store meanwhile. Asking for none,
+    it writes as the rows arrive (``generate.io_tasks``). ``typed``: its output is cast to the
+    declared schema (``schema.conform``), as a stage's is."""
+    resources = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=io_tasks)} if io_tasks else {"num_cpus": LIGHT_CPUS}
+    return ds.map_batches(conformed(fn) if typed else fn, fn_kwargs=fn_kwargs, batch_size=batch_size, batch_format="numpy",
+                          zero_copy_batch=False, **resources)
 
 
 def task_stage(ds: ray.data.Dataset, stage_cls: type, config: Config, batch_size: int) -> ray.data.Dataset:
