@@ -89,11 +89,14 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
         log.info("masks: %d source images, %d already committed, %d to compute", len(train), len(done), len(todo))
         if todo:
             resources = flow.resources(config, flow.SOURCE_STAGE)
-            batch = resources.batch_size
-            ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / batch))  # a batch per block
-            ds = cpu_task(ds, load_images, batch_size=batch, io_tasks=config.generate.io_tasks)
+            # A block holds the sources of about a block of items (generate.block_rows), a mask
+            # batch at least: its items move on as soon as it is masked, and a zero-time run's
+            # mask pass is not bound by Ray Data's cost per block.
+            per_block = max(resources.batch_size, math.ceil(block_rows(config) / work_items.items_per_source(config)))
+            ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / per_block))
+            ds = cpu_task(ds, load_images, batch_size=per_block, io_tasks=config.generate.io_tasks)
             ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config, (reserved or {}).get(flow.SOURCE_STAGE.name))
-            parts.append(cpu_task(ds, commit_masks, batch_size=batch, io_tasks=config.generate.io_tasks, out_uri=out))
+            parts.append(cpu_task(ds, commit_masks, batch_size=per_block, io_tasks=config.generate.io_tasks, out_uri=out))
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -160,7 +163,7 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict
                                "models": model_labels(config)},
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=LIGHT_CPUS,
-        batch_size=None,  # a block (a mask batch) at a time: its items move on as soon as it is masked
+        batch_size=None,  # a block of masked sources at a time: its items move on as soon as it is masked
         batch_format="numpy",
         zero_copy_batch=False,
     )

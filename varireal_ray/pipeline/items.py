@@ -40,6 +40,12 @@ def source_item_ids(config: Config, source_id: str) -> list[str]:
     ]
 
 
+def items_per_source(config: Config) -> int:
+    """How many items each source makes (``source_item_ids``' length)."""
+    gen = config.generate
+    return len(gen.attributes) * len(gen.feasibility) * len(gen.modes) * gen.images_per_real
+
+
 def attempt_seed(run_seed: int, item: str, attempt: int) -> int:
     """A fresh seed per (item, attempt): a retry never repeats the rejected image."""
     return int.from_bytes(_digest(run_seed, item, attempt)[:4], "little") & 0x7FFFFFFF
