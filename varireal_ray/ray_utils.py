@@ -21,6 +21,14 @@ class ClusterError(UserError, ConnectionError):
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "TOKENIZERS_PARALLELISM", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
 
 
+# How long a local cluster keeps an idle task worker (Ray: 1 s). Ray keeps about as many idle
+# workers as the node has CPUs and ends the others a second after their last task, so the light
+# tasks of a streaming round (loads, commits, encodes, writes), more of them at once than that,
+# ended and started Python workers all round long: 16 new workers every 30 s in a million-item
+# round on 2 cores, each a second or two of CPU. A minute outlasts any gap between a step's tasks.
+# A joined cluster takes it from ``ray start`` (docs/CLUSTER.md); the environment variable wins.
+IDLE_WORKER_KEEP_MS = 60_000
+
 _started_logs: str | None = None  # the logs folder of a cluster this process started (None: joined)
 
 
@@ -44,6 +52,8 @@ def init_ray(config: Config, verbose: bool = False) -> None:
             kwargs["num_cpus"] = config.ray.num_cpus
             kwargs["num_gpus"] = config.ray.num_gpus
             kwargs["include_dashboard"] = False
+            if "RAY_idle_worker_killing_time_threshold_ms" not in os.environ:
+                kwargs["_system_config"] = {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}
             if config.ray.object_store_memory_mb:
                 kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
         try:
