@@ -15,7 +15,7 @@ from conftest import REPO
 from varireal_ray import storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline import flow
-from varireal_ray.pipeline.generate import block_rows, run_generate
+from varireal_ray.pipeline.generate import block_rows, run_generate, source_block_rows
 
 SMALL = ["dataset.images_per_class=5", "generate.images_per_real=1", "generate.shard_rows=8"]  # 4 sources, 24 items
 HOLDS = {"mask": 0.05, "text2image": 0.02, "inpaint": 0.03, "refine": 0.04, "judge": 0.01}  # seconds a row
@@ -37,10 +37,12 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model
         *(f"models.{role}.id=/nonexistent/{role}" for role in ("grounding", "segmenter", "inpaint", "text2image", "refine_base", "judge")),
         "generate.compact_every=1",
         "generate.block_rows=16",  # blocks of two pool batches: fewer tasks, the same items
+        "generate.mask_stage.batch_size=1",  # and 3 sources a block (16 rows / 6 items a source), 1 a mask batch
     ])  # fmt: skip
     caplog.set_level(logging.INFO, logger="varireal_ray.pipeline.generate")
     assert flow.roles(simulated) == []
     assert (block_rows(real), block_rows(simulated)) == (min(flow.resources(real, s).batch_size for s in flow.item_stages(real) if s.section), 16)
+    assert (source_block_rows(real), source_block_rows(simulated)) == (flow.resources(real, flow.SOURCE_STAGE).batch_size, 3)
     made = {name: run_generate(config) for name, config in (("real", real), ("sim", simulated))}
     assert made["sim"]["rows"] == made["real"]["rows"] == len(expected_ids(real)) == 24
     committed = {name: outcomes(str(tmp_path / name / "generate")) for name in made}
@@ -53,6 +55,9 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model
         assert len(files) == 1 and files[0].endswith(".parquet"), files
 
     out = str(tmp_path / "sim" / "generate")
+    # The 4 sources went through the mask pass in 2 blocks (Ray splits them 2 and 2), each
+    # committed whole, not one a mask batch.
+    assert sorted(storage.commit_index(f"{out}/masks")["rows"].to_pylist()) == [2, 2]
     masks = storage.read_commits_table(f"{out}/masks")
     assert set(masks["mask_source"].to_pylist()) == {"simulated"}  # its rows say so
     assert min(masks["t_mask"].to_pylist()) >= HOLDS["mask"]

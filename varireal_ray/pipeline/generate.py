@@ -60,6 +60,14 @@ def block_rows(config: Config) -> int:
     return config.generate.block_rows or min(flow.resources(config, s).batch_size for s in stages if s.section)
 
 
+def source_block_rows(config: Config) -> int:
+    """Sources per block in the mask pass: those of about one block of items (``block_rows``), a
+    mask batch at least. A block's items move on as soon as it is masked, and a run of millions
+    with small pool batches is not bound by Ray Data's cost per block of sources."""
+    mask_batch = flow.resources(config, flow.SOURCE_STAGE).batch_size
+    return max(mask_batch, math.ceil(block_rows(config) / work_items.items_per_source(config)))
+
+
 def model_labels(config: Config) -> str:
     """The models this config's stages load, ``{role: id[@revision][/subfolder][/weight file]}``
     as JSON: the ``models`` provenance on every row and in the manifest."""
@@ -89,10 +97,7 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
         log.info("masks: %d source images, %d already committed, %d to compute", len(train), len(done), len(todo))
         if todo:
             resources = flow.resources(config, flow.SOURCE_STAGE)
-            # A block holds the sources of about a block of items (generate.block_rows), a mask
-            # batch at least: its items move on as soon as it is masked, and a zero-time run's
-            # mask pass is not bound by Ray Data's cost per block.
-            per_block = max(resources.batch_size, math.ceil(block_rows(config) / work_items.items_per_source(config)))
+            per_block = source_block_rows(config)
             ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / per_block))
             ds = cpu_task(ds, load_images, batch_size=per_block, io_tasks=config.generate.io_tasks)
             ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config, (reserved or {}).get(flow.SOURCE_STAGE.name))
