@@ -55,9 +55,10 @@ def test_a_simulated_run_commits_what_a_real_tiny_run_commits_and_loads_no_model
         assert len(files) == 1 and files[0].endswith(".parquet"), files
 
     out = str(tmp_path / "sim" / "generate")
-    # The 4 sources went through the mask pass in 2 blocks (Ray splits them 2 and 2), each
-    # committed whole, not one a mask batch.
-    assert sorted(storage.commit_index(f"{out}/masks")["rows"].to_pylist()) == [2, 2]
+    # The 4 sources went through the mask pass in 2 blocks of at most 3, each committed whole,
+    # not one a mask batch.
+    mask_shards = storage.commit_index(f"{out}/masks")["rows"].to_pylist()
+    assert len(mask_shards) == 2 and sum(mask_shards) == 4 and max(mask_shards) <= 3, mask_shards
     masks = storage.read_commits_table(f"{out}/masks")
     assert set(masks["mask_source"].to_pylist()) == {"simulated"}  # its rows say so
     assert min(masks["t_mask"].to_pylist()) >= HOLDS["mask"]
