@@ -10,8 +10,9 @@ import sys
 
 from conftest import REPO
 
-WAVES = """
+IDLE_AFTER_TASKS = """
 import json, os, time
+import psutil
 import ray
 from varireal_ray.config import load_config
 from varireal_ray.ray_utils import init_ray
@@ -23,8 +24,6 @@ def pid():
     time.sleep(1.0)
     return os.getpid()
 
-import psutil
-
 used = set(ray.get([pid.remote() for _ in range(6)]))
 time.sleep(4.0)  # idle: longer than Ray's own idle-worker timeout (1 s)
 print(json.dumps([sorted(used), sorted(p for p in used if psutil.pid_exists(p))]))
@@ -33,7 +32,7 @@ print(json.dumps([sorted(used), sorted(p for p in used if psutil.pid_exists(p))]
 
 def idle_workers_kept(env: dict[str, str]) -> tuple[set[int], set[int]]:
     """The workers six tasks ran in, and those of them still alive after four idle seconds."""
-    done = subprocess.run([sys.executable, "-c", WAVES], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run([sys.executable, "-c", IDLE_AFTER_TASKS], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     used, alive = json.loads(done.stdout.strip().splitlines()[-1])
     return set(used), set(alive)

@@ -41,9 +41,9 @@ def source_item_ids(config: Config, source_id: str) -> list[str]:
 
 
 def items_per_source(config: Config) -> int:
-    """How many items each source makes (``source_item_ids``' length)."""
-    gen = config.generate
-    return len(gen.attributes) * len(gen.feasibility) * len(gen.modes) * gen.images_per_real
+    """How many items each source makes: ``source_item_ids``' length, counted from it, so the two
+    cannot disagree."""
+    return len(source_item_ids(config, ""))
 
 
 def attempt_seed(run_seed: int, item: str, attempt: int) -> int:

@@ -183,8 +183,9 @@ def cpu_task(ds: ray.data.Dataset, fn, batch_size: int, typed: bool = True, io_t
     an operator it cannot reserve for waits until the ones above it *finish*. A writer asking for
     CPUs, last in line behind pools that hold theirs, committed nothing until the mask pass was
     over, every judged block held in the object store meanwhile (BENCHMARKS.md, "Writers that never
-    wait"). Asking for none, it writes as the rows arrive (``generate.io_tasks``). ``typed``: its output is cast to the
-    declared schema (``schema.conform``), as a stage's is."""
+    wait"). Asking for none, it writes as the rows arrive (``generate.io_tasks``).
+
+    ``typed``: its output is cast to the declared schema (``schema.conform``), as a stage's is."""
     resources = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(size=io_tasks)} if io_tasks else {"num_cpus": LIGHT_CPUS}
     return ds.map_batches(conformed(fn) if typed else fn, fn_kwargs=fn_kwargs, batch_size=batch_size, batch_format="numpy",
                           zero_copy_batch=False, **resources)
