@@ -1,7 +1,8 @@
 """What a resume reads, at scale: the bookkeeping of a stopped run of ``--items`` items, written
 here as the writers write it (``storage.commit_shard``, ``--shard-rows`` a shard): the dataset's
 rows (their records carrying ``accepted``), and ``--attempts`` judged attempts an item in
-``attempts/``; nine items in ten committed, the tenth waiting for a retry.
+``attempts/`` (every column an attempt has); nine items in ten committed, the tenth waiting for a
+retry.
 
 Times, on that folder:
 - ``progress_records_s``: ``generate._progress`` (the committed ids, each waiting item's next
@@ -52,13 +53,17 @@ def write_shard(out: str, items: range, attempts: int) -> None:
     kept = [i for k, i in zip(items, ids) if k % 10]
     storage.commit_shard(out, schema.conform({"id": kept, "attempt": [retries] * len(kept), "accepted": [True] * len(kept)},
                                              ("id", "attempt", "accepted")), carry=schema.RECORD_COLUMNS["rows"])
-    rows = {"id": [], "attempt": [], "outcome": []}
+    rows = {c: [] for c in schema.ATTEMPT_COLUMNS}
     for k, i in zip(items, ids):
         for a in range(retries + 1):
-            rows["id"].append(i)
-            rows["attempt"].append(a)
-            rows["outcome"].append("retry" if a < retries or k % 10 == 0 else "accepted")
-    storage.commit_shard(run_folder.attempts(out), schema.conform(rows, ("id", "attempt", "outcome")), name=f"attempts-{items.start:09d}")
+            # Every column a judged attempt has, with values of a real one's size.
+            answers = json.dumps({"Is the edit realistic?": "yes", "Is the object unchanged?": "yes" if k % 3 else "no"})
+            values = {"id": i, "source_id": f"source-{k // 12:08d}", "class_name": "Abyssinian", "attribute": "background",
+                      "feasibility": "feasible", "attempt": a, "seed": k * 7 + a, "judge_score": 0.5, "judge_answers": answers,
+                      "outcome": "retry" if a < retries or k % 10 == 0 else "accepted"}
+            for c in schema.ATTEMPT_COLUMNS:
+                rows[c].append(values.get(c, 0.01))  # the stage seconds
+    storage.commit_shard(run_folder.attempts(out), schema.conform(rows, schema.ATTEMPT_COLUMNS), name=f"attempts-{items.start:09d}")
 
 
 def main() -> None:
@@ -85,15 +90,15 @@ def main() -> None:
         peaks["progress_records"] = peak_mib()
     figures["compact_s"] = round(harness.timed(lambda: compact(out))[1], 2)
     peaks["compact"] = peak_mib()
-    (done, next_attempt), seconds = harness.timed(lambda: _progress(out))
+    progress, seconds = harness.timed(lambda: _progress(out))
     figures["progress_s"] = round(seconds, 2)
     peaks["progress"] = peak_mib()
     waiting = len(range(0, args.items, 10))
-    assert len(done) == args.items - waiting and sum(1 for i in next_attempt if i not in done) == waiting
+    assert len(progress.done) == args.items - waiting and progress.retries_due(args.attempts) == waiting
 
     def ledger() -> dict:
         committed = accounting.tables(out)
-        states = accounting.item_states({_id(k) for k in range(args.items)}, committed)
+        states = accounting.item_states(pa.array((_id(k) for k in range(args.items)), pa.string(), size=args.items), committed)
         storage.write_manifest(out, items=states)
         return states
 

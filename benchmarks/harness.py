@@ -118,9 +118,9 @@ def expand_items(config, bank, sources: list[dict]) -> list[dict]:
     """The work items of masked source rows, exactly as the pipeline's first round makes them
     (``ExpandItems``: ids, attempt-0 seeds, model labels; a failed source's items as error rows)."""
     from varireal_ray.pipeline.generate import model_labels
-    from varireal_ray.pipeline.items import ExpandItems
+    from varireal_ray.pipeline.items import ExpandItems, RunProgress
 
-    expand = ExpandItems(config, bank, attempt=0, done=set(), next_attempt={}, models=model_labels(config))
+    expand = ExpandItems(config, bank, attempt=0, progress=RunProgress.of(), models=model_labels(config))
     return expand(to_batch(sources)).to_pylist() if sources else []
 
 

@@ -98,15 +98,41 @@ def test_a_mask_batch_of_items_comes_out_ordered_by_call_group():
     infeasible rows have their own settings, and 8 texture items)."""
     import numpy as np
 
-    from varireal_ray.pipeline.items import ExpandItems
+    from varireal_ray.pipeline.items import ExpandItems, RunProgress
     from varireal_ray.stages.edit import recipes
 
     config = load_config([], ["generate.images_per_real=1", "generate.color.infeasible.inpaint.strength=0.9"])
     sources = [{**SOURCE, "source_id": f"cat-{k:03d}", "error": "", "error_stage": "", "workers": "{}"} for k in range(4)]
     batch = {name: np.array([s[name] for s in sources], dtype=object) for name in sources[0]}
-    table = ExpandItems(config, FakeBankForItems(3), 0, set(), {}, "{}")(batch)
+    table = ExpandItems(config, FakeBankForItems(3), 0, RunProgress.of(), "{}")(batch)
     groups = recipes.call_groups(config)
     order = [groups[a, f, "minimal"] for a, f in zip(table["attribute"].to_pylist(), table["feasibility"].to_pylist())]
     assert order == sorted(order) and table.num_rows == 4 * 3 * 2
     assert len(set(table["source_id"].to_pylist()[:8])) == 4  # the background group: every source's two items
     assert [len(set(order[k : k + 4])) for k in range(0, len(order), 4)] == [1] * 6  # blocks of 4: one group each
+
+
+def test_run_progress_says_what_a_python_set_and_dict_would():
+    """RunProgress (sorted fixed-width ids, binary search) against the plain reference: an item is
+    due in round a when it is not done and a is its next attempt (0 if never judged). Item ids of
+    one width are viewed in place; ids of mixed widths, and Arrow slices, are copied and still match."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    ids = [items.item_id("d", f"s{k}", "color", "feasible", 0) for k in range(2000)]
+    done = set(rng.choice(ids, 700, replace=False))
+    next_attempt = {i: int(rng.integers(1, 3)) for i in rng.choice(ids, 500, replace=False)}
+    progress = items.RunProgress.of(pa.array(sorted(done) + sorted(done)[:10]), list(next_attempt), list(next_attempt.values()))
+    for attempt in range(3):
+        want = [i not in done and next_attempt.get(i, 0) == attempt for i in ids]
+        assert progress.due(ids, attempt).tolist() == want
+        assert progress.due(pa.array(ids).slice(100, 50), attempt).tolist() == want[100:150]  # an offset view
+        if attempt:
+            assert progress.retries_due(attempt) == sum(want)
+    assert items.id_bytes(pa.array(ids)).base is not None  # one width: a view of the Arrow buffer, no copy
+    mixed = items.RunProgress.of(["a", "bb", "ccc"], ["dddd"], [1])
+    assert mixed.due(["a", "bb", "x", "dddd", "ccc", "cccc"], 0).tolist() == [False, False, True, False, False, True]
+    assert mixed.due(["dddd", "x"], 1).tolist() == [True, False] and mixed.retries_due(1) == 1
+    nothing = items.RunProgress.of()
+    assert nothing.due(ids[:3], 0).all() and not nothing.due(ids[:3], 1).any() and nothing.retries_due(1) == 0

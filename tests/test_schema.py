@@ -15,7 +15,7 @@ from skimage import data
 from varireal_ray import schema, storage
 from varireal_ray.config import load_config
 from varireal_ray.pipeline.generate import model_labels
-from varireal_ray.pipeline.items import ExpandItems
+from varireal_ray.pipeline.items import ExpandItems, RunProgress
 from varireal_ray.pipeline.wiring import load_images, watched
 from varireal_ray.pipeline.writer import commit_masks, write_edits
 from varireal_ray.prompts.bank import Bank
@@ -56,7 +56,7 @@ def test_every_stage_fits_the_schema_and_every_table_is_written_as_declared(tmp_
     assert masked.schema == schema.schema(masked.column_names, in_flight=True)
     handed_on = commit_masks(_numpy(masked), out_uri=out)
     assert handed_on.schema == schema.schema(schema.MASKED_SOURCE_COLUMNS, in_flight=True)
-    items = ExpandItems(config, Bank.load("builtin:demo"), 0, set(), {}, model_labels(config))(_numpy(handed_on))
+    items = ExpandItems(config, Bank.load("builtin:demo"), 0, RunProgress.of(), model_labels(config))(_numpy(handed_on))
     assert items.schema == schema.schema(schema.ITEM_COLUMNS, in_flight=True) and items.num_rows == 12
     edited = load_images(_numpy(items))
     for pool in POOLS:  # each edit pool's output, typed, is the next one's input

@@ -30,14 +30,20 @@ def _sum(table: pa.Table, column: str) -> float:
     return float(pc.sum(pc.fill_null(table[column].cast(pa.float64()), 0.0)).as_py() or 0.0)
 
 
+# What the ledger reads of each committed table: the item, its attempt and how it ended, and each
+# stage's seconds (``cost``); not the prompts, answers and class names of a million attempts.
+LEDGER_COLUMNS = {
+    "masks": ["source_id", "t_mask"],
+    "attempts": ["id", "attempt", "outcome", *schema.EDIT_TIMES, "t_judge"],
+    "errors": ["id", "attempt", "error_stage", "error", *schema.EDIT_TIMES, "t_judge"],
+    "rows": ["id", "accepted"],
+}
+
+
 def tables(out: str) -> dict[str, pa.Table]:
-    """The committed tables of a generation run under ``out`` (rows without image bytes)."""
-    return {
-        "masks": storage.read_commits_table(run_folder.masks(out), ["source_id", "t_mask"]),
-        "attempts": storage.read_commits_table(run_folder.attempts(out)),
-        "errors": storage.read_commits_table(run_folder.errors(out)),
-        "rows": storage.read_commits_table(out, ["id", "accepted"]),
-    }
+    """The committed tables of a generation run under ``out``, their ``LEDGER_COLUMNS``."""
+    folders = {"masks": run_folder.masks(out), "attempts": run_folder.attempts(out), "errors": run_folder.errors(out), "rows": out}
+    return {name: storage.read_commits_table(folder, LEDGER_COLUMNS[name]) for name, folder in folders.items()}
 
 
 def gpu_shares(config: Config) -> dict[str, float]:
@@ -99,7 +105,7 @@ def item_outcomes(expected: Iterable[str], committed: dict[str, pa.Table]) -> di
     from what a process counted): a committed row is accepted or flagged; else the item's last
     event decides, a judged attempt (dropped, or a retry: pending) or a failure (error). In Arrow:
     a million items' two million attempts are columns, not dicts."""
-    ids = pa.table({"id": pa.array(list(expected), pa.string())})
+    ids = pa.table({"id": expected if isinstance(expected, (pa.Array, pa.ChunkedArray)) else pa.array(list(expected), pa.string())})
     rows, last = committed["rows"], _last_events(committed)
     none = pa.array([], pa.string())
     row_ids = rows["id"].combine_chunks() if rows.num_rows else none

@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,7 +37,7 @@ from varireal_ray.errors import UserError
 from varireal_ray.models import load
 from varireal_ray.pipeline import items as work_items
 from varireal_ray.pipeline import flow, placement
-from varireal_ray.pipeline.items import ExpandItems
+from varireal_ray.pipeline.items import ExpandItems, RunProgress
 from varireal_ray.pipeline.wiring import LIGHT_CPUS, actor_stage, collect, cpu_task, in_rows, load_images, task_stage
 from varireal_ray.pipeline.writer import commit_masks, mask_rows, write_edits
 from varireal_ray.progress import Progress
@@ -81,7 +82,7 @@ def _totals(summary: list[dict]) -> Counter:
     return total
 
 
-def masked_sources(config: Config, out: str, train: list[dict] | None, reserved: dict | None = None) -> ray.data.Dataset | None:
+def masked_sources(config: Config, out: str, train: pa.Table | None, reserved: dict | None = None) -> ray.data.Dataset | None:
     """Every source row with its mask: the committed masks, and the missing ones of ``train``
     (round 0's sources; None in later rounds) computed on the way (load -> MaskStage -> commit, a
     batch at a time), in the mask pool's reservation (``reserved``) if it has one. None: no source."""
@@ -92,13 +93,14 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
         shards = [{"shard": storage.join(masks, r["shard"])} for r in records]
         parts.append(cpu_task(ray.data.from_items(shards), mask_rows, batch_size=1, typed=False, io_tasks=config.generate.io_tasks))
     if train is not None:
-        done = {i for r in records for i in r["ids"]}
-        todo = [{**r, "error": "", "error_stage": ""} for r in train if r["source_id"] not in done]
-        log.info("masks: %d source images, %d already committed, %d to compute", len(train), len(done), len(todo))
-        if todo:
+        done = pa.array([i for r in records for i in r["ids"]], pa.string())
+        todo = train.filter(pc.invert(pc.is_in(train["source_id"], value_set=done)))
+        todo = todo.append_column("error", pa.repeat("", todo.num_rows)).append_column("error_stage", pa.repeat("", todo.num_rows))
+        log.info("masks: %d source images, %d already committed, %d to compute", train.num_rows, len(done), todo.num_rows)
+        if todo.num_rows:
             resources = flow.resources(config, flow.SOURCE_STAGE)
             per_block = source_block_rows(config)
-            ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / per_block))
+            ds = ray.data.from_arrow([todo.slice(start, per_block) for start in range(0, todo.num_rows, per_block)])
             ds = cpu_task(ds, load_images, batch_size=per_block, io_tasks=config.generate.io_tasks)
             ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config, (reserved or {}).get(flow.SOURCE_STAGE.name))
             parts.append(cpu_task(ds, commit_masks, batch_size=per_block, io_tasks=config.generate.io_tasks, out_uri=out))
@@ -107,25 +109,38 @@ def masked_sources(config: Config, out: str, train: list[dict] | None, reserved:
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _progress(out: str) -> tuple[set[str], dict[str, int]]:
-    """Committed (or dropped) ids, and the next attempt of every item that was rejected so far
-    (read in Arrow: a million attempts are not a million Python dicts)."""
-    done = storage.committed_ids(out)
+def _progress(out: str) -> RunProgress:
+    """The committed (or dropped) ids, and the next attempt of every item rejected so far, from
+    the commit index and the attempts table, in Arrow and then fixed-width arrays (``RunProgress``):
+    a million items are tens of megabytes, not sets and dicts of Python strings."""
+    committed = pc.list_flatten(storage.commit_index(out)["ids"])
     attempts = storage.read_commits_table(run_folder.attempts(out), ["id", "attempt", "outcome"])
     if not attempts.num_rows:
-        return done, {}
-    done.update(attempts.filter(pc.equal(attempts["outcome"], "dropped"))["id"].to_pylist())
+        return RunProgress.of(committed)
+    dropped = attempts.filter(pc.equal(attempts["outcome"], "dropped"))["id"]
     retried = attempts.filter(pc.equal(attempts["outcome"], "retry")).group_by("id").aggregate([("attempt", "max")])
-    return done, dict(zip(retried["id"].to_pylist(), pc.add(retried["attempt_max"], 1).to_pylist()))
+    done = pa.chunked_array([*committed.chunks, *dropped.chunks], pa.string())
+    return RunProgress.of(done, retried["id"], pc.add(retried["attempt_max"], 1))
 
 
-def _due(config: Config, attempt: int, train: list[dict] | None, done: set[str], next_attempt: dict[str, int]) -> int:
+def _train_item_ids(config: Config, train: pa.Table, sources_at_once: int = 4096) -> Iterator[list[str]]:
+    """The ids of every item of the ``train`` sources, a few thousand sources' worth at a time."""
+    source_ids = train["source_id"].to_pylist()
+    for start in range(0, len(source_ids), sources_at_once):
+        yield [i for s in source_ids[start : start + sources_at_once] for i in work_items.source_item_ids(config, s)]
+
+
+def _due(config: Config, attempt: int, train: pa.Table | None, progress: RunProgress) -> int:
     """How many items round ``attempt`` has to run: retried ones in later rounds; in round 0
     every item of every train source that was never committed, dropped or retried."""
     if train is None:
-        return sum(1 for i, a in next_attempt.items() if a == attempt and i not in done)
-    ids = (i for r in train for i in work_items.source_item_ids(config, r["source_id"]))
-    return sum(1 for i in ids if i not in done and i not in next_attempt)
+        return progress.retries_due(attempt)
+    return sum(int(progress.due(ids, attempt).sum()) for ids in _train_item_ids(config, train))
+
+
+def expected_ids(config: Config, train: pa.Table) -> pa.Array:
+    """Every item id the ``train`` sources make (what the ledger accounts for), as one Arrow array."""
+    return pa.concat_arrays([pa.array(ids, pa.string()) for ids in _train_item_ids(config, train)] or [pa.array([], pa.string())])
 
 
 def compact(out: str) -> None:
@@ -141,20 +156,20 @@ def compact(out: str) -> None:
 
 def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
     """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
-    done, next_attempt = _progress(out)
-    train = train_sources(config, sources.ensure_manifest(config)).to_pylist() if attempt == 0 else None
-    due = _due(config, attempt, train, done, next_attempt)
+    progress = _progress(out)
+    train = train_sources(config, sources.ensure_manifest(config)) if attempt == 0 else None
+    due = _due(config, attempt, train, progress)
     if due == 0:
         return Counter()  # nothing to do: no actor pool (and no model) is started
     pools = [s for s in flow.pools(config) if train is not None or s is not flow.SOURCE_STAGE]  # later rounds read masks back
     with placement.reserved(config, pools) as reserved:  # every GPU actor where the plan put it
-        counts = _stream(config, out, bank, attempt, train, done, next_attempt, due, reserved)
+        counts = _stream(config, out, bank, attempt, train, progress, due, reserved)
     compact(out)  # the next round, and any resume, reads one index per dataset
     return counts
 
 
-def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict] | None, done: set[str],
-            next_attempt: dict[str, int], due: int, reserved: dict) -> Counter:
+def _stream(config: Config, out: str, bank: Bank, attempt: int, train: pa.Table | None, progress: RunProgress, due: int,
+            reserved: dict) -> Counter:
     """The round's Ray Data pass, its pools in their reservations (``reserved``: stage name ->
     scheduling strategy), until every due item is written; the writers' counts."""
     gen = config.generate
@@ -164,8 +179,7 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: list[dict
     final = attempt == gen.judge.max_attempts - 1 or not gen.judge.enabled
     ds = ds.map_batches(
         ExpandItems,
-        fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "done": done, "next_attempt": next_attempt,
-                               "models": model_labels(config)},
+        fn_constructor_kwargs={"config": config, "bank": bank, "attempt": attempt, "progress": progress, "models": model_labels(config)},
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=LIGHT_CPUS,
         batch_size=None,  # a block of masked sources at a time: its items move on as soon as it is masked
@@ -267,15 +281,14 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
         log.info("edit round %d: %s", attempt, dict(round_counts) or "nothing to do")
         counts.update(round_counts)
     committed = accounting.tables(out)  # every run's work on this dataset, retries included
-    expected_ids = {i for r in train_sources(config, sources.ensure_manifest(config)).to_pylist()
-                    for i in work_items.source_item_ids(config, r["source_id"])}
-    outcomes = accounting.item_outcomes(expected_ids, committed)
+    expected = expected_ids(config, train_sources(config, sources.ensure_manifest(config)))
+    outcomes = accounting.item_outcomes(expected, committed)
     items = {state: len(ids) for state, ids in outcomes.items()}
     manifest = storage.write_manifest(
         out,
         bank_hash=bank.hash,
         models=json.loads(model_labels(config)),
-        expected_items=len(expected_ids),
+        expected_items=len(expected),
         items=items,
         this_run={"errors": counts.get("errors", 0), "flagged": counts.get("flagged", 0), "dropped": counts.get("dropped", 0),
                   "seconds": round(time.perf_counter() - start, 1)},
@@ -287,12 +300,12 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
     log.info("generate: %d rows committed in %d shards -> %s; items: %s", manifest["rows"], len(manifest["shards"]), out, items)
     if items["pending"]:
         raise GenerationFailed(
-            f"{items['pending']} of {len(expected_ids)} items have no outcome after every round ({items}); "
+            f"{items['pending']} of {len(expected)} items have no outcome after every round ({items}); "
             f"committed work is kept, re-run the same command to finish them"
         )
-    if items["error"] / max(len(expected_ids), 1) > config.generate.error_budget:
+    if items["error"] / max(len(expected), 1) > config.generate.error_budget:
         raise GenerationFailed(
-            f"{items['error']} of {len(expected_ids)} items failed (budget {config.generate.error_budget:.0%}); "
+            f"{items['error']} of {len(expected)} items failed (budget {config.generate.error_budget:.0%}); "
             f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(committed['errors'], set(outcomes['error'].to_pylist()))}. "
             f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
         )
