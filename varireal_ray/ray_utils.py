@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from varireal_ray import run_folder, storage
 from varireal_ray.config import Config
 from varireal_ray.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ClusterError(UserError, ConnectionError):
@@ -72,6 +75,18 @@ def init_ray(config: Config, verbose: bool = False) -> None:
     ctx.enable_progress_bars = verbose
     ctx.print_on_execution_start = False
     bound_queues()
+
+
+def off_driver(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` run in a Ray task that asks for no CPU, its result returned (its exception
+    raised). For the bookkeeping that reads a whole run at once (a million committed ids, every
+    attempt): those reads are made in a worker process, and the driver's memory stays what its
+    rounds hold. (An allocator keeps the pages it freed: in the driver, each of these reads added
+    to its RSS for the rest of the run.) The worker is kept for the next such task, its imports
+    made once."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=0)(fn).remote(*args))
 
 
 def save_logs(config: Config) -> str | None:

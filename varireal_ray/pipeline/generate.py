@@ -42,6 +42,7 @@ from varireal_ray.pipeline.wiring import LIGHT_CPUS, actor_stage, collect, cpu_t
 from varireal_ray.pipeline.writer import commit_masks, mask_rows, write_edits
 from varireal_ray.progress import Progress
 from varireal_ray.prompts.bank import Bank
+from varireal_ray.ray_utils import off_driver
 from varireal_ray.sources.manifest import class_names, train_sources
 
 log = logging.getLogger(__name__)
@@ -156,17 +157,24 @@ def compact(out: str) -> None:
         log.info("commit records folded into one index per dataset: %s", {k: f["records"] for k, f in folded.items()})
 
 
-def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
-    """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
+def plan_round(config: Config, out: str, attempt: int) -> tuple[RunProgress, int]:
+    """What round ``attempt`` has to do, from the committed records: the run's progress, and how
+    many items are due (``_due``)."""
     progress = _progress(out)
     train = train_sources(config, sources.ensure_manifest(config)) if attempt == 0 else None
-    due = _due(config, attempt, train, progress)
+    return progress, _due(config, attempt, train, progress)
+
+
+def run_round(config: Config, out: str, bank: Bank, attempt: int) -> Counter:
+    """One streaming pass: the items due in round ``attempt``, from source rows to committed shards."""
+    progress, due = off_driver(plan_round, config, out, attempt)
     if due == 0:
         return Counter()  # nothing to do: no actor pool (and no model) is started
+    train = train_sources(config, sources.ensure_manifest(config)) if attempt == 0 else None
     pools = [s for s in flow.pools(config) if train is not None or s is not flow.SOURCE_STAGE]  # later rounds read masks back
     with placement.reserved(config, pools) as reserved:  # every GPU actor where the plan put it
         counts = _stream(config, out, bank, attempt, train, progress, due, reserved)
-    compact(out)  # the next round, and any resume, reads one index per dataset
+    off_driver(compact, out)  # the next round, and any resume, reads one index per dataset
     return counts
 
 
@@ -209,8 +217,8 @@ def _stream(config: Config, out: str, bank: Bank, attempt: int, train: pa.Table 
 class Folding:
     """Folds the commit records into their indexes (``compact``) every ``every`` writer batches
     while a round streams, so a run stopped late in a long round leaves at most that many
-    batches' records for its resume to read one by one. It runs on the driver between two writer
-    summaries (Ray Data streams on meanwhile). Safe beside the writers: a fold deletes only the
+    batches' records for its resume to read one by one. It runs in a task (``off_driver``) the
+    driver waits for between two writer summaries (Ray Data streams on meanwhile). Safe beside the writers: a fold deletes only the
     records (and merged shards) it read, and an index names the shards it merged away, so a
     writer Ray reruns on one of them is read once."""
 
@@ -220,7 +228,7 @@ class Folding:
     def written(self) -> None:
         self.batches += 1
         if self.every and self.batches % self.every == 0:
-            compact(self.out)
+            off_driver(compact, self.out)
             self.folds += 1
 
     def __enter__(self) -> Folding:
@@ -270,7 +278,7 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
     out = run_folder.generated(config)
     bank = bank if bank is not None else preflight(config)
     storage.write_bytes(run_folder.job_config(out), dump_config(config).encode())
-    compact(out)  # a stopped run's records, read by every round below, folded once
+    off_driver(compact, out)  # a stopped run's records, read by every round below, folded once
     config = placement.plan_generation(config)  # every pool at once, or a message naming the setting
     gen = config.generate
     start = time.perf_counter()
@@ -282,34 +290,43 @@ def run_generate(config: Config, bank: Bank | None = None) -> dict:
         round_counts = run_round(config, out, bank, attempt)
         log.info("edit round %d: %s", attempt, dict(round_counts) or "nothing to do")
         counts.update(round_counts)
-    committed = accounting.tables(out)  # every run's work on this dataset, retries included
+    this_run = {"errors": counts.get("errors", 0), "flagged": counts.get("flagged", 0), "dropped": counts.get("dropped", 0),
+                "seconds": round(time.perf_counter() - start, 1)}
+    manifest, reasons = off_driver(write_ledger, config, out, bank.hash, this_run)
+    items, expected = manifest["items"], manifest["expected_items"]
+    log.info("generate: %d rows committed in %d shards -> %s; items: %s", manifest["rows"], len(manifest["shards"]), out, items)
+    if items["pending"]:
+        raise GenerationFailed(
+            f"{items['pending']} of {expected} items have no outcome after every round ({items}); "
+            f"committed work is kept, re-run the same command to finish them"
+        )
+    if items["error"] / max(expected, 1) > config.generate.error_budget:
+        raise GenerationFailed(
+            f"{items['error']} of {expected} items failed (budget {config.generate.error_budget:.0%}); "
+            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {reasons}. "
+            f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
+        )
+    return manifest
+
+
+def write_ledger(config: Config, out: str, bank_hash: str, this_run: dict) -> tuple[dict, str]:
+    """The end of a run: where every expected item ended, from the committed tables alone (every
+    run's work on this dataset, retries included), and what it cost, written into the manifest
+    (last, listing every shard). Returns the manifest and the commonest reasons items failed."""
+    committed = accounting.tables(out)
     expected = expected_ids(config, train_sources(config, sources.ensure_manifest(config)))
     outcomes = accounting.item_outcomes(expected, committed)
-    items = {state: len(ids) for state, ids in outcomes.items()}
     manifest = storage.write_manifest(
         out,
-        bank_hash=bank.hash,
+        bank_hash=bank_hash,
         models=json.loads(model_labels(config)),
         expected_items=len(expected),
-        items=items,
-        this_run={"errors": counts.get("errors", 0), "flagged": counts.get("flagged", 0), "dropped": counts.get("dropped", 0),
-                  "seconds": round(time.perf_counter() - start, 1)},
+        items={state: len(ids) for state, ids in outcomes.items()},
+        this_run=this_run,
         masks=run_folder.masks(out),
         errors=run_folder.errors(out),
         attempts=run_folder.attempts(out),
         cost=accounting.cost(config, committed),
     )
-    log.info("generate: %d rows committed in %d shards -> %s; items: %s", manifest["rows"], len(manifest["shards"]), out, items)
-    if items["pending"]:
-        raise GenerationFailed(
-            f"{items['pending']} of {len(expected)} items have no outcome after every round ({items}); "
-            f"committed work is kept, re-run the same command to finish them"
-        )
-    if items["error"] / max(len(expected), 1) > config.generate.error_budget:
-        raise GenerationFailed(
-            f"{items['error']} of {len(expected)} items failed (budget {config.generate.error_budget:.0%}); "
-            f"committed work is kept, fix the inputs and re-run to finish. Reasons: {error_summary(committed['errors'], set(outcomes['error'].to_pylist()))}. "
-            f"Every failed row, with its image_uri and reason: {storage.join(out, 'errors')}"
-        )
-    return manifest
+    return manifest, error_summary(committed["errors"], set(outcomes["error"].to_pylist()))
 
