@@ -95,14 +95,14 @@ def masked_sources(config: Config, out: str, train: pa.Table | None, reserved: d
         parts.append(cpu_task(ray.data.from_items(shards), mask_rows, batch_size=1, typed=False, io_tasks=config.generate.io_tasks))
     if train is not None:
         done = pa.array([i for r in records for i in r["ids"]], pa.string())
-        todo = train.filter(pc.invert(pc.is_in(train["source_id"], value_set=done))).to_pylist()
+        missing = train.filter(pc.invert(pc.is_in(train["source_id"], value_set=done)))
+        # Rows, not slices of the table: Ray Data puts a million-item run's 3,788 blocks of
+        # sources about 3x faster from rows, and the driver keeps 170 MB less.
+        todo = [{**r, "error": "", "error_stage": ""} for r in missing.to_pylist()]
         log.info("masks: %d source images, %d already committed, %d to compute", train.num_rows, len(done), len(todo))
         if todo:
             resources = flow.resources(config, flow.SOURCE_STAGE)
             per_block = source_block_rows(config)
-            # Rows, not slices of the table: Ray Data puts a million-item run's 3,788 blocks of
-            # sources about 3x faster from rows, and the driver keeps 170 MB less.
-            todo = [{**r, "error": "", "error_stage": ""} for r in todo]
             ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / per_block))
             ds = cpu_task(ds, load_images, batch_size=per_block, io_tasks=config.generate.io_tasks)
             ds = actor_stage(ds, flow.SOURCE_STAGE, resources, config, (reserved or {}).get(flow.SOURCE_STAGE.name))
@@ -218,9 +218,9 @@ class Folding:
     """Folds the commit records into their indexes (``compact``) every ``every`` writer batches
     while a round streams, so a run stopped late in a long round leaves at most that many
     batches' records for its resume to read one by one. It runs in a task (``off_driver``) the
-    driver waits for between two writer summaries (Ray Data streams on meanwhile). Safe beside the writers: a fold deletes only the
-    records (and merged shards) it read, and an index names the shards it merged away, so a
-    writer Ray reruns on one of them is read once."""
+    driver waits for between two writer summaries (Ray Data streams on meanwhile). Safe beside
+    the writers: a fold deletes only the records (and merged shards) it read, and an index names
+    the shards it merged away, so a writer Ray reruns on one of them is read once."""
 
     def __init__(self, out: str, every: int):
         self.out, self.every, self.batches, self.folds = out, every, 0, 0
@@ -329,4 +329,3 @@ def write_ledger(config: Config, out: str, bank_hash: str, this_run: dict) -> tu
         cost=accounting.cost(config, committed),
     )
     return manifest, error_summary(committed["errors"], set(outcomes["error"].to_pylist()))
-
