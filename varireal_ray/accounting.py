@@ -32,18 +32,19 @@ def _sum(table: pa.Table, column: str) -> float:
 
 # What the ledger reads of each committed table: the item, its attempt and how it ended, and each
 # stage's seconds (``cost``); not the prompts, answers and class names of a million attempts.
+# (Required columns, then optional ones: nulls where a shard written before them lacks them.)
 LEDGER_COLUMNS = {
-    "masks": ["source_id", "t_mask"],
-    "attempts": ["id", "attempt", "outcome", *schema.EDIT_TIMES, "t_judge"],
-    "errors": ["id", "attempt", "error_stage", "error", *schema.EDIT_TIMES, "t_judge"],
-    "rows": ["id", "accepted"],
+    "masks": (["source_id"], ["t_mask"]),
+    "attempts": (["id", "outcome"], ["attempt", *schema.EDIT_TIMES, "t_judge"]),
+    "errors": (["id"], ["attempt", "error_stage", "error", *schema.EDIT_TIMES, "t_judge"]),
+    "rows": (["id"], ["accepted"]),
 }
 
 
 def tables(out: str) -> dict[str, pa.Table]:
     """The committed tables of a generation run under ``out``, their ``LEDGER_COLUMNS``."""
     folders = {"masks": run_folder.masks(out), "attempts": run_folder.attempts(out), "errors": run_folder.errors(out), "rows": out}
-    return {name: storage.read_commits_table(folder, LEDGER_COLUMNS[name]) for name, folder in folders.items()}
+    return {name: storage.read_commits_table(folder, *LEDGER_COLUMNS[name]) for name, folder in folders.items()}
 
 
 def gpu_shares(config: Config) -> dict[str, float]:

@@ -206,9 +206,12 @@ def read_parquet(uri: str, columns: list[str] | None = None, optional: dict[str,
     try:
         with (fs.open(path, "rb", cache_type="none") if is_remote(uri) else open(path, "rb")) as f:
             file = pq.ParquetFile(f, pre_buffer=True)
-            have = set(file.schema_arrow.names)
             version = schema.file_version(file.schema_arrow, uri)
-            wanted = schema.stored_names([*columns, *(c for c in optional if c in have)], version)
+            names = set(file.schema_arrow.names)
+            # An optional column is there under its name in the file's version, or under today's.
+            stored = {c: next((n for n in (old, c) if n in names), None) for c, old in zip(optional, schema.stored_names(optional, version))}
+            have = {c for c, n in stored.items() if n}
+            wanted = [*schema.stored_names(columns, version), *(stored[c] for c in optional if c in have)]
             table = schema.conform_read(file.read(columns=wanted), uri)
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} does not exist") from None
@@ -534,16 +537,20 @@ def dataset_shards(dataset_uri: str) -> list[str]:
     return [join(dataset_uri, s) for s in commit_index(dataset_uri)["shard"].to_pylist()]
 
 
-def read_commits_table(dataset_uri: str, columns: list[str] | None = None) -> pa.Table:
+def read_commits_table(dataset_uri: str, columns: list[str] | None = None, optional: list[str] | None = None) -> pa.Table:
     """Every committed row of a dataset, manifest or not (for resume and bookkeeping tables).
     Columns the commit records carry (the key and ``schema.RECORD_COLUMNS``) come from the index
-    alone; otherwise the shards are read concurrently (a long run's ``attempts/`` is thousands)."""
+    alone; otherwise the shards are read concurrently (a long run's ``attempts/`` is thousands).
+    ``optional`` columns come back as nulls from a shard without them (one written before they
+    existed)."""
     index = commit_index(dataset_uri)
+    wanted = [*(columns or []), *(optional or [])]
     if columns and index.num_rows and len(set(index["key"].to_pylist())) == 1:
         key = index["key"][0].as_py()
         have = {key: "ids", **{c: c for c in _carried(index) if index[c].null_count == 0}}
-        if all(c in have for c in columns):
-            return pa.table({c: pc.list_flatten(index[have[c]]).cast(schema.type_of(c)) for c in columns})
+        if all(c in have for c in wanted):
+            return pa.table({c: pc.list_flatten(index[have[c]]).cast(schema.type_of(c)) for c in wanted})
     shards = [join(dataset_uri, s) for s in index["shard"].to_pylist()]  # dataset_shards, from the index already read
-    tables = concurrently(functools.partial(read_parquet, columns=columns), shards)
+    optional_types = {c: schema.type_of(c) for c in optional or []}
+    tables = concurrently(functools.partial(read_parquet, columns=columns, optional=optional_types), shards)
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})

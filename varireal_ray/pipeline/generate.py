@@ -242,8 +242,8 @@ class Folding:
 def error_summary(errors: pa.Table, failed: set[str], limit: int = 8) -> str:
     """The commonest reasons the ``failed`` items failed (their rows of the committed ``errors``
     table), counted by item, ``limit`` at most."""
-    by_item = {i: f"[{s}] {e[:160]}" for i, s, e in zip(errors["id"].to_pylist(), errors["error_stage"].to_pylist(), errors["error"].to_pylist())
-               if i in failed} if errors.num_rows else {}
+    by_item = {i: f"[{s or '?'}] {(e or '')[:160]}" for i, s, e in zip(errors["id"].to_pylist(), errors["error_stage"].to_pylist(), errors["error"].to_pylist())
+               if i in failed} if errors.num_rows and failed else {}
     if not by_item:
         return "no errors"
     reasons = Counter(by_item.values()).most_common()
