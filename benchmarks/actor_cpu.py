@@ -8,10 +8,18 @@ checks' color conversions.
 The sources are the demo's photos at ``--source-px`` (longer side), the working square
 ``--resolution`` (1024 in ``configs/real-models.yaml``); items come in the pipeline's order (a
 source's items together) in batches of ``--batch``. Prints, per stage, milliseconds a row it works
-on (an edit pool: the rows whose recipe names it).
+on (an edit pool: the rows whose recipe names it), and the milliseconds an item costs all the item
+stages together.
+
+``--as-wired`` times each stage as the generate job runs it: under the fail-fast wrapper that
+stamps the worker (``wiring.watched``), its output cast to the declared schema (``schema.conform``),
+and the next stage handed that Arrow output as numpy columns, as Ray Data hands a batch on. At the
+simulation's size this is what an item costs the stages' own code in a zero-time run, to set
+beside what Ray Data itself costs (``ray_data_driver.py``).
 
     python benchmarks/actor_cpu.py
     python benchmarks/actor_cpu.py --resolution 512 --batch 4
+    python benchmarks/actor_cpu.py --resolution 32 --source-px 16 --batch 64 --sources 128 --as-wired
 """
 
 from __future__ import annotations
@@ -34,12 +42,13 @@ def main() -> None:
     parser.add_argument("--source-px", type=int, default=800)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sources", type=int, default=4, help="source images (each makes 12 items)")
+    parser.add_argument("--as-wired", action="store_true", help="each stage wrapped, typed and handed on as in the job")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     from varireal_ray.config import load_config
     from varireal_ray.pipeline.generate import preflight
-    from varireal_ray.pipeline.wiring import load_images
+    from varireal_ray.pipeline.wiring import conformed, load_images, watched
     from varireal_ray.stages.checks import CheckStage
     from varireal_ray.stages.edit import POOLS
     from varireal_ray.stages.encode import EncodeStage
@@ -52,19 +61,31 @@ def main() -> None:
         f"dataset.images_per_class={args.sources // 4 + 5}", "generate.simulate.reject_rate=0"])
     sources = harness.train_rows(config)[: args.sources]
     bank = preflight(config)
-    stages = [("mask", MaskStage(config))]
-    pools = [(pool.name, pool(config)) for pool in POOLS if pool.used(config)]
-    encode, checks, judge = EncodeStage(config), CheckStage(config), JudgeStage(config)
+
+    def pool(cls):  # an actor's stage: as the job wraps it, or bare
+        return watched(cls, typed=True)(config) if args.as_wired else cls(config)
+
+    def task(cls):  # a light step's stage: as the job casts its output, or bare
+        stage = cls(config)
+        return conformed(stage.__call__) if args.as_wired else stage
+
+    stages = [("mask", pool(MaskStage))]
+    pools = [(cls.name, pool(cls)) for cls in POOLS if cls.used(config)]
+    encode, checks, judge = task(EncodeStage), task(CheckStage), pool(JudgeStage)
     spent: dict[str, float] = defaultdict(float)
     rows: dict[str, int] = defaultdict(int)
 
     def timed(name: str, stage, batch):
-        taken = len(stage.takes(batch)) if hasattr(stage, "takes") else len(next(iter(batch.values())))  # a pool's own rows
+        own = getattr(stage, "stage", stage)  # under the fail-fast wrapper, the stage it runs
+        taken = len(own.takes(batch)) if hasattr(own, "takes") else len(next(iter(batch.values())))  # a pool's own rows
         start = time.perf_counter()
-        batch = stage(batch)
+        batch = handed_on(stage(batch))
         spent[name] += time.perf_counter() - start
         rows[name] += taken
         return batch
+
+    def handed_on(out):  # a typed stage's Arrow output as the numpy columns the next stage gets
+        return {name: out[name].to_numpy(zero_copy_only=False) for name in out.column_names} if hasattr(out, "column_names") else out
 
     masked = []
     for chunk in harness.chunks(sources, args.batch):
@@ -77,8 +98,11 @@ def main() -> None:
         batch = timed("encode", encode, batch)
         batch = timed("checks", checks, batch)
         timed("judge", judge, batch)
-    figures = {"resolution": args.resolution, "source_px": args.source_px, "batch": args.batch, "items": len(items),
-               "ms_per_row": {name: round(1000 * spent[name] / rows[name], 1) for name in spent}, "machine": harness.machine()}
+    item_stages = [name for name in spent if name != "mask"]
+    figures = {"resolution": args.resolution, "source_px": args.source_px, "batch": args.batch, "as_wired": args.as_wired,
+               "items": len(items), "ms_per_row": {name: round(1000 * spent[name] / rows[name], 2) for name in spent},
+               "ms_per_item_all_item_stages": round(1000 * sum(spent[name] for name in item_stages) / len(items), 2),
+               "machine": harness.machine()}
     harness.emit(figures, args.json)
 
 
