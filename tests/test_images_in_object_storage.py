@@ -43,3 +43,26 @@ def test_pipeline_reader_fetches_one_batch_from_s3_row_by_row(s3_bucket):
     assert [bytes(b) for b in out["image"][:2]] == [_png(0), _png(1)]
     assert list(out["error"][:2]) == ["", ""]
     assert out["error_stage"][2] == "load" and uris[2] in out["error"][2]
+
+
+def test_the_reader_gets_a_sources_image_once_for_all_its_items(s3_bucket, monkeypatch):
+    # A source's work items arrive together, each naming the source's image: one GET for them all.
+    # A missing object fails each of its rows, with its own error, and the other rows load.
+    uris = [f"{s3_bucket}/img/{name}.png" for name in ("a", "b", "missing")]
+    storage.write_bytes(uris[0], _png(10))
+    storage.write_bytes(uris[1], _png(20))
+    gets: list[str] = []
+    real_read = storage.read_bytes
+
+    def counted(uri: str) -> bytes:  # the real read, counted
+        gets.append(uri)
+        return real_read(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", counted)
+    rows = [uris[0]] * 3 + [uris[2]] * 2 + [uris[1]] * 3
+    out = load_images({"image_uri": np.array(rows, dtype=object)})
+    assert sorted(gets) == sorted([uris[0], uris[1], uris[2], uris[2]])  # the missing one tried for each of its rows
+    assert [bytes(b) for b in out["image"][:3]] == [_png(10)] * 3
+    assert [bytes(b) for b in out["image"][5:]] == [_png(20)] * 3
+    assert list(out["error"][:3]) + list(out["error"][5:]) == [""] * 6
+    assert list(out["error_stage"][3:5]) == ["load", "load"] and all(uris[2] in e for e in out["error"][3:5])

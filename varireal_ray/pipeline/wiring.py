@@ -159,12 +159,20 @@ def actor_stage(ds: ray.data.Dataset, stage_cls: type, resources: StageResources
 
 def load_images(batch: Batch) -> Batch:
     """Read each row's ``image_uri`` into ``image`` (encoded bytes); unreadable files become error
-    rows. Decoding is left to the stage that needs pixels, which reports what is wrong."""
+    rows. Decoding is left to the stage that needs pixels, which reports what is wrong.
+
+    A source's work items travel together and share its image, so each URI is read once a batch
+    (on object storage one GET for a source's 12-30 items, not one each); a URI that fails is
+    tried again for its next row, and each of its rows gets its own error."""
     ensure_error_columns(batch)
     images = new_column(batch, "image", b"")
+    read_once: dict[str, bytes] = {}
 
     def read(i: int) -> None:
-        images[i] = storage.read_bytes(batch["image_uri"][i])
+        uri = batch["image_uri"][i]
+        if uri not in read_once:
+            read_once[uri] = storage.read_bytes(uri)
+        images[i] = read_once[uri]
 
     for_each_row(batch, "load", read)
     return batch
