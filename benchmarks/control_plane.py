@@ -12,8 +12,15 @@ of that window, from each call's start and end); the seconds a resume of the fin
 commit records and of the manifest. ``--storage s3`` writes the run to a moto S3 server on
 loopback (each small read a request, as on a real bucket).
 
+``--stop-at F`` measures the resume of a half-finished run instead: the job first runs as the
+``varireal generate`` CLI in a session of its own, which is SIGKILLed (driver, raylet and workers,
+as when the driver's machine dies) once ``F`` of the items are committed; the figures are then the
+resume's, started in this process with the same settings: its seconds to the first call of any
+GPU pool, its seconds to finish, and its items/s over the items it had left.
+
     python benchmarks/control_plane.py --items 10000
     python benchmarks/control_plane.py --items 10000 --storage s3
+    python benchmarks/control_plane.py --items 100000 --set generate.block_rows=256 --stop-at 0.5
     python benchmarks/control_plane.py --items 4800 --per-row 0.02 --gpus 16 --concurrency 3
 
 Items: the demo's 4 classes x (images_per_class - 4) train sources x 3 attributes x 2
@@ -26,6 +33,8 @@ import argparse
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -107,6 +116,38 @@ def steady_busy(config, intervals: dict[str, list[tuple[float, float]]], trim: f
     return figures
 
 
+def stopped_midway(sets: list[str], out: str, items: int, fraction: float, log: Path) -> dict:
+    """The job as the CLI in a session of its own, SIGKILLed whole once ``fraction`` of its
+    ``items`` are committed. Returns the items committed when the kill landed (checked mid-run:
+    the process was still running, fewer than all were committed)."""
+    from varireal_ray import storage
+
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="vr-", dir="/tmp")}
+    command = [sys.executable, "-m", "varireal_ray.cli", "generate", "--no-progress", "-c", str(SIMULATE)]
+    proc = subprocess.Popen(command + [a for kv in sets for a in ("--set", kv)], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, env=env, cwd=harness.REPO, start_new_session=True)
+    started = time.time()
+    while True:
+        time.sleep(2)
+        if proc.poll() is not None:
+            raise SystemExit(f"the run ended (exit {proc.returncode}) before {fraction:.0%} of its items were committed; see {log}")
+        committed = len(storage.committed_ids(out)) if storage.exists(out) else 0
+        if committed >= fraction * items:
+            break
+    for _ in range(3):  # every process of the session: the driver, and the Ray cluster it started
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            try:
+                if os.getsid(pid) == proc.pid:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    proc.wait(30)
+    after = len(storage.committed_ids(out))
+    assert proc.returncode == -signal.SIGKILL and after < items, "the kill did not land mid-run"
+    return {"killed_after_s": round(time.time() - started, 1), "committed_at_kill": after}
+
+
 def run(args, root: str) -> dict:
     from varireal_ray import run_folder, storage
     from varireal_ray.config import load_config
@@ -122,6 +163,11 @@ def run(args, root: str) -> dict:
                      f"generate.{stage}_stage.concurrency={args.concurrency}", f"generate.{stage}_stage.num_cpus=0.1"]  # fmt: skip
     config = load_config([SIMULATE], sets + args.extra)
     sources_s = harness.timed(lambda: harness.train_rows(config))[1]
+    stopped = None
+    if args.stop_at:
+        expected = 48 * (per_class - 4)  # the demo's 4 classes x 12 items a train source
+        stopped = stopped_midway(sets + args.extra, run_folder.generated(config), expected, args.stop_at,
+                                 Path(os.environ[CALLS]).with_name("stopped-run.log"))
 
     import ray
 
@@ -149,10 +195,13 @@ def run(args, root: str) -> dict:
     calls = {stage: window(spans) for stage, spans in intervals.items()}  # stage -> (first call's start, last call's end)
     out = run_folder.generated(config)
     items = sum(manifest["items"].values())
+    todo = items - stopped["committed_at_kill"] if stopped else items  # the resume's: the items it had left
     figures = {
+        **({"stopped": stopped, "items_left": todo} if stopped else {}),
         "items": items, "sources_build_s": round(sources_s, 1), "seconds": round(end - started, 1),
-        "items_per_s": round(items / (end - started), 1),
+        "items_per_s": round(todo / (end - started), 1),
         "first_mask_call_s": round(calls["mask"][0] - started, 1) if "mask" in calls else None,
+        "first_pool_call_s": round(min(first for first, _ in calls.values()) - started, 1) if calls else None,
         "resume_finished_s": round(resume_s, 1), "rows": manifest["rows"], "ledger": manifest["items"],
         **memory.figures_mib(), "cores_busy": cpu.cores_busy(top=14), "records": records(out),
     }  # fmt: skip
@@ -173,6 +222,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=0, help="logical GPUs for the local cluster, shared by the five pools")
     parser.add_argument("--concurrency", type=int, default=1, help="actors per pool (with --gpus)")
     parser.add_argument("--keep", action="store_true", help="keep the run folder")
+    parser.add_argument("--stop-at", type=float, default=0.0,
+                        help="measure a resume: first kill the run once this share of its items is committed")
     parser.add_argument("--json", default=None)
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
     args = parser.parse_args()
