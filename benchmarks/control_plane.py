@@ -165,7 +165,11 @@ def run(args, root: str) -> dict:
     sources_s = harness.timed(lambda: harness.train_rows(config))[1]
     stopped = None
     if args.stop_at:
-        expected = 48 * (per_class - 4)  # the demo's 4 classes x 12 items a train source
+        from varireal_ray import sources
+        from varireal_ray.pipeline.generate import expected_ids
+        from varireal_ray.sources.manifest import train_sources
+
+        expected = len(expected_ids(config, train_sources(config, sources.ensure_manifest(config))))
         stopped = stopped_midway(sets + args.extra, run_folder.generated(config), expected, args.stop_at,
                                  Path(os.environ[CALLS]).with_name("stopped-run.log"))
 
