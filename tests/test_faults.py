@@ -51,10 +51,10 @@ def test_killed_driver_then_same_command_gives_each_id_once(tmp_path, model_cach
     the kill finds records and index in whatever state a fold leaves them."""
     run = tmp_path / "run"
     args = cli_args(str(run), model_cache, *MID_RUN, "generate.compact_every=1")
-    commits = run / "generate" / "commits"
     first = Cli(args, tmp_path / "first.log", cli_env())
     try:
-        wait_for(lambda: any(commits.glob("*")) or first.proc.poll() is not None, 300, "the first committed edit shard")
+        # A record or index in place, not a file still being written: the kill then leaves one committed shard at least.
+        wait_for(lambda: storage.has_commits(str(run / "generate")) or first.proc.poll() is not None, 300, "the first committed edit shard")
         assert first.proc.poll() is None, f"the run ended before it could be killed:\n{first.output()[-3000:]}"
     finally:
         first.kill()  # SIGKILL: driver, raylet, GCS and workers, mid-run

@@ -38,6 +38,19 @@ def test_uncommitted_shard_is_invisible(root):
     assert storage.committed_ids(ds) == {"a"}
 
 
+def test_a_record_a_writer_was_killed_writing_commits_nothing(tmp_path):
+    """On local disk a record is written as ``<name>.tmp-<hex>`` and renamed: one a kill left half
+    written is no commit, to the readers or to the check that asks whether anything was made (the
+    fault tests wait on ``has_commits`` for the first commit for this reason)."""
+    ds = str(tmp_path / "generate")
+    storage.write_parquet(storage.join(ds, "shards", "part-0.parquet"), table(["a"]))
+    (tmp_path / "generate" / storage.COMMITS).mkdir()
+    (tmp_path / "generate" / storage.COMMITS / "part-0.json.tmp-0123abcd").write_bytes(b'{"shard": "shards/part-0.par')
+    assert not storage.has_commits(ds) and storage.committed_ids(ds) == set()
+    storage.commit_shard(ds, table(["b"]))
+    assert storage.has_commits(ds) and storage.committed_ids(ds) == {"b"}
+
+
 def test_write_bytes_is_whole_and_json(root):
     uri = storage.join(root, "x", "file.json")
     storage.write_json(uri, {"k": [1, 2]})
