@@ -34,7 +34,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -118,33 +117,25 @@ def steady_busy(config, intervals: dict[str, list[tuple[float, float]]], trim: f
 
 def stopped_midway(sets: list[str], out: str, items: int, fraction: float, log: Path) -> dict:
     """The job as the CLI in a session of its own, SIGKILLed whole once ``fraction`` of its
-    ``items`` are committed. Returns the items committed when the kill landed (checked mid-run:
-    the process was still running, fewer than all were committed)."""
+    ``items`` are committed (the fault tests' ``fault_helpers.Cli``). Returns the items committed
+    when the kill landed (checked mid-run: the process was still running, fewer than all were
+    committed)."""
+    sys.path.insert(0, str(harness.REPO / "tests"))
+    from fault_helpers import Cli, cli_env, wait_for
+
     from varireal_ray import storage
 
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="vr-", dir="/tmp")}
-    command = [sys.executable, "-m", "varireal_ray.cli", "generate", "--no-progress", "-c", str(SIMULATE)]
-    proc = subprocess.Popen(command + [a for kv in sets for a in ("--set", kv)], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env=env, cwd=harness.REPO, start_new_session=True)
+    first = Cli(["generate", "--no-progress", "-c", str(SIMULATE), *(a for kv in sets for a in ("--set", kv))], log, cli_env())
     started = time.time()
-    while True:
-        time.sleep(2)
-        if proc.poll() is not None:
-            raise SystemExit(f"the run ended (exit {proc.returncode}) before {fraction:.0%} of its items were committed; see {log}")
-        committed = len(storage.committed_ids(out)) if storage.exists(out) else 0
-        if committed >= fraction * items:
-            break
-    for _ in range(3):  # every process of the session: the driver, and the Ray cluster it started
-        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-            try:
-                if os.getsid(pid) == proc.pid:
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.5)
-    proc.wait(30)
+    try:
+        wait_for(lambda: first.proc.poll() is not None or (storage.exists(out) and len(storage.committed_ids(out)) >= fraction * items),
+                 float("inf"), f"{fraction:.0%} of the items committed", poll=2)
+        if first.proc.poll() is not None:
+            raise SystemExit(f"the run ended (exit {first.proc.returncode}) before {fraction:.0%} of its items were committed; see {log}")
+    finally:
+        first.kill()  # SIGKILL: the driver, and the Ray cluster it started
     after = len(storage.committed_ids(out))
-    assert proc.returncode == -signal.SIGKILL and after < items, "the kill did not land mid-run"
+    assert first.proc.returncode == -signal.SIGKILL and after < items, "the kill did not land mid-run"
     return {"killed_after_s": round(time.time() - started, 1), "committed_at_kill": after}
 
 
